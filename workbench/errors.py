@@ -1,0 +1,46 @@
+"""Every error the workbench raises on bad input derives from `WorkbenchError`.
+
+Each message names the problem and the fix, so a notebook user never has to read a traceback.
+"""
+
+from __future__ import annotations
+
+
+class WorkbenchError(Exception):
+    """Base class for every error the workbench raises on purpose."""
+
+
+class ConfigError(WorkbenchError, ValueError):
+    """A model configuration is inconsistent (sizes, divisibility, unknown variants)."""
+
+
+class InputError(WorkbenchError, ValueError):
+    """A model input is malformed: ids out of range, wrong dtype, bad mask, too long."""
+
+
+class LoadError(WorkbenchError):
+    """Weights or a tokenizer could not be loaded."""
+
+
+class CorruptFileError(LoadError):
+    """A weight file is truncated or malformed."""
+
+
+class UnsafeFormatError(LoadError):
+    """A pickle-based weight file was refused because loading it could execute code."""
+
+
+class WeightMismatchError(LoadError):
+    """Loaded weights do not fit the model (missing keys or shape mismatches under strict=True)."""
+
+
+class MissingDependencyError(WorkbenchError, ImportError):
+    """An optional package that a feature needs is not installed."""
+
+
+class GenerationError(WorkbenchError, ValueError):
+    """Generation arguments are invalid."""
+
+
+class CaptureError(WorkbenchError):
+    """A trace could not be set up or read back."""

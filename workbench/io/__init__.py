@@ -1,0 +1,1 @@
+"""Weights and tokenizers: safetensors (workbench and HF naming), GGUF, and load reports."""

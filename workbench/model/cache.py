@@ -1,0 +1,135 @@
+"""`KVCache`: per-layer key/value storage with exact byte accounting.
+
+A static cache preallocates `max_len` positions per layer, so memory is fixed and known up front;
+a growing cache concatenates, so it holds only what was used. Both keep a key-validity mask per
+sequence, so batches with left padding decode correctly and positions continue per sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+from .config import ModelConfig
+
+MODES = ("static", "growing")
+
+
+class KVCache:
+    """Keys and values for every layer: each (B, K, S, D). `length` counts filled positions."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        *,
+        mode: str = "static",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if mode not in MODES:
+            raise InputError(f"cache mode={mode!r} is unknown; use one of {MODES}.")
+        max_len = config.max_seq_len if max_len is None else max_len
+        if batch_size <= 0 or max_len <= 0:
+            raise InputError(f"batch_size and max_len must be positive, got {batch_size} and {max_len}.")
+        if max_len > config.max_seq_len:
+            raise InputError(
+                f"cache max_len={max_len} exceeds the model's max_seq_len={config.max_seq_len}; "
+                "ask for fewer tokens."
+            )
+        self.config, self.mode, self.max_len = config, mode, max_len
+        self.batch_size, self.dtype = batch_size, dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.length = 0
+        shape = (batch_size, config.kv_heads, max_len if mode == "static" else 0, config.head_dim)
+        self.keys = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.n_layers)]
+        self.values = [torch.zeros(shape, device=self.device, dtype=dtype) for _ in range(config.n_layers)]
+        self.key_mask = torch.ones(batch_size, max_len, dtype=torch.bool, device=self.device)  # (B, Smax)
+        self.masked = False  # True once any padding mask was written
+
+    # --- writing -------------------------------------------------------------------------------
+    def check_room(self, new_tokens: int) -> None:
+        if self.length + new_tokens > self.max_len:
+            raise InputError(
+                f"the cache holds {self.length} of {self.max_len} positions and cannot take "
+                f"{new_tokens} more; create the cache with a larger max_len."
+            )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, K, T, D) after the filled positions; return all keys/values (B, K, L+T, D)."""
+        t = k.shape[2]
+        end = self.length + t
+        if self.mode == "static":
+            self.keys[layer][:, :, self.length : end] = k
+            self.values[layer][:, :, self.length : end] = v
+            return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        self.keys[layer] = torch.cat((self.keys[layer][:, :, : self.length], k), dim=2)
+        self.values[layer] = torch.cat((self.values[layer][:, :, : self.length], v), dim=2)
+        return self.keys[layer], self.values[layer]
+
+    def write_mask(self, mask: torch.Tensor | None, new_tokens: int) -> torch.Tensor | None:
+        """Record the key mask for the new tokens; return the mask over all keys (B, L+T) or None.
+
+        `mask` may cover only the new tokens (B, T) or every position (B, L+T).
+        """
+        end = self.length + new_tokens
+        if mask is not None:
+            if mask.shape[1] == end:
+                self.key_mask[:, :end] = mask
+            else:
+                self.key_mask[:, self.length : end] = mask
+            self.masked = True
+        else:
+            self.key_mask[:, self.length : end] = True
+        return self.key_mask[:, :end] if self.masked else None
+
+    def advance(self, new_tokens: int) -> None:
+        """Mark `new_tokens` more positions as filled; called once per forward, after every layer."""
+        self.length += new_tokens
+
+    # --- editing -------------------------------------------------------------------------------
+    def reorder(self, index: torch.Tensor) -> None:
+        """Reorder (or repeat) the batch rows, as beam search needs: row i becomes row index[i]."""
+        index = index.to(self.device)
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+        self.key_mask = self.key_mask.index_select(0, index)
+        self.batch_size = int(index.numel())
+
+    def reset(self) -> None:
+        """Forget every position, keeping the allocation."""
+        self.length = 0
+        self.masked = False
+        self.key_mask.fill_(True)
+        if self.mode == "growing":
+            self.keys = [k[:, :, :0] for k in self.keys]
+            self.values = [v[:, :, :0] for v in self.values]
+
+    # --- accounting ----------------------------------------------------------------------------
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes one position costs across all layers, keys and values, per sequence."""
+        c = self.config
+        return 2 * c.n_layers * c.kv_heads * c.head_dim * self.keys[0].element_size()
+
+    def layer_bytes_allocated(self) -> list[int]:
+        return [k.nbytes + v.nbytes for k, v in zip(self.keys, self.values)]
+
+    def layer_bytes_used(self) -> list[int]:
+        per_layer = self.bytes_per_token // self.config.n_layers
+        return [per_layer * self.length * self.batch_size] * self.config.n_layers
+
+    @property
+    def bytes_allocated(self) -> int:
+        return sum(self.layer_bytes_allocated())
+
+    @property
+    def bytes_used(self) -> int:
+        return sum(self.layer_bytes_used())
+
+    def __repr__(self) -> str:
+        return (
+            f"KVCache(mode={self.mode}, batch={self.batch_size}, length={self.length}/{self.max_len}, "
+            f"used={self.bytes_used:,} B, allocated={self.bytes_allocated:,} B)"
+        )

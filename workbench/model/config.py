@@ -1,0 +1,159 @@
+"""`ModelConfig`: the hyperparameters of a decoder-only transformer, frozen and validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+PLACEMENTS = ("pre", "post")
+MLPS = ("gelu", "swiglu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a decoder-only transformer. Variants are fields, never model names."""
+
+    vocab_size: int = 256  # rows of the token embedding and the LM head
+    d_model: int = 64  # width of the residual stream (C)
+    n_layers: int = 2  # number of transformer blocks
+    n_heads: int = 4  # query heads (H); head_dim = d_model // n_heads
+    n_kv_heads: int | None = None  # key/value heads: None = n_heads (MHA), 1 = MQA, between = GQA
+    d_ff: int = 256  # hidden width of the MLP
+    max_seq_len: int = 128  # longest sequence the model accepts (size of learned positions, cache bound)
+    positions: str = "rope"  # "learned" absolute embeddings (GPT-2) or "rope" rotary (Llama)
+    norm: str = "rmsnorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
+    norm_placement: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x))
+    mlp: str = "swiglu"  # "gelu" (tanh approximation, as GPT-2) or "swiglu" (Llama)
+    tie_embeddings: bool = True  # LM head shares the token embedding's storage
+    attn_bias: bool = False  # biases on q/k/v/o projections
+    mlp_bias: bool = False  # biases on MLP projections
+    rope_theta: float = 10000.0  # RoPE base frequency
+    norm_eps: float = 1e-5  # epsilon inside every norm
+    dropout: float = 0.0  # dropout on embeddings, attention probabilities and residual branches
+    init_std: float = 0.02  # std of the normal initialisation of weight matrices
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                f"choose n_heads among the divisors of {self.d_model}."
+            )
+        kv = self.n_kv_heads
+        if kv is not None and (not isinstance(kv, int) or isinstance(kv, bool) or kv <= 0):
+            raise ConfigError(f"n_kv_heads must be a positive integer or None, got {kv!r}.")
+        if kv is not None and self.n_heads % kv:
+            raise ConfigError(
+                f"n_heads={self.n_heads} is not divisible by n_kv_heads={kv}; "
+                "each key/value head must serve a whole group of query heads."
+            )
+        for name, allowed in (
+            ("positions", POSITIONS),
+            ("norm", NORMS),
+            ("norm_placement", PLACEMENTS),
+            ("mlp", MLPS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is unknown; use one of {allowed}.")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(
+                f"RoPE needs an even head_dim, but d_model={self.d_model} / n_heads={self.n_heads} "
+                f"= {self.head_dim}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.norm_eps <= 0 or self.rope_theta <= 0 or self.init_std <= 0:
+            raise ConfigError(
+                f"norm_eps, rope_theta and init_std must be positive, got "
+                f"{self.norm_eps}, {self.rope_theta}, {self.init_std}."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (D)."""
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads actually used."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def kv_groups(self) -> int:
+        """Query heads served by each key/value head."""
+        return self.n_heads // self.kv_heads
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a dict of field values; unknown keys are an error, not silently dropped."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"Unknown config fields {unknown}; known fields are {sorted(names)}.")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ModelConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_hf_config(cls, hf: dict[str, Any]) -> ModelConfig:
+        """Translate a HF transformers `config.json` dict (GPT-2 or Llama) into a ModelConfig."""
+        from .hf_config import config_from_hf
+
+        return config_from_hf(hf)
+
+    @classmethod
+    def preset(cls, name: str) -> ModelConfig:
+        """One of the named presets: see `PRESETS`."""
+        if name not in PRESETS:
+            raise ConfigError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+        return PRESETS[name]
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(),
+    "tiny-gpt2": ModelConfig(
+        positions="learned", norm="layernorm", mlp="gelu", attn_bias=True, mlp_bias=True
+    ),
+    "gpt2-small": ModelConfig(
+        vocab_size=50257,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        d_ff=3072,
+        max_seq_len=1024,
+        positions="learned",
+        norm="layernorm",
+        mlp="gelu",
+        attn_bias=True,
+        mlp_bias=True,
+    ),
+    "smollm2-135m": ModelConfig(
+        vocab_size=49152,
+        d_model=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        d_ff=1536,
+        max_seq_len=8192,
+        rope_theta=100000.0,
+    ),
+}

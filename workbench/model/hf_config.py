@@ -1,0 +1,135 @@
+"""Translation between HF transformers `config.json` dicts and `ModelConfig`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from .config import ModelConfig
+
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama")
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """GPT-2 and Llama configs map onto fields; any other model type is refused by name."""
+    model_type = hf.get("model_type")
+    if model_type == "gpt2":
+        d = hf["n_embd"]
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ConfigError(f"GPT-2 activation_function={act!r} is not supported; use 'gelu_new'.")
+        return ModelConfig(
+            vocab_size=hf["vocab_size"],
+            d_model=d,
+            n_layers=hf["n_layer"],
+            n_heads=hf["n_head"],
+            d_ff=hf.get("n_inner") or 4 * d,
+            max_seq_len=hf["n_positions"],
+            positions="learned",
+            norm="layernorm",
+            norm_placement="pre",
+            mlp="gelu",
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            attn_bias=True,
+            mlp_bias=True,
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            dropout=0.0,
+            init_std=hf.get("initializer_range", 0.02),
+        )
+    if model_type == "llama":
+        if hf.get("rope_scaling"):
+            raise ConfigError(
+                f"Llama rope_scaling={hf['rope_scaling']!r} is not supported; only plain RoPE is."
+            )
+        if hf.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"Llama hidden_act={hf['hidden_act']!r} is not supported; use 'silu'.")
+        d, h = hf["hidden_size"], hf["num_attention_heads"]
+        if hf.get("head_dim") not in (None, d // h):
+            raise ConfigError(
+                f"head_dim={hf['head_dim']} differs from hidden_size/num_attention_heads={d // h}; "
+                "a decoupled head_dim is not supported."
+            )
+        rope_params = hf.get("rope_parameters") or {}
+        return ModelConfig(
+            vocab_size=hf["vocab_size"],
+            d_model=d,
+            n_layers=hf["num_hidden_layers"],
+            n_heads=h,
+            n_kv_heads=hf.get("num_key_value_heads") or h,
+            d_ff=hf["intermediate_size"],
+            max_seq_len=hf.get("max_position_embeddings", 2048),
+            positions="rope",
+            norm="rmsnorm",
+            norm_placement="pre",
+            mlp="swiglu",
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            attn_bias=hf.get("attention_bias", False),
+            mlp_bias=hf.get("mlp_bias", False),
+            rope_theta=float(hf.get("rope_theta", rope_params.get("rope_theta", 10000.0))),
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            dropout=0.0,
+            init_std=hf.get("initializer_range", 0.02),
+        )
+    raise ConfigError(
+        f"model_type={model_type!r} is not supported; supported HF model types are {SUPPORTED_MODEL_TYPES}."
+    )
+
+
+def hf_architecture(config: ModelConfig) -> str:
+    """Which HF architecture can hold this config exactly, or a ConfigError saying why none can."""
+    gpt2 = ("learned", "layernorm", "pre", "gelu")
+    llama = ("rope", "rmsnorm", "pre", "swiglu")
+    key = (config.positions, config.norm, config.norm_placement, config.mlp)
+    if key == gpt2 and config.kv_heads == config.n_heads and config.attn_bias and config.mlp_bias:
+        return "gpt2"
+    if key == llama:
+        return "llama"
+    raise ConfigError(
+        f"No HF transformers architecture matches positions/norm/placement/mlp={key} "
+        f"(attn_bias={config.attn_bias}, mlp_bias={config.mlp_bias}, kv_heads={config.kv_heads}); "
+        f"GPT-2 needs {gpt2} with MHA and biases, Llama needs {llama}. Save with format='workbench'."
+    )
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """A `config.json` dict that transformers' AutoConfig reads back into the same model."""
+    arch = hf_architecture(config)
+    if arch == "gpt2":
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": config.vocab_size,
+            "n_embd": config.d_model,
+            "n_layer": config.n_layers,
+            "n_head": config.n_heads,
+            "n_inner": config.d_ff,
+            "n_positions": config.max_seq_len,
+            "n_ctx": config.max_seq_len,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": config.norm_eps,
+            "tie_word_embeddings": config.tie_embeddings,
+            "initializer_range": config.init_std,
+            "resid_pdrop": config.dropout,
+            "embd_pdrop": config.dropout,
+            "attn_pdrop": config.dropout,
+        }
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "intermediate_size": config.d_ff,
+        "max_position_embeddings": config.max_seq_len,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,
+        "tie_word_embeddings": config.tie_embeddings,
+        "attention_bias": config.attn_bias,
+        "mlp_bias": config.mlp_bias,
+        "initializer_range": config.init_std,
+        "attention_dropout": config.dropout,
+    }

@@ -1,0 +1,97 @@
+"""Input checks and position ids for `TransformerLM.forward`.
+
+Every malformed input becomes an `InputError` that says what is wrong and how to fix it, instead of
+an index error deep in an embedding (or a device-side assert on CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+from .cache import KVCache
+from .config import ModelConfig
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def check_inputs(
+    config: ModelConfig,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    cache: KVCache | None,
+) -> torch.Tensor | None:
+    """Validate the forward inputs; returns the attention mask as bool (or None)."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise InputError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}.")
+    if input_ids.dtype not in _INT_DTYPES:
+        raise InputError(
+            f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; "
+            "pass token ids (torch.long), not embeddings or floats."
+        )
+    if input_ids.dim() != 2:
+        raise InputError(
+            f"input_ids must be 2-D (batch, time), got shape {tuple(input_ids.shape)}; "
+            "add a batch dimension with input_ids[None]."
+        )
+    B, T = input_ids.shape
+    if T == 0 or B == 0:
+        raise InputError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token.")
+    past = cache.length if cache is not None else 0
+    if past + T > config.max_seq_len:
+        raise InputError(
+            f"sequence length {past + T} (cached {past} + new {T}) exceeds max_seq_len="
+            f"{config.max_seq_len}; truncate the input or use a model with a longer context."
+        )
+    bad = (input_ids < 0) | (input_ids >= config.vocab_size)
+    if bool(bad.any()):
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        raise InputError(
+            f"input_ids contain ids outside [0, {config.vocab_size}) (min {lo}, max {hi}); "
+            "check the tokenizer matches this model's vocab_size."
+        )
+    if cache is not None and cache.batch_size != B:
+        raise InputError(f"cache batch size {cache.batch_size} does not match input batch size {B}.")
+    if position_ids is not None and tuple(position_ids.shape) not in ((B, T), (1, T)):
+        raise InputError(
+            f"position_ids shape {tuple(position_ids.shape)} does not match input_ids {(B, T)}."
+        )
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, past + T):
+        allowed = f"({B}, {T})" + (f" or ({B}, {past + T})" if past else "")
+        raise InputError(
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {(B, T)}; "
+            f"expected {allowed} with 1 for tokens and 0 for padding."
+        )
+    if attention_mask.dtype != torch.bool:
+        if attention_mask.is_floating_point() or attention_mask.is_complex():
+            ok = bool(((attention_mask == 0) | (attention_mask == 1)).all())
+        else:
+            ok = bool(((attention_mask == 0) | (attention_mask == 1)).all())
+        if not ok:
+            raise InputError(
+                "attention_mask must contain only 0 and 1 (1 = token, 0 = padding); additive masks "
+                "with -inf are not accepted."
+            )
+        attention_mask = attention_mask.bool()
+    if cache is None and not bool(attention_mask.any(dim=1).all()):
+        raise InputError("a row of attention_mask is all zeros: every sequence needs at least one token.")
+    return attention_mask
+
+
+def resolve_positions(
+    position_ids: torch.Tensor | None,
+    full_mask: torch.Tensor | None,
+    past: int,
+    input_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Position ids (B, T): given ones, else counted over valid keys so they continue past a cache."""
+    B, T = input_ids.shape
+    if position_ids is not None:
+        return position_ids.to(input_ids.device).long().expand(B, T)
+    if full_mask is None:
+        return torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+    counted = full_mask.long().cumsum(-1) - 1  # (B, S): index among the valid tokens
+    return counted[:, -T:].clamp(min=0)

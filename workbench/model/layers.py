@@ -1,0 +1,105 @@
+"""Building blocks: hook sites, norms, MLPs and rotary embeddings.
+
+Shape vocabulary used in every comment: B batch, T time (query length), S key length,
+C channels (d_model), H query heads, K key/value heads, D head dim, F MLP width, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class HookPoint(nn.Module):
+    """An identity module that names a place in the forward pass, so hooks can attach to it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @property
+    def is_hooked(self) -> bool:
+        """True when someone listens here (forward hooks), so the caller may compute extra detail."""
+        return bool(self._forward_hooks) or bool(self._forward_pre_hooks)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 and cast back (as Llama does)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+
+class MLP(nn.Module):
+    """GELU MLP (fc -> gelu -> proj) or SwiGLU with a fused gate/up projection."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.kind = config.mlp
+        width = 2 * config.d_ff if config.mlp == "swiglu" else config.d_ff
+        self.up = nn.Linear(config.d_model, width, bias=config.mlp_bias)  # swiglu: [gate; up]
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
+        self.hook_hidden = HookPoint()  # (B, T, F) after the nonlinearity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)  # (B, T, F) or (B, T, 2F)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)  # (B, T, F) each
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.down(self.hook_hidden(h))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding in the half-split convention (HF Llama's `rotate_half`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for `position_ids` (B, T), each (B, 1, T, D), in `dtype`."""
+        freqs = position_ids.float()[..., None] * self.inv_freq.float()  # (B, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, D)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x` (B, H, T, D) by the angles in cos/sin (B, 1, T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def init_weights(module: nn.Module, config: ModelConfig) -> None:
+    """Normal(0, init_std) weights, zero biases, unit norms; residual outputs scaled by 1/sqrt(2L)."""
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            std = config.init_std
+            if name.endswith(("attn.out.weight", "mlp.down.weight")):
+                std = std / math.sqrt(2 * config.n_layers)
+            nn.init.normal_(p, 0.0, std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+        else:
+            nn.init.ones_(p)
