@@ -55,9 +55,7 @@ def load_state(
             target.copy_(value)
     for alias, owner in report.tied:
         if alias in state and owner in state and not torch.equal(state[alias].to(state[owner].dtype), state[owner]):
-            report.notes.append(
-                f"{alias} differs from {owner} in the file, but the model ties them; {owner} was used."
-            )
+            report.notes.append(f"{alias} differs from {owner} in the file, but the model ties them; {owner} was used.")
     if strict and not report.ok:
         raise WeightMismatchError(
             f"{len(report.missing)} missing and {len(report.mismatched)} mismatched weights loading "

@@ -35,8 +35,7 @@ class KVCache:
             raise InputError(f"batch_size and max_len must be positive, got {batch_size} and {max_len}.")
         if max_len > config.max_seq_len:
             raise InputError(
-                f"cache max_len={max_len} exceeds the model's max_seq_len={config.max_seq_len}; "
-                "ask for fewer tokens."
+                f"cache max_len={max_len} exceeds the model's max_seq_len={config.max_seq_len}; ask for fewer tokens."
             )
         self.config, self.mode, self.max_len = config, mode, max_len
         self.batch_size, self.dtype = batch_size, dtype
@@ -97,6 +96,31 @@ class KVCache:
         self.key_mask = self.key_mask.index_select(0, index)
         self.batch_size = int(index.numel())
 
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on, keeping the allocation (rewinds a session)."""
+        if not 0 <= length <= self.length:
+            raise InputError(f"cannot truncate a cache of length {self.length} to {length}.")
+        self.length = length
+        self.key_mask[:, length:] = True
+        if self.mode == "growing":
+            self.keys = [k[:, :, :length] for k in self.keys]
+            self.values = [v[:, :, :length] for v in self.values]
+
+    def resize(self, max_len: int) -> None:
+        """Raise the capacity to `max_len` positions, copying what is filled (a static cache reallocates)."""
+        if not self.length <= max_len <= self.config.max_seq_len:
+            raise InputError(
+                f"cannot resize the cache to max_len={max_len}: it must lie between the filled length "
+                f"{self.length} and the model's max_seq_len={self.config.max_seq_len}."
+            )
+        if self.mode == "static":
+            shape = (self.batch_size, self.config.kv_heads, max_len, self.config.head_dim)  # (B, K, S, D)
+            self.keys = [_copy_into(k.new_zeros(shape), k, self.length) for k in self.keys]
+            self.values = [_copy_into(v.new_zeros(shape), v, self.length) for v in self.values]
+        mask = torch.ones(self.batch_size, max_len, dtype=torch.bool, device=self.device)  # (B, Smax)
+        mask[:, : self.length] = self.key_mask[:, : self.length]
+        self.key_mask, self.max_len = mask, max_len
+
     def reset(self) -> None:
         """Forget every position, keeping the allocation."""
         self.length = 0
@@ -133,3 +157,8 @@ class KVCache:
             f"KVCache(mode={self.mode}, batch={self.batch_size}, length={self.length}/{self.max_len}, "
             f"used={self.bytes_used:,} B, allocated={self.bytes_allocated:,} B)"
         )
+
+
+def _copy_into(dst: torch.Tensor, src: torch.Tensor, length: int) -> torch.Tensor:
+    dst[:, :, :length] = src[:, :, :length]
+    return dst

@@ -67,8 +67,7 @@ class ModelConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is unknown; use one of {allowed}.")
         if self.positions == "rope" and self.head_dim % 2:
             raise ConfigError(
-                f"RoPE needs an even head_dim, but d_model={self.d_model} / n_heads={self.n_heads} "
-                f"= {self.head_dim}."
+                f"RoPE needs an even head_dim, but d_model={self.d_model} / n_heads={self.n_heads} = {self.head_dim}."
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
@@ -130,9 +129,7 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
-    "tiny-gpt2": ModelConfig(
-        positions="learned", norm="layernorm", mlp="gelu", attn_bias=True, mlp_bias=True
-    ),
+    "tiny-gpt2": ModelConfig(positions="learned", norm="layernorm", mlp="gelu", attn_bias=True, mlp_bias=True),
     "gpt2-small": ModelConfig(
         vocab_size=50257,
         d_model=768,

@@ -38,9 +38,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         )
     if model_type == "llama":
         if hf.get("rope_scaling"):
-            raise ConfigError(
-                f"Llama rope_scaling={hf['rope_scaling']!r} is not supported; only plain RoPE is."
-            )
+            raise ConfigError(f"Llama rope_scaling={hf['rope_scaling']!r} is not supported; only plain RoPE is.")
         if hf.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"Llama hidden_act={hf['hidden_act']!r} is not supported; use 'silu'.")
         d, h = hf["hidden_size"], hf["num_attention_heads"]

@@ -54,9 +54,7 @@ def check_inputs(
     if cache is not None and cache.batch_size != B:
         raise InputError(f"cache batch size {cache.batch_size} does not match input batch size {B}.")
     if position_ids is not None and tuple(position_ids.shape) not in ((B, T), (1, T)):
-        raise InputError(
-            f"position_ids shape {tuple(position_ids.shape)} does not match input_ids {(B, T)}."
-        )
+        raise InputError(f"position_ids shape {tuple(position_ids.shape)} does not match input_ids {(B, T)}.")
     if attention_mask is None:
         return None
     if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, past + T):
@@ -66,10 +64,7 @@ def check_inputs(
             f"expected {allowed} with 1 for tokens and 0 for padding."
         )
     if attention_mask.dtype != torch.bool:
-        if attention_mask.is_floating_point() or attention_mask.is_complex():
-            ok = bool(((attention_mask == 0) | (attention_mask == 1)).all())
-        else:
-            ok = bool(((attention_mask == 0) | (attention_mask == 1)).all())
+        ok = bool(((attention_mask == 0) | (attention_mask == 1)).all())
         if not ok:
             raise InputError(
                 "attention_mask must contain only 0 and 1 (1 = token, 0 = padding); additive masks "

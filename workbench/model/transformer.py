@@ -158,9 +158,7 @@ class TransformerLM(nn.Module):
         return save_pretrained(self, directory, format=format)
 
 
-def build_mask(
-    full_mask: torch.Tensor | None, T: int, past: int, device: torch.device
-) -> torch.Tensor | None:
+def build_mask(full_mask: torch.Tensor | None, T: int, past: int, device: torch.device) -> torch.Tensor | None:
     """Boolean attention mask (B, 1, T, S), True = may attend; None means plain causal or all-visible.
 
     Combines causality (key position <= query position) with key padding. A padded query row
