@@ -1,0 +1,82 @@
+"""Shared benchmark helpers: a same-weights model pair and fair, interleaved timing."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+import workbench as wb
+from workbench.io.load import load_pretrained
+
+
+def smollm2_shaped_pair(device: str, dtype: torch.dtype, layers: int | None = None):
+    """HF LlamaForCausalLM with SmolLM2-135M's shape (random weights) and the workbench model loaded from it."""
+    import transformers
+
+    cfg = wb.ModelConfig.preset("smollm2-135m")
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=layers or cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.max_seq_len,
+        rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(hf_cfg).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = load_pretrained(tmp, device=device, dtype=dtype)
+    hf = hf.to(device=device, dtype=dtype)
+    hf.config._attn_implementation = "sdpa"
+    return ours, hf
+
+
+def timer(device: str) -> Callable[[Callable[[], object]], float]:
+    """Seconds for one call: CUDA events on GPU, perf_counter on CPU."""
+
+    def run(fn: Callable[[], object]) -> float:
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1000
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    return run
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds per function, alternating calls so drift hits every side alike."""
+    run = timer(device)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            samples[name].append(run(fn))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def environment(device: str) -> str:
+    import transformers
+
+    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
+    return (
+        f"device={device} ({name}), threads={torch.get_num_threads()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, python {platform.python_version()}"
+    )
