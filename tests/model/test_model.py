@@ -14,6 +14,7 @@ VARIANTS = {
     "mqa": {"n_kv_heads": 1},
     "gpt2": {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "attn_bias": True, "mlp_bias": True},
     "post-norm": {"norm_placement": "post"},
+    "attn-only": {"mlp": "none"},
 }
 
 

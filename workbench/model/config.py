@@ -13,7 +13,7 @@ from ..errors import ConfigError
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 PLACEMENTS = ("pre", "post")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "swiglu", "none")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class ModelConfig:
     positions: str = "rope"  # "learned" absolute embeddings (GPT-2) or "rope" rotary (Llama)
     norm: str = "rmsnorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
     norm_placement: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x))
-    mlp: str = "swiglu"  # "gelu" (tanh approximation, as GPT-2) or "swiglu" (Llama)
+    mlp: str = "swiglu"  # "gelu" (tanh approx., as GPT-2), "swiglu" (Llama) or "none" (attention-only)
     tie_embeddings: bool = True  # LM head shares the token embedding's storage
     attn_bias: bool = False  # biases on q/k/v/o projections
     mlp_bias: bool = False  # biases on MLP projections

@@ -35,14 +35,16 @@ from .layers import MLP, HookPoint, Rotary, init_weights, make_norm
 
 
 class Block(nn.Module):
-    """One transformer block; `norm_placement` decides where the two norms sit."""
+    """One transformer block; `norm_placement` decides where the norms sit, mlp="none" drops the MLP."""
 
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.pre = config.norm_placement == "pre"
-        self.ln_attn, self.ln_mlp = make_norm(config), make_norm(config)
+        self.ln_attn = make_norm(config)
         self.attn = Attention(config, layer)
-        self.mlp = MLP(config)
+        has_mlp = config.mlp != "none"
+        self.ln_mlp = make_norm(config) if has_mlp else None
+        self.mlp = MLP(config) if has_mlp else None
         self.drop = nn.Dropout(config.dropout)
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
             setattr(self, f"hook_{name}", HookPoint())
@@ -50,11 +52,15 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, rope, mask, cache) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         x = self.hook_resid_pre(x)
         if self.pre:
-            x = self.hook_resid_mid(x + self.hook_attn_out(self.drop(self.attn(self.ln_attn(x), rope, mask, cache))))
-            x = x + self.hook_mlp_out(self.drop(self.mlp(self.ln_mlp(x))))
+            a = self.hook_attn_out(self.drop(self.attn(self.ln_attn(x), rope, mask, cache)))
+            x = self.hook_resid_mid(x + a)
+            if self.mlp is not None:
+                x = x + self.hook_mlp_out(self.drop(self.mlp(self.ln_mlp(x))))
         else:
-            x = self.hook_resid_mid(self.ln_attn(x + self.hook_attn_out(self.drop(self.attn(x, rope, mask, cache)))))
-            x = self.ln_mlp(x + self.hook_mlp_out(self.drop(self.mlp(x))))
+            a = self.hook_attn_out(self.drop(self.attn(x, rope, mask, cache)))
+            x = self.hook_resid_mid(self.ln_attn(x + a))
+            if self.mlp is not None:
+                x = self.ln_mlp(x + self.hook_mlp_out(self.drop(self.mlp(x))))
         return self.hook_resid_post(x)
 
 
