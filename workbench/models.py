@@ -56,4 +56,53 @@ def smollm2(
 
 
 # --- small models for tests and demos --------------------------------------------------------------
-# `tiny()` belongs here (added by a later issue).
+TINY_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def tiny_path() -> Path:
+    """The shipped tiny model's directory: `assets/tiny` in the checkout that holds the `workbench` package.
+
+    The assets live beside the package (not inside it), so they are found in an editable install or
+    a source checkout; a wheel install does not carry them.
+    """
+    path = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+    missing = [name for name in TINY_FILES if not (path / name).is_file()]
+    if missing:
+        raise LoadError(
+            f"the tiny model's {', '.join(missing)} missing from {path}; use a source checkout "
+            "(pip install -e .) or regenerate the assets with: python scripts/train_tiny.py"
+        )
+    return path
+
+
+def tiny(
+    device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> tuple[TransformerLM, Tokenizer]:
+    """The shipped 2-layer attention-only model trained on repeated random segments, and its tokenizer.
+
+    Layer 0 has a previous-token head and layer 1 induction heads (see assets/tiny/README.md).
+    The tokenizer is word-level over ~500 common English words; `add_bos` is on because the model
+    was trained with [BOS] at position 0 (pass `add_bos=False` to `encode` to leave it out).
+    """
+    import json
+
+    from .io.load import load_pretrained
+
+    path = tiny_path()
+    model = load_pretrained(path, device=device, dtype=dtype)
+    special = json.loads((path / "tokenizer_config.json").read_text())
+    backend = Tokenizer.from_file(path / "tokenizer.json").backend
+    ids = {}
+    for role in ("bos", "eos", "pad"):
+        token = special.get(f"{role}_token")
+        ids[role] = backend.token_to_id(token) if token is not None else None
+        if ids[role] is None:
+            raise LoadError(f"{path / 'tokenizer_config.json'}: {role}_token {token!r} is not in tokenizer.json.")
+    tokenizer = Tokenizer(
+        backend,
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
+        add_bos=bool(special.get("add_bos_token", True)),
+    )
+    return model, tokenizer

@@ -26,6 +26,7 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # safetensors writes owner-only files; checkpoints are meant to be shared
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
