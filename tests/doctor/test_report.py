@@ -1,0 +1,68 @@
+"""Report rendering and diagnose's arguments: check selection, unknown names, unusable models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bugzoo.zoo import ZOO
+from torch import nn
+
+from workbench import ModelConfig, TransformerLM
+from workbench.doctor import CHECK_NAMES, Finding, Report, diagnose
+from workbench.errors import DoctorError, WorkbenchError
+
+
+def test_markdown_html_and_text():
+    report = Report([Finding("causal_leak", "fail", "future leaks", {"max_abs_delta": 0.3217, "at_position": 4},
+                             "mask shifted", "use tril"),
+                     Finding("kv_cache", "n/a", "no cache", {}, "p", "f")], model="M", seconds=1.0)
+    md = report.to_markdown()
+    assert "| check | status | summary | evidence | fix |" in md
+    assert "| causal_leak | FAIL | future leaks | max_abs_delta=0.322, at_position=4 | use tril |" in md
+    assert "| kv_cache | N/A | no cache |  |  |" in md  # no fix hint for what does not apply
+    html = report._repr_html_()
+    assert "<table>" in html and "#cf222e" in html and "FAIL" in html and "N/A" in html
+    assert "max_abs_delta</code> = 0.322" in html
+    assert "1 fail, 0 warn, 0 pass, 1 n/a" in str(report) and "evidence: max_abs_delta=0.322" in str(report)
+    assert report.failed == [report["causal_leak"]] and not report.ok
+    with pytest.raises(KeyError):
+        report["nope"]
+    with pytest.raises(ValueError):
+        Finding("x", "bad-status", "")
+
+
+def test_checks_selection_and_unknown_names():
+    model = TransformerLM(ModelConfig.preset("tiny"))
+    report = diagnose(model, checks=["kv_cache", "config"], progress=False)
+    assert [f.check for f in report] == ["config", "kv_cache"]  # catalogue order
+    assert report.statuses() == {"config": "pass", "kv_cache": "pass"}
+    with pytest.raises(DoctorError) as err:
+        diagnose(model, checks=["causal_leak", "flux_capacitor"], progress=False)
+    assert isinstance(err.value, WorkbenchError)
+    assert "flux_capacitor" in str(err.value) and all(name in str(err.value) for name in CHECK_NAMES)
+
+
+def test_model_without_logits_is_refused():
+    class Embedder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.e = nn.Embedding(10, 4)
+
+        def forward(self, input_ids):  # (B, T, C) features, not logits over a vocabulary
+            return {"hidden": self.e(input_ids)}
+
+    with pytest.raises(DoctorError, match="logits"):
+        diagnose(Embedder(), progress=False)
+
+
+def test_user_rng_and_grads_untouched():
+    model, _, _ = ZOO["eval_dropout"]
+    m = model()
+    for p in m.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    diagnose(m, checks=["determinism", "gradients"], progress=False)
+    assert torch.equal(torch.rand(3), expected)  # the user's RNG stream continues where it was
+    assert all(bool((p.grad == 7.0).all()) for p in m.parameters())

@@ -1,0 +1,144 @@
+"""Generation checks: KV-cache memory growth and release, beam-search sanity.
+
+Models that follow the workbench generation contract (`new_cache` + `config.max_seq_len`) are driven
+through `workbench.generation`; HF models through their own `generate`; others are not applicable.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import cache_bytes, cache_tensors
+from .registry import Context, Result, check, na
+
+NEW_TOKENS = 6
+
+
+def _style(ctx: Context) -> str | None:
+    m = ctx.model
+    if callable(getattr(m, "new_cache", None)) and hasattr(getattr(m, "config", None), "max_seq_len"):
+        return "workbench"
+    if ctx.adapter.kind == "hf" and callable(getattr(m, "generate", None)):
+        return "hf"
+    return None
+
+
+def _hf_generate(model: Any, ids: torch.Tensor, **kwargs: Any) -> Any:
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                          min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, **kwargs)
+
+
+@check(
+    "generation_memory",
+    pitfall="The KV cache grows faster than one position per step (whole-sequence copies kept), or is "
+    "still referenced after generate returns (stored on the model, in a global, in a closure), so "
+    "memory leaks from call to call.",
+    fix="Create the cache inside generate as a local, append exactly one position per step, and never "
+    "store it on the model.",
+)
+def generation_memory(ctx: Context) -> Result:
+    ctx.require_deterministic()
+    style = _style(ctx)
+    if style is None:
+        return na("the model has no generate entry point (workbench cache contract or HF generate).")
+    sizes: list[int] = []
+    refs: list[weakref.ref] = []
+
+    def after_forward(_m: Any, _args: tuple, kwargs: dict, out: Any) -> None:
+        state = kwargs.get("cache") if style == "workbench" else getattr(out, "past_key_values", None)
+        if state is not None:
+            sizes.append(cache_bytes(state))
+            refs[:] = [weakref.ref(t) for t in cache_tensors(state)]
+            if style == "workbench":
+                refs.append(weakref.ref(state))
+
+    ids = ctx.ids(1, 5, salt=16)
+    handle = ctx.model.register_forward_hook(after_forward, with_kwargs=True)
+    try:
+        if style == "workbench":
+            from ..generation import generate
+
+            generate(ctx.model, ids, max_new_tokens=NEW_TOKENS)
+        else:
+            _hf_generate(ctx.model, ids)
+    finally:
+        handle.remove()
+    gc.collect()
+    alive = sum(r() is not None for r in refs)
+    steps = [b - a for a, b in zip(sizes, sizes[1:])]
+    evidence: dict[str, Any] = {"forwards": len(sizes), "bytes_after_prefill": sizes[0] if sizes else 0,
+                                "bytes_at_end": sizes[-1] if sizes else 0,
+                                "growth_per_step": steps[0] if steps else 0,
+                                "alive_after_generate": alive, "tracked_objects": len(refs)}
+    if not sizes:
+        return na("generate ran but no cache was seen in the forward calls.", **evidence)
+    if steps and len(set(steps)) > 1:
+        return Result("fail", f"the cache grew unevenly per step ({steps} bytes): not one position per step.",
+                      evidence)
+    if alive:
+        return Result("fail", f"{alive} of {len(refs)} cache objects/tensors are still alive after generate "
+                      "returned: something keeps a reference to the cache.", evidence)
+    growth = f"{steps[0]:,} B per step" if steps else "one step"
+    return Result("pass", f"the cache grows linearly ({growth}) and is freed after generate.", evidence)
+
+
+def _sequence_logprob(ctx: Context, seq: torch.Tensor, prompt_len: int, count: int) -> float:
+    """Sum of log p(new token) for `count` new tokens of `seq` (T,), from one full forward without a cache."""
+    with torch.no_grad():
+        logits = ctx.adapter.logits(seq[None, : prompt_len + count])[0].float()  # (T, V)
+    logp = F.log_softmax(logits[prompt_len - 1 : prompt_len + count - 1], dim=-1)  # (count, V)
+    return float(logp.gather(1, seq[prompt_len : prompt_len + count, None]).sum())
+
+
+@check(
+    "beam_search",
+    pitfall="Beam search is inconsistent: width 1 differs from greedy, or the cache rows are not reordered "
+    "with the beams, so returned scores are not the sequences' length-normalised log-probabilities.",
+    fix="Reorder every cache row with the surviving beams (index_select on the batch dim) and score "
+    "sum(log p) / length ** alpha.",
+)
+def beam_search(ctx: Context) -> Result:
+    ctx.require_deterministic()
+    style = _style(ctx)
+    if style is None:
+        return na("the model has no generate entry point (workbench cache contract or HF generate).")
+    ids = ctx.ids(1, 5, salt=17)
+    P = ids.shape[1]
+    if style == "workbench":
+        from ..generation import generate
+        from ..generation.beam import beam_search as run_beams
+        from ..generation.sampling import Strategy
+
+        greedy = generate(ctx.model, ids, max_new_tokens=NEW_TOKENS).sequences[0]
+        with torch.no_grad():
+            width1 = run_beams(ctx.model, ids, None, Strategy(num_beams=1), NEW_TOKENS, "static", 0, None)
+        width1 = width1.sequences[0]
+        beams = generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, num_beams=2, num_return_sequences=2)
+        seqs, scores, counts = beams.sequences, beams.scores.tolist(), beams.new_token_counts.tolist()
+        alpha = 1.0
+    else:
+        greedy = _hf_generate(ctx.model, ids)[0]
+        width1 = _hf_generate(ctx.model, ids, num_beams=1)[0]
+        out = _hf_generate(ctx.model, ids, num_beams=2, num_return_sequences=2, length_penalty=1.0,
+                           early_stopping=True, return_dict_in_generate=True, output_scores=True)
+        seqs, scores = out.sequences, out.sequences_scores.tolist()
+        counts, alpha = [seqs.shape[1] - P] * seqs.shape[0], 1.0
+    same = bool(torch.equal(greedy.cpu(), width1.cpu()))
+    recomputed = [_sequence_logprob(ctx, s, P, n) / n**alpha for s, n in zip(seqs, counts)]
+    gap = max(abs(a - b) for a, b in zip(scores, recomputed))
+    evidence = {"width1_equals_greedy": same, "beam_scores": scores, "recomputed_scores": recomputed,
+                "max_score_gap": gap, "new_tokens": NEW_TOKENS}
+    if not same:
+        return Result("fail", "beam search with width 1 chose different tokens than greedy decoding.", evidence)
+    if not gap <= 1e-3 * max(1.0, max(abs(s) for s in recomputed)):
+        return Result("fail", f"beam scores differ from the recomputed length-normalised log-probs by {gap:.3g}.",
+                      evidence)
+    if scores != sorted(scores, reverse=True):
+        return Result("fail", "returned beams are not sorted by score.", evidence)
+    return Result("pass", f"width 1 equals greedy; width-2 scores match recomputed log-probs (gap {gap:.1e}).",
+                  evidence)

@@ -1,0 +1,139 @@
+"""Position and KV-cache checks: are positions applied, do they continue past a cache, does cached decoding
+equal a full recompute.
+
+`kv_cache` passes explicit position ids when the model accepts them, so a cache that stores keys
+correctly but restarts positions at 0 fails `positions` (which lets the model count on its own) and
+not `kv_cache`; a model without a `position_ids` argument fails both, since they cannot be told apart.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks_masking import _positions
+from .registry import Context, Result, check, max_delta, na
+
+
+def _arange(start: int, stop: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(start, stop, device=device)[None]  # (1, T)
+
+
+@check(
+    "positions",
+    pitfall="Position information is not applied (embedding created but never added, RoPE skipped) or "
+    "restarts at 0 after a cache, so the model sees a bag of tokens.",
+    fix="Add the position embedding / rotate q and k for every call, with position ids that continue from "
+    "the cache length (past_len + arange(T)).",
+)
+def positions(ctx: Context) -> Result:
+    ctx.require_deterministic()
+    a = ctx.adapter
+    T, P = 8, 5
+    ids = ctx.ids(1, T, salt=6)
+    full = a.logits(ids)  # (1, T, V)
+    tol = a.tolerance(full)
+    if a.supports_positions:
+        # Stretching the position ids (0, 2, 4, ...) changes every distance, so any applied position
+        # scheme, absolute or rotary, changes the logits after position 0.
+        stretched = a.logits(ids, positions=2 * _arange(0, T, a.device))
+        moved = max_delta(full[:, 1:], stretched[:, 1:])[0]
+        evidence = {"stretched_position_ids_delta": moved, "tolerance": tol}
+        if not moved > tol:
+            return Result("fail", f"position ids 0,2,4,... give the same logits as 0,1,2,... (max |delta| {moved:.1e}, "
+                          f"tolerance {tol:.1e}): positions are not applied.", evidence)
+    else:
+        # Without a position_ids argument: repeat one token. Models without positions compute the same
+        # thing at every position; so do rotary models (values carry no position), hence only a warning.
+        token = ctx.ids(1, 1, salt=5)
+        const = a.logits(token.expand(1, T).contiguous())  # (1, T, V)
+        moved = max_delta(const, const[:, :1].expand_as(const))[0]
+        evidence = {"constant_input_spread": moved, "tolerance": tol}
+        if not moved > tol:
+            return Result("warn", f"one token repeated gives the same logits at every position (spread {moved:.1e}): "
+                          "positions are not applied, or are rotary; accept position_ids to test this fully.",
+                          evidence)
+    if a.cache_style is None:
+        return Result("pass", f"positions are applied (logits move by {moved:.3g}); no cache to test "
+                      "continuation with.", evidence)
+    _, state = a.cached(ids[:, :P], max_len=T)
+    worst, at = -1.0, -1
+    for t in range(P, T):
+        step, state = a.cached(ids[:, t : t + 1], state, max_len=T)  # positions left to the model
+        delta = max_delta(full[:, t : t + 1], step)[0]
+        if not delta <= worst:
+            worst, at = delta, t
+    evidence.update(cached_decode_delta=worst, at_position=at)
+    if not worst <= tol and a.supports_positions and not _explicit_decode_ok(a, ids, P, full, tol):
+        evidence["continuation_judged"] = False
+        return Result("pass", f"positions are applied (logits move by {moved:.3g}); continuation past the cache "
+                      "is not judged because cached decoding is wrong even with explicit position ids (see "
+                      "`kv_cache`).", evidence)
+    if not worst <= tol:
+        return Result("fail", f"decoding with a cache, without explicit position ids, moves the logits at position "
+                      f"{at} by {worst:.3g}: positions do not continue from the cache length.", evidence)
+    return Result("pass", f"positions are applied (logits move by {moved:.3g}) and continue past the cache.",
+                  evidence)
+
+
+def _explicit_decode_ok(a, ids: torch.Tensor, P: int, full: torch.Tensor, tol: float) -> bool:  # noqa: ANN001
+    """Cached decoding with explicit position ids matches the full recompute."""
+    T = ids.shape[1]
+    _, state = a.cached(ids[:, :P], positions=_arange(0, P, a.device), max_len=T)
+    for t in range(P, T):
+        step, state = a.cached(ids[:, t : t + 1], state, positions=_arange(t, t + 1, a.device), max_len=T)
+        if not max_delta(full[:, t : t + 1], step)[0] <= tol:
+            return False
+    return True
+
+
+@check(
+    "kv_cache",
+    pitfall="Incremental decoding with the KV cache differs from recomputing the whole sequence (keys "
+    "appended to the wrong slot, cache not updated, padding forgotten for cached keys).",
+    fix="Append new keys/values after the cached ones, attend over all of them, and keep the padding mask "
+    "for cached positions.",
+)
+def kv_cache(ctx: Context) -> Result:
+    ctx.require_deterministic()
+    a = ctx.adapter
+    if a.cache_style is None:
+        return na("the model exposes no KV cache (no `past_key_values` or `cache` argument).")
+    P, N = 5, 4
+    ids = ctx.ids(1, P + N, salt=7)
+    full = a.logits(ids)  # (1, P+N, V)
+    explicit = a.supports_positions
+    pos = (lambda s, e: _arange(s, e, a.device)) if explicit else (lambda s, e: None)
+    first, state = a.cached(ids[:, :P], positions=pos(0, P), max_len=P + N)
+    worst, at = max_delta(full[:, :P], first)
+    for t in range(P, P + N):
+        step, state = a.cached(ids[:, t : t + 1], state, positions=pos(t, t + 1), max_len=P + N)
+        delta = max_delta(full[:, t : t + 1], step)[0]
+        if not delta <= worst:
+            worst, at = delta, t
+    tol = a.tolerance(full)
+    evidence = {"max_abs_delta": worst, "at_position": at, "prefill": P, "decode_steps": N, "tolerance": tol,
+                "explicit_position_ids": explicit}
+    if not worst <= tol:
+        return Result("fail", f"cached decoding differs from a full recompute by {worst:.3g} at position {at} "
+                      f"(tolerance {tol:.1e}).", evidence)
+    if a.supports_mask:
+        pads = 2
+        seq = torch.cat((torch.full((1, pads), a.pad_id, dtype=ids.dtype, device=ids.device), ids), 1)
+        mask = torch.cat((torch.zeros(1, pads, dtype=torch.long), torch.ones(1, P + N, dtype=torch.long)), 1)
+        mask = mask.to(a.device)
+        mpos = _positions(mask)
+        ref = a.logits(seq, mask, mpos if explicit else None)[:, pads:]  # (1, P+N, V)
+        end = pads + P
+        out, state = a.cached(seq[:, :end], mask=mask[:, :end], positions=mpos[:, :end] if explicit else None,
+                              max_len=pads + P + N)
+        padded, _ = max_delta(ref[:, :P], out[:, pads:])
+        for t in range(end, pads + P + N):
+            step, state = a.cached(seq[:, t : t + 1], state, mask=mask[:, : t + 1],
+                                   positions=mpos[:, t : t + 1] if explicit else None, max_len=pads + P + N)
+            padded = max(padded, max_delta(ref[:, t - pads : t - pads + 1], step)[0], key=lambda v: (v != v, v))
+        evidence["left_padded_max_abs_delta"] = padded
+        if not padded <= tol:
+            return Result("fail", f"cached decoding of a left-padded sequence differs from the full recompute by "
+                          f"{padded:.3g} (tolerance {tol:.1e}).", evidence)
+    return Result("pass", f"prefill + {N} cached steps equal the full recompute (max |delta| {worst:.1e}).",
+                  evidence)

@@ -1,0 +1,158 @@
+"""Checks that watch the forward pass's structure: norm placement and host-device traffic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .adapters import is_norm
+from .probes import observe
+from .registry import Context, Result, check, na
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        for x in obj:
+            t = _first_tensor(x)
+            if t is not None:
+                return t
+    if isinstance(obj, dict):
+        return _first_tensor(list(obj.values()))
+    return None
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is not None and b is not None and (a is b or (a.shape == b.shape and bool(torch.equal(a, b))))
+
+
+def _block_placement(block_in: torch.Tensor, block_out: torch.Tensor, norms: list[tuple[Any, Any]]) -> str:
+    """"pre" (a norm reads the block input; the output is a residual sum), "post" (the block output is a
+    norm's output), "mixed" (both), or "none"."""
+    reads_input = any(_same(block_in, x) for x, _ in norms)
+    ends_in_norm = bool(norms) and _same(block_out, norms[-1][1])
+    if reads_input and ends_in_norm:
+        return "mixed"
+    return "pre" if reads_input else "post" if ends_in_norm else "none"
+
+
+@check(
+    "norm_placement",
+    pitfall="Norms placed inconsistently: some blocks pre-norm (x + f(norm(x))), others post-norm "
+    "(norm(x + f(x))), usually a copy-paste slip; post-norm also needs warmup to train deep stacks.",
+    fix="Use one placement in every block; pre-norm (with a final norm before the head) is the stable default.",
+)
+def norm_placement(ctx: Context) -> Result:
+    found = ctx.adapter.blocks()
+    if found is None:
+        return na("no repeated blocks (nn.ModuleList of one class) found.")
+    blocks = found[1]
+    calls: dict[str, dict[str, Any]] = {name: {"norms": []} for name, _ in blocks}
+    handles = []
+    try:
+        for name, block in blocks:
+            entry = calls[name]
+            handles.append(block.register_forward_pre_hook(
+                lambda _m, args, kwargs, e=entry: e.__setitem__("in", _first_tensor((args, kwargs))),
+                with_kwargs=True))
+            handles.append(block.register_forward_hook(
+                lambda _m, _a, out, e=entry: e.__setitem__("out", _first_tensor(out))))
+            for sub in block.modules():
+                if is_norm(sub):
+                    handles.append(sub.register_forward_hook(
+                        lambda _m, args, out, e=entry: e["norms"].append((_first_tensor(args), _first_tensor(out)))))
+        with torch.no_grad():
+            ctx.adapter.logits(ctx.ids(1, 6, salt=14), allow_nonfinite=True)
+    finally:
+        for h in handles:
+            h.remove()
+    kinds = {name: _block_placement(c.get("in"), c.get("out"), c["norms"]) for name, c in calls.items()}
+    by_kind: dict[str, list[str]] = {}
+    for name, kind in kinds.items():
+        by_kind.setdefault(kind, []).append(name)
+    evidence: dict[str, Any] = {f"{k}_blocks": len(v) for k, v in by_kind.items()}
+    evidence["norm_modules_per_block"] = len(calls[blocks[0][0]]["norms"])
+    if set(by_kind) == {"none"}:
+        return na(f"no norm module inside the {len(blocks)} blocks of {found[0]} reads the block input or "
+                  "produces its output.", **evidence)
+    if len(by_kind) == 1:
+        kind = next(iter(by_kind))
+        return Result("pass", f"{kind}-norm in all {len(blocks)} blocks of {found[0]}.", evidence)
+    detail = "; ".join(f"{k}: {', '.join(v[:6])}" for k, v in sorted(by_kind.items()))
+    for k, v in by_kind.items():
+        evidence[f"{k}_layers"] = ",".join(n.rsplit(".", 1)[-1] for n in v)
+    return Result("warn", f"mixed norm placement across blocks ({detail}).", evidence)
+
+
+TRANSFERS = {torch.Tensor.cpu: ".cpu()", torch.Tensor.cuda: ".cuda()", torch.Tensor.numpy: ".numpy()"}
+SYNCS = {torch.Tensor.item: ".item()", torch.Tensor.tolist: ".tolist()", torch.Tensor.__bool__: "bool(tensor)",
+         torch.Tensor.__int__: "int(tensor)", torch.Tensor.__float__: "float(tensor)",
+         torch.Tensor.__index__: "tensor as index", torch.Tensor.nonzero: "nonzero", torch.nonzero: "nonzero",
+         torch.masked_select: "masked_select", torch.Tensor.masked_select: "masked_select",
+         torch.unique: "unique", torch.Tensor.unique: "unique"}
+
+
+def _classify(func: Any, args: tuple, kwargs: dict) -> tuple[str, str] | None:
+    """("transfer" | "sync", label) for a host-device call, else None."""
+    if func in TRANSFERS:
+        return "transfer", TRANSFERS[func]
+    if func in SYNCS:
+        return "sync", SYNCS[func]
+    if func is torch.Tensor.to and args and isinstance(args[0], torch.Tensor):
+        device = torch._C._nn._parse_to(*args[1:], **kwargs)[0]
+        if device is not None and device != args[0].device:
+            return "transfer", f".to({device})"
+    if func is torch.Tensor.__getitem__ and len(args) > 1:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index):
+            return "sync", "boolean-mask indexing"
+    return None
+
+
+@check(
+    "host_device",
+    pitfall="Device transfers (.cpu(), .to(device), .numpy()) and host syncs (.item(), .tolist(), bool(tensor), "
+    "data-dependent shapes) inside forward stall the GPU, worst when repeated in every layer.",
+    fix="Keep forward on one device: create tensors with device=x.device, keep values as tensors instead of "
+    ".item(), and move input checks out of the per-layer path.",
+)
+def host_device(ctx: Context) -> Result:
+    found = ctx.adapter.blocks()
+    block_ids = {id(m) for _, m in found[1]} if found else set()
+    events: list[tuple[str, str, str, bool]] = []  # (kind, label, module, inside a block)
+
+    def on_call(stack, func, args, kwargs, _result) -> None:  # noqa: ANN001
+        kind = _classify(func, args, kwargs)
+        if kind is not None:
+            in_block = any(id(m) in block_ids for _, m in stack.stack)
+            events.append((kind[0], kind[1], stack.current or "(root)", in_block))
+
+    ids = ctx.ids(1, 6, salt=15)
+    with torch.no_grad(), observe(ctx.model, on_call):
+        ctx.adapter.logits(ids, allow_nonfinite=True)
+    transfers = [e for e in events if e[0] == "transfer"]
+    layer_syncs = [e for e in events if e[0] == "sync" and e[3]]
+    other_syncs = [e for e in events if e[0] == "sync" and not e[3]]
+    evidence: dict[str, Any] = {"transfers": len(transfers), "syncs_in_layers": len(layer_syncs),
+                                "syncs_outside_layers": len(other_syncs)}
+
+    def where(items: list[tuple[str, str, str, bool]]) -> str:
+        counts: dict[tuple[str, str], int] = {}
+        for _, label, module, _ in items:
+            counts[(module, label)] = counts.get((module, label), 0) + 1
+        return "; ".join(f"{n}x {label} in {module}" for (module, label), n in list(counts.items())[:4])
+
+    if other_syncs:
+        evidence["outside_layers"] = where(other_syncs)
+    if transfers or layer_syncs:
+        if transfers:
+            evidence["first_transfer"] = where(transfers[:1])
+        if layer_syncs:
+            evidence["first_layer_sync"] = where(layer_syncs[:1])
+        return Result("warn", f"inside one forward: {where(transfers + layer_syncs)}.", evidence)
+    if other_syncs:
+        return Result("pass", f"no transfers and no per-layer syncs; {len(other_syncs)} sync(s) outside the layers "
+                      f"({where(other_syncs)}), e.g. input validation, once per forward.", evidence)
+    return Result("pass", "no device transfers or host syncs in one forward.", evidence)

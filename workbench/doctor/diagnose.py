@@ -1,0 +1,97 @@
+"""`diagnose(model)`: run every check (or a chosen few) and collect the findings in a `Report`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import DoctorError
+from . import checks_config, checks_generation, checks_masking, checks_numerics, checks_positions, checks_structure
+from .adapters import ModelAdapter
+from .registry import CHECKS, Context, Result
+from .report import Finding, Report
+
+_MODULES = (checks_config, checks_generation, checks_masking, checks_numerics, checks_positions, checks_structure)
+
+ORDER = (
+    "config", "causal_leak", "padding_mask", "positions", "kv_cache", "norm_placement", "score_overflow",
+    "nonfinite", "gradients", "init_scale", "determinism", "weights", "generation_memory", "beam_search",
+    "input_validation", "batch_invariance", "host_device",
+)  # the order of the pitfall catalogue
+CHECK_NAMES = tuple(n for n in ORDER if n in CHECKS)
+
+
+def diagnose(
+    model: nn.Module,
+    tokenizer: Any = None,
+    *,
+    checks: Iterable[str] | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Report:
+    """Run the doctor's checks on a causal LM and return a `Report` of findings.
+
+    model: a workbench `TransformerLM`, a HF causal LM, or any module whose forward(input_ids (B, T),
+    attention_mask=None) returns logits (B, T, V) or an object with `.logits`.
+    tokenizer: optional; used for its vocabulary size and pad id.
+    checks: names from `CHECK_NAMES` (default: all), run in catalogue order.
+    device: run the probes there (the model is moved, then moved back); default: the model's device.
+    The model runs in eval mode (train/eval flags of every module are restored afterwards); probes
+    are small (B <= 3, T <= 16) and seeded by `seed`, so a report is reproducible; the global RNG
+    state and existing `.grad` tensors are left as they were.
+    """
+    if not isinstance(model, nn.Module):
+        raise DoctorError(f"diagnose needs a torch nn.Module, got {type(model).__name__}.")
+    names = _select(checks)
+    modes = [(m, m.training) for m in model.modules()]
+    home = next(model.parameters(), torch.empty(0)).device
+    moved = device is not None and torch.device(device) != home
+    start = time.perf_counter()
+    try:
+        if moved:
+            model.to(device)
+        model.eval()
+        devices = [torch.device(device or home).index or 0] if torch.device(device or home).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the user's RNG streams continue untouched
+            torch.manual_seed(seed)
+            ctx = Context(ModelAdapter(model, tokenizer), seed=seed)
+            with torch.no_grad():
+                _ = ctx.adapter.vocab_size  # one 2-token forward: a model whose output has no logits fails here
+            findings = [_run(name, ctx) for name in tqdm(names, desc="doctor", disable=not progress, leave=False)]
+    finally:
+        if moved:
+            model.to(home)
+        for m, mode in modes:
+            m.training = mode
+    return Report(findings, model=type(model).__name__, seconds=time.perf_counter() - start)
+
+
+def _select(checks: Iterable[str] | None) -> list[str]:
+    if checks is None:
+        return list(CHECK_NAMES)
+    wanted = [checks] if isinstance(checks, str) else list(checks)
+    unknown = [c for c in wanted if c not in CHECKS]
+    if unknown:
+        raise DoctorError(f"unknown check name(s) {unknown}; known checks are {list(CHECK_NAMES)}.")
+    return [n for n in CHECK_NAMES if n in wanted]
+
+
+def _run(name: str, ctx: Context) -> Finding:
+    spec = CHECKS[name]
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():  # checks that need autograd turn it back on themselves
+            result = spec.fn(ctx)
+    except DoctorError as err:  # the model cannot do what this check needs (e.g. no cache it can drive)
+        result = Result("n/a", str(err), {})
+    except Exception as err:  # the model raised on a valid probe: report it, keep the other checks going
+        result = Result("fail", f"the model raised during this check: {type(err).__name__}: {err}"[:300],
+                        {"exception": type(err).__name__})
+    return Finding(name, result.status, result.summary, result.evidence, spec.pitfall, spec.fix,
+                   time.perf_counter() - t0)

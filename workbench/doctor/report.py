@@ -1,0 +1,144 @@
+"""`Finding` (one check's verdict with its numbers) and `Report` (all findings, as text, markdown or HTML)."""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+STATUSES = ("pass", "warn", "fail", "n/a")
+_COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "n/a": "#6e7781"}
+_BACKGROUNDS = {"pass": "#dafbe1", "warn": "#fff8c5", "fail": "#ffebe9", "n/a": "#f6f8fa"}
+
+
+def format_value(value: Any) -> str:
+    """Numbers a person can read: 3 significant digits, scientific when tiny or huge."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        if value == 0 or 1e-3 <= abs(value) < 1e4:
+            return f"{value:.3g}"
+        return f"{value:.2e}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value[:8]) + (", ..." if len(value) > 8 else "") + "]"
+    return str(value)
+
+
+@dataclass
+class Finding:
+    """The verdict of one check: status, a one-line summary, the evidence as numbers, pitfall and fix."""
+
+    check: str  # registry name, e.g. "causal_leak"
+    status: str  # "pass", "warn", "fail" or "n/a"
+    summary: str  # one line: what was measured and what it means
+    evidence: dict[str, Any] = field(default_factory=dict)  # name -> number (or short text, e.g. a module path)
+    pitfall: str = ""  # the implementation mistake this check detects
+    fix: str = ""  # how to fix it when the check does not pass
+    seconds: float = 0.0  # time the check took
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status={self.status!r} is not one of {STATUSES}.")
+
+    def evidence_text(self) -> str:
+        return ", ".join(f"{k}={format_value(v)}" for k, v in self.evidence.items())
+
+    def __repr__(self) -> str:
+        return f"Finding({self.check}: {self.status.upper()} - {self.summary})"
+
+
+class Report:
+    """Findings of one `diagnose` run, in check order. Index by position or by check name."""
+
+    def __init__(self, findings: list[Finding], model: str = "", seconds: float = 0.0) -> None:
+        self.findings = list(findings)
+        self.model = model
+        self.seconds = seconds
+
+    # --- queries ------------------------------------------------------------------------------
+    @property
+    def failed(self) -> list[Finding]:
+        """Findings with status "fail"."""
+        return [f for f in self.findings if f.status == "fail"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.status == "warn"]
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed (warnings allowed)."""
+        return not self.failed
+
+    def statuses(self) -> dict[str, str]:
+        """Check name -> status."""
+        return {f.check: f.status for f in self.findings}
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(f.status == s for f in self.findings) for s in STATUSES}
+
+    def __getitem__(self, key: int | str) -> Finding:
+        if isinstance(key, int):
+            return self.findings[key]
+        for f in self.findings:
+            if f.check == key:
+                return f
+        raise KeyError(f"no finding for check {key!r}; this report has {[f.check for f in self.findings]}.")
+
+    def __iter__(self):
+        return iter(self.findings)
+
+    def __len__(self) -> int:
+        return len(self.findings)
+
+    # --- rendering ----------------------------------------------------------------------------
+    def headline(self) -> str:
+        c = self.counts()
+        return (f"Doctor report for {self.model or 'model'}: {c['fail']} fail, {c['warn']} warn, "
+                f"{c['pass']} pass, {c['n/a']} n/a ({self.seconds:.1f} s)")
+
+    def to_markdown(self) -> str:
+        """A markdown table: check | status | summary | evidence | fix (fix only when not passing)."""
+        lines = [f"**{self.headline()}**", "", "| check | status | summary | evidence | fix |", "|---|---|---|---|---|"]
+        for f in self.findings:
+            fix = f.fix if f.status in ("warn", "fail") else ""
+            cells = [f.check, f.status.upper(), f.summary, f.evidence_text(), fix]
+            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for f in self.findings:
+            colour, bg = _COLOURS[f.status], _BACKGROUNDS[f.status]
+            status = (f'<td style="color:{colour};background:{bg};font-weight:bold;text-align:center">'
+                      f"{html.escape(f.status.upper())}</td>")
+            evidence = "<br>".join(f"<code>{html.escape(k)}</code> = {html.escape(format_value(v))}"
+                                   for k, v in f.evidence.items())
+            fix = html.escape(f.fix) if f.status in ("warn", "fail") else ""
+            rows.append(
+                f'<tr class="doctor-{f.status.replace("/", "")}"><td><b>{html.escape(f.check)}</b></td>{status}'
+                f"<td>{html.escape(f.summary)}<br><small>{html.escape(f.pitfall)}</small></td>"
+                f"<td style='font-size:smaller'>{evidence}</td><td>{fix}</td></tr>"
+            )
+        return (
+            f"<div class='workbench-doctor'><p><b>{html.escape(self.headline())}</b></p>"
+            "<table><thead><tr><th>check</th><th>status</th><th>finding / pitfall</th><th>evidence</th>"
+            f"<th>fix</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        )
+
+    def __str__(self) -> str:
+        width = max((len(f.check) for f in self.findings), default=5)
+        lines = [self.headline()]
+        for f in self.findings:
+            lines.append(f"  {f.check:<{width}}  {f.status.upper():<4}  {f.summary}")
+            if f.status in ("warn", "fail") and f.evidence:
+                lines.append(f"  {'':<{width}}        evidence: {f.evidence_text()}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
