@@ -1,0 +1,186 @@
+"""Module records: shapes, parameter counts, timing, stats, memory, first_nonfinite, tables, save/load."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import workbench
+from workbench.capture import Trace, trace
+
+
+def test_mlp_records_in_execution_order_with_shapes(mlp):
+    x = torch.randn(5, 8)
+    with trace(mlp) as tr:
+        mlp(x)
+    assert [r.name for r in tr.records] == ["", "0", "1", "2"]
+    assert [r.type for r in tr.records] == ["Sequential", "Linear", "ReLU", "Linear"]
+    assert [r.depth for r in tr.records] == [0, 1, 1, 1]
+    assert [r.parent for r in tr.records] == [-1, 0, 0, 0]
+    assert tr.records[1].inputs[0].shape == [5, 8]
+    assert tr.records[1].outputs[0].shape == [5, 16]
+    assert tr.records[3].outputs[0].shape == [5, 4]
+    assert tr.records[0].outputs[0].dtype == "float32" and tr.records[0].outputs[0].device == "cpu"
+    assert tr.records[0].params == sum(p.numel() for p in mlp.parameters()) == 8 * 16 + 16 + 16 * 4 + 4
+    assert all(r.time_ms is not None and r.time_ms >= 0 for r in tr.records)
+    assert tr.records[0].time_ms >= tr.records[1].time_ms
+    assert tr.records[0].self_time_ms <= tr.records[0].time_ms
+
+
+def test_n_calls_give_n_records(mlp):
+    with trace(mlp) as tr:
+        for _ in range(3):
+            mlp(torch.randn(2, 8))
+    assert [r.call for r in tr.find("1")] == [0, 1, 2]
+    assert len(tr.records) == 12
+
+
+def test_stats_match_torch(mlp):
+    x = torch.randn(64, 8)
+    with trace(mlp, samples=16) as tr:
+        y = mlp(x)
+    st = tr.records[0].out_stats
+    assert st.mean == pytest.approx(y.mean().item(), abs=1e-6)
+    assert st.std == pytest.approx(y.std().item(), rel=1e-5)
+    assert st.absmax == pytest.approx(y.abs().max().item())
+    assert (st.nan, st.inf) == (0, 0)
+    h = mlp[1](mlp[0](x))
+    assert tr.find("2")[0].in_stats.mean == pytest.approx(h.mean().item(), abs=1e-6)
+    assert len(tr.records[0].samples) == 16 and max(tr.records[0].samples) <= st.max + 1e-6
+
+
+def test_first_nonfinite_finds_planted_nan():
+    class Bad(nn.Module):
+        def forward(self, x):
+            return x.log()  # negative inputs -> NaN
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), Bad(), nn.Linear(4, 4), nn.ReLU())
+    with trace(model) as tr:
+        model(torch.randn(3, 4))
+    bad = tr.first_nonfinite()
+    assert bad is not None and bad.name == "2" and bad.type == "Bad"
+    assert bad.out_stats.nan > 0
+    assert not bad.in_stats.nonfinite  # the input was fine: this module is the origin
+    assert tr.find("3")[0].nonfinite  # it spreads downstream, but is not reported first
+
+
+def test_workbench_tiny_shapes_and_params(tiny):
+    cfg = tiny.config
+    ids = torch.randint(0, cfg.vocab_size, (2, 12))
+    with trace(tiny) as tr:
+        tiny(ids)
+    root = tr.records[0]
+    assert root.name == "" and root.outputs[0].shape == [2, 12, cfg.vocab_size]
+    assert root.params == tiny.num_parameters()  # tied embedding counted once
+    assert sum(r.params_counted for r in tr.records) == tiny.num_parameters()
+    assert tr.find("lm_head")[0].params == tr.find("embed")[0].params == cfg.vocab_size * cfg.d_model
+    q = tr.find("blocks.0.attn.hook_q")[0]
+    assert q.outputs[0].shape == [2, cfg.n_heads, 12, cfg.head_dim]
+    assert tr.find("blocks.1.mlp.hook_hidden")[0].outputs[0].shape == [2, 12, cfg.d_ff]
+
+
+def test_hf_llama_nested_outputs_and_kwargs(hf_llama):
+    ids = torch.randint(0, 128, (1, 7))
+    with trace(hf_llama) as tr:
+        hf_llama(ids)
+    root = tr.records[0]
+    assert root.params == sum(p.numel() for p in hf_llama.parameters())
+    assert any(m.path == "out.logits" and m.shape == [1, 7, 128] for m in root.outputs)
+    attn = tr.find("model.layers.0.self_attn")[0]
+    assert any(m.path == "kwargs.hidden_states" and m.shape == [1, 7, 64] for m in attn.inputs)
+    assert tr.find("model.layers.1.mlp.down_proj")[0].outputs[0].shape == [1, 7, 64]
+
+
+def test_module_filter(tiny):
+    ids = torch.randint(0, 256, (1, 5))
+    with trace(tiny, modules=r"attn\.(qkv|out)$") as tr:
+        tiny(ids)
+    assert [r.name for r in tr.records] == ["blocks.0.attn.qkv", "blocks.0.attn.out",
+                                            "blocks.1.attn.qkv", "blocks.1.attn.out"]
+    with trace(tiny, modules=lambda n, m: isinstance(m, nn.Embedding)) as tr:
+        tiny(ids)
+    assert [r.name for r in tr.records] == ["embed"]
+    with pytest.raises(workbench.CaptureError, match="not module names"):
+        trace(tiny, modules=["nope"])
+
+
+def test_linear_saved_bytes_equal_hand_computed():
+    lin = nn.Linear(32, 48)
+    x = torch.randn(4, 10, 32, requires_grad=True)
+    with trace(lin, memory=True) as tr:
+        y = lin(x)
+    rec = tr.records[0]
+    assert rec.saved_bytes == 4 * 10 * 32 * 4  # the input, kept to form the weight gradient
+    assert rec.saved_param_bytes == 48 * 32 * 4  # the weight, kept to form the input gradient
+    assert rec.output_bytes == y.numel() * 4
+    with torch.no_grad(), trace(lin, memory=True) as tr:
+        lin(x)
+    assert tr.records[0].saved_bytes == 0  # nothing is saved without autograd
+
+
+def test_saved_bytes_roll_up_to_parents(mlp):
+    x = torch.randn(6, 8)
+    with trace(mlp, memory=True) as tr:
+        mlp(x).sum().backward()
+    root, first, relu, last = tr.records
+    assert first.saved_bytes == 0 or first.saved_bytes == 6 * 8 * 4  # input needs no grad: may be skipped
+    assert last.saved_bytes == 6 * 16 * 4
+    assert root.saved_bytes_total == root.saved_bytes + first.saved_bytes + relu.saved_bytes + last.saved_bytes
+    assert tr.find("0")[0].grad_bytes == (8 * 16 + 16) * 4
+
+
+def test_dataframe_summary_and_repr(tiny):
+    with trace(tiny, memory=True) as tr:
+        tiny(torch.randint(0, 256, (1, 6)))
+    df = tr.to_dataframe()
+    assert len(df) == len(tr.records)
+    assert list(df["name"]) == [r.name for r in tr.records]
+    assert df.loc[0, "params"] == tiny.num_parameters()
+    for col in ("time_ms", "saved_bytes", "out_std", "nonfinite", "in_shapes"):
+        assert col in df.columns
+    text = tr.summary(max_depth=1)
+    assert "lm_head (Linear)" in text and f"{tiny.num_parameters():,}" in text
+    assert "TransformerLM" in repr(tr) and "calls" in repr(tr)
+
+
+def test_save_load_roundtrip(tmp_path, tiny):
+    with trace(tiny, attention=True, gradients=True, samples=8) as tr:
+        tiny(torch.randint(0, 256, (1, 6))).sum().backward()
+    path = tr.save(tmp_path / "t.safetensors")
+    back = Trace.load(path)
+    # compare as JSON text so NaN statistics (mean of masked -inf scores) compare equal
+    assert json.dumps([r.to_dict() for r in back.records]) == json.dumps([r.to_dict() for r in tr.records])
+    assert back.records[-1].out_stats.std == tr.records[-1].out_stats.std
+    assert len(back.attention) == len(tr.attention) == tiny.config.n_layers
+    assert torch.equal(back.attention[1].map, tr.attention[1].map)
+    assert back.attention[1].metrics == tr.attention[1].metrics
+    assert [g.grad_norm for g in back.gradients] == [g.grad_norm for g in tr.gradients]
+    tiny.zero_grad(set_to_none=True)
+
+
+def test_load_rejects_corrupt_and_foreign_files(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(workbench.CorruptFileError):
+        Trace.load(bad)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(workbench.CorruptFileError, match="not a workbench trace"):
+        Trace.load(other)
+    with pytest.raises(workbench.LoadError):
+        Trace.load(tmp_path / "missing.safetensors")
+
+
+def test_stats_handle_integer_and_empty_outputs():
+    emb = nn.Embedding(10, 3)
+    with trace(emb) as tr:
+        emb(torch.tensor([[1, 2]]))
+    assert tr.records[0].in_stats is None  # integer ids carry no activation stats
+    assert math.isfinite(tr.records[0].out_stats.std)

@@ -1,0 +1,343 @@
+"""Attention capture: probabilities, per-head metrics and budgeted CPU storage.
+
+Three sources feed one `AttentionCollector`:
+- "hook": the workbench model's `hook_pattern` sites (hooking one switches that layer to eager);
+- "sdpa": calls of `torch.nn.functional.scaled_dot_product_attention`, whose probabilities are
+  recomputed (float32, one query chunk at a time) for the selected layers only;
+- "softmax": a hand-written softmax over the last dim of a 4-D (B, H, T, S) tensor.
+The last two come from `intercept()`, which patches those functions while any trace needs them and
+restores the originals when the last one exits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .records import HEAD_METRICS, AttentionRecord
+
+CHUNK_BYTES = 32 * 2**20  # float32 probabilities materialised at once per layer while recomputing
+MAX_DOWNSAMPLE = 64  # beyond this factor a map is skipped rather than stored
+
+
+@dataclass(frozen=True)
+class AttentionSelection:
+    """Which attention to keep. None means all; negative query indices count from the end."""
+
+    layers: Sequence[int | str] | None = None  # layer ordinals or module-path regexes
+    heads: Sequence[int] | None = None  # heads whose maps are stored (metrics cover all heads)
+    queries: Sequence[int] | slice | None = None  # query rows
+    batch: int | Sequence[int] | None = 0  # batch rows; None = all
+    budget_bytes: int = 256 * 2**20  # float16 map bytes kept on the CPU for the whole trace
+
+    def wants_layer(self, layer: int, module: str) -> bool:
+        if self.layers is None:
+            return True
+        for sel in self.layers:
+            if isinstance(sel, int) and sel == layer:
+                return True
+            if isinstance(sel, str) and (sel == module or re.search(sel, module)):
+                return True
+        return False
+
+
+def _rows(sel: Sequence[int] | slice | int | None, n: int) -> list[int]:
+    idx = torch.arange(n)
+    if sel is None:
+        return idx.tolist()
+    if isinstance(sel, int):
+        sel = [sel]
+    picked = idx[sel] if isinstance(sel, slice) else idx[[i for i in sel if -n <= i < n]]
+    return sorted(set(picked.tolist()))
+
+
+class AttentionCollector:
+    """Turns probability chunks into AttentionRecords under one byte budget."""
+
+    def __init__(self, selection: AttentionSelection) -> None:
+        self.sel = selection
+        self.records: list[AttentionRecord] = []
+        self.used_bytes = 0
+        self.skipped = 0
+        self.downsampled = 0
+        self._layers: dict[str, int] = {}
+        self._calls: dict[str, int] = {}
+        self._pending: list[tuple[AttentionRecord, torch.Tensor]] = []
+
+    # --- layer bookkeeping ----------------------------------------------------------------------
+    def assign_layer(self, module: str, layer: int | None = None) -> int:
+        if module not in self._layers:
+            self._layers[module] = len(self._layers) if layer is None else layer
+        return self._layers[module]
+
+    def wants(self, module: str) -> bool:
+        return self.sel.wants_layer(self.assign_layer(module), module)
+
+    # --- entry points ---------------------------------------------------------------------------
+    def add_probs(self, module: str, source: str, probs: torch.Tensor) -> None:
+        """Record materialised probabilities (B, H, T, S) of `module`."""
+        B, H, T, S = probs.shape
+        batch, queries = _rows(self.sel.batch, B), _rows(self.sel.queries, T)
+        q_idx = torch.tensor(queries, device=probs.device)
+        sub = probs.detach()[batch]  # (b, H, T, S)
+
+        def chunks(rows: torch.Tensor) -> torch.Tensor:
+            return sub.index_select(2, rows).float()  # (b, H, t, S)
+
+        used = sub.amax(dim=(0, 1, 2)) > 0  # (S,) keys that receive any weight
+        self._record(module, source, [B, H, T, S], batch, queries, q_idx, chunks, _key_length(used, T))
+
+    def add_sdpa(self, module: str, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None,
+                 is_causal: bool, scale: float | None, enable_gqa: bool) -> None:
+        """Recompute softmax(q k^T * scale + mask) for `module`; q (B, H, T, D), k (B, K, S, D)."""
+        B, H, T, D = q.shape
+        S = k.shape[-2]
+        batch, queries = _rows(self.sel.batch, B), _rows(self.sel.queries, T)
+        q_idx = torch.tensor(queries, device=q.device)
+        qb = q.detach()[batch].float()  # (b, H, T, D)
+        kb = k.detach()[batch if k.shape[0] > 1 else [0] * len(batch)].float()  # (b, K, S, D)
+        if kb.shape[1] != H:
+            kb = kb.repeat_interleave(H // kb.shape[1], dim=1)  # (b, H, S, D)
+        scale = D**-0.5 if scale is None else scale
+        m = None
+        if mask is not None:
+            m = mask.detach()
+            while m.dim() < 4:
+                m = m.unsqueeze(0)
+            m = m[batch] if m.shape[0] > 1 else m  # (b or 1, H or 1, T or 1, S)
+
+        def chunks(rows: torch.Tensor) -> torch.Tensor:
+            s = (qb.index_select(2, rows) @ kb.transpose(-2, -1)) * scale  # (b, H, t, S)
+            if m is not None:
+                mr = m.index_select(2, rows) if m.shape[2] > 1 else m
+                s = s.masked_fill(~mr, float("-inf")) if mr.dtype == torch.bool else s + mr.float()
+            if is_causal:  # SDPA aligns the causal mask to the top-left corner
+                keep = torch.arange(S, device=s.device)[None, :] <= rows[:, None]  # (t, S)
+                s = s.masked_fill(~keep, float("-inf"))
+            return torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)  # fully masked rows -> 0
+
+        key_length = S
+        if m is not None:  # keys masked for every row (unwritten static-cache slots) do not count
+            allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+            key_length = _key_length(allowed.reshape(-1, allowed.shape[-1]).any(0), T)
+        self._record(module, source="sdpa", full_shape=[B, H, T, S], batch=batch, queries=queries,
+                     q_idx=q_idx, chunks=chunks, key_length=key_length)
+
+    # --- core -----------------------------------------------------------------------------------
+    def _plan(self, nb: int, nh: int, nq: int, S: int) -> int:
+        """Downsample factor that fits the remaining budget (1 = full), or 0 to skip."""
+        left = self.sel.budget_bytes - self.used_bytes
+        f = 1
+        while f <= MAX_DOWNSAMPLE:
+            if nb * nh * math.ceil(nq / f) * math.ceil(S / f) * 2 <= left:
+                return f
+            f *= 2
+        return 0
+
+    def _record(self, module: str, source: str, full_shape: list[int], batch: list[int], queries: list[int],
+                q_idx: torch.Tensor, chunks: Callable[[torch.Tensor], torch.Tensor], key_length: int) -> None:
+        B, H, T, S = full_shape
+        heads = _rows(self.sel.heads, H)
+        offset = max(0, key_length - T)
+        call = self._calls.get(module, 0)
+        self._calls[module] = call + 1
+        f = self._plan(len(batch), len(heads), len(queries), S)
+        self.skipped += f == 0
+        self.downsampled += f > 1
+        rec = AttentionRecord(
+            index=len(self.records), module=module, layer=self.assign_layer(module), call=call,
+            source=source, full_shape=full_shape, batch=batch, heads=heads,
+            queries=queries[:: max(f, 1)], query_offset=offset, key_length=key_length,
+            downsample=[max(f, 1)] * 2, stored=f > 0,
+        )
+        acc = torch.zeros(len(HEAD_METRICS), 2, H, device=q_idx.device)  # (metric, [sum, count], H)
+        step = max(1, CHUNK_BYTES // max(1, 4 * len(batch) * H * S))
+        if f > 1:
+            step = max(f, step - step % f)
+        pieces = []
+        head_idx = torch.tensor(heads, device=q_idx.device)
+        with torch.no_grad():
+            for start in range(0, len(queries), step):
+                rows = q_idx[start : start + step]
+                p = chunks(rows)  # (b, H, t, S) float32
+                _accumulate(acc, p, rows + offset)
+                if f:
+                    pieces.append(_shrink(p.index_select(1, head_idx), f))
+        if pieces:
+            rec.map = torch.cat(pieces, dim=2)
+            self.used_bytes += rec.map_bytes
+        self._pending.append((rec, acc))
+        self.records.append(rec)
+
+    def finish(self) -> None:
+        """Move the metric accumulators to the host (one copy per record) and warn about the budget."""
+        for rec, acc in self._pending:
+            sums, counts = acc.cpu().unbind(1)  # (metric, H) each
+            vals = torch.where(counts > 0, sums / counts.clamp_min(1), torch.zeros_like(sums))
+            vals[-1] = sums[-1]  # future_max is a max, not a mean
+            rec.metrics = {name: vals[i].tolist() for i, name in enumerate(HEAD_METRICS)}
+        self._pending.clear()
+        if self.skipped or self.downsampled:
+            warnings.warn(
+                f"Attention maps exceeded attention_budget_bytes={self.sel.budget_bytes}: "
+                f"{self.downsampled} map(s) downsampled, {self.skipped} skipped (metrics kept for all). "
+                "Select fewer layers/heads/queries or raise attention_budget_bytes.",
+                stacklevel=3,
+            )
+
+
+def _key_length(used: torch.Tensor, T: int) -> int:
+    """1 + index of the last key in use (at least T): trailing unused keys are empty cache slots.
+    One host read per record; shapes alone cannot tell a static cache's fill level."""
+    idx = torch.nonzero(used).flatten()
+    last = int(idx[-1]) + 1 if idx.numel() else used.numel()
+    return max(last, min(T, used.numel()))
+
+
+def _shrink(p: torch.Tensor, f: int) -> torch.Tensor:
+    """Keep every f-th query row and sum keys in windows of f (rows still sum to 1); CPU float16."""
+    p = p[:, :, ::f]  # (b, h, t/f, S)
+    if f > 1:
+        S = p.shape[-1]
+        pad = (-S) % f
+        p = F.pad(p, (0, pad)).unflatten(-1, (-1, f)).sum(-1)  # (b, h, t/f, ceil(S/f))
+    return p.to("cpu", torch.float16)
+
+
+def _accumulate(acc: torch.Tensor, p: torch.Tensor, qpos: torch.Tensor) -> None:
+    """Add per-head sums and row counts of every metric for probabilities p (b, H, t, S)."""
+    b, H, t, S = p.shape
+    kpos = torch.arange(S, device=p.device)
+    rows = b * t
+    ent = -torch.special.xlogy(p, p).sum(-1)  # (b, H, t)
+    dist = (p * (qpos[:, None] - kpos[None, :]).abs().float()).sum(-1)  # (b, H, t)
+    acc[0, 0] += ent.sum((0, 2))
+    acc[1, 0] += dist.sum((0, 2))
+    acc[2, 0] += p[..., 0].sum((0, 2))
+    acc[:3, 1] += rows
+    for i, target in ((3, qpos - 1), (4, qpos)):
+        ok = (target >= 0) & (target < S)  # (t,)
+        picked = p.gather(-1, target.clamp(0, S - 1).view(1, 1, t, 1).expand(b, H, t, 1))[..., 0]
+        acc[i, 0] += (picked * ok).sum((0, 2))
+        acc[i, 1] += ok.sum() * b
+    future = kpos[None, :] > qpos[:, None]  # (t, S)
+    fut = (p * future).amax(dim=(0, 2, 3)) if t else torch.zeros(H, device=p.device)
+    acc[5, 0] = torch.maximum(acc[5, 0], fut)
+    acc[5, 1] += rows
+
+
+# --- interception of F.scaled_dot_product_attention and softmax -----------------------------------
+
+Listener = Any  # object with on_sdpa(args, kwargs) and on_softmax(probs)
+_state = threading.local()
+_listeners: list[Listener] = []
+_originals: dict[str, Any] = {}
+
+
+def _busy() -> bool:
+    return getattr(_state, "busy", False)
+
+
+def _dispatch(method: str, *payload: Any) -> None:
+    if _busy():
+        return
+    _state.busy = True
+    try:
+        for listener in list(_listeners):
+            getattr(listener, method)(*payload)
+    finally:
+        _state.busy = False
+
+
+def _quiet(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Call an original function with capture suppressed (F.softmax calls Tensor.softmax inside)."""
+    if _busy():
+        return _originals[name](*args, **kwargs)
+    _state.busy = True
+    try:
+        return _originals[name](*args, **kwargs)
+    finally:
+        _state.busy = False
+
+
+def _sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
+    nested = _busy()
+    out = _quiet("sdpa", *args, **kwargs)
+    if not nested:
+        _dispatch("on_sdpa", args, kwargs)
+    return out
+
+
+def _is_attention_softmax(x: torch.Tensor, dim: int | None) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 4 and dim in (-1, 3)
+
+
+def _softmax_then_dispatch(name: str, axis: int | None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    nested = _busy()
+    out = _quiet(name, *args, **kwargs)
+    if not nested and _is_attention_softmax(out, axis):
+        _dispatch("on_softmax", out)
+    return out
+
+
+def _f_softmax(input, dim=None, _stacklevel=3, dtype=None):  # noqa: ANN001 - mirrors F.softmax
+    return _softmax_then_dispatch("F.softmax", dim, input, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
+
+
+def _torch_softmax(input, dim, dtype=None):  # noqa: ANN001 - mirrors torch.softmax
+    return _softmax_then_dispatch("torch.softmax", dim, input, dim, dtype=dtype)
+
+
+def _tensor_softmax(self, dim, dtype=None):  # noqa: ANN001 - mirrors Tensor.softmax
+    return _softmax_then_dispatch("Tensor.softmax", dim, self, dim, dtype=dtype)
+
+
+def _install() -> None:
+    _originals.update({
+        "sdpa": F.scaled_dot_product_attention, "F.softmax": F.softmax,
+        "torch.softmax": torch.softmax, "Tensor.softmax": torch.Tensor.softmax,
+        "tensor_had_own": "softmax" in torch.Tensor.__dict__,
+    })
+    F.scaled_dot_product_attention = _sdpa
+    F.softmax = _f_softmax
+    torch.softmax = _torch_softmax
+    torch.Tensor.softmax = _tensor_softmax
+
+
+def _uninstall() -> None:
+    F.scaled_dot_product_attention = _originals["sdpa"]
+    F.softmax = _originals["F.softmax"]
+    torch.softmax = _originals["torch.softmax"]
+    if _originals["tensor_had_own"]:
+        torch.Tensor.softmax = _originals["Tensor.softmax"]
+    else:
+        del torch.Tensor.softmax
+    _originals.clear()
+
+
+def add_listener(listener: Listener) -> None:
+    """Start routing SDPA/softmax calls to `listener`; patches on the first listener."""
+    if not _listeners:
+        _install()
+    _listeners.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    """Stop routing to `listener`; restores the original functions after the last one."""
+    if listener in _listeners:
+        _listeners.remove(listener)
+        if not _listeners:
+            _uninstall()
+
+
+def original_sdpa() -> Callable[..., torch.Tensor]:
+    """The unpatched SDPA function (for tests and for code that must bypass capture)."""
+    return _originals.get("sdpa", F.scaled_dot_product_attention)

@@ -1,0 +1,424 @@
+"""Attaching and detaching capture hooks, with the hygiene a notebook needs.
+
+`Recorder.attach()` registers plain forward pre/post hooks (post hooks with `always_call=True`, so
+the module stack stays balanced when a forward raises) and `Recorder.detach()` removes exactly the
+handles it registered, restores train/eval mode and requires_grad flags, and unpatches SDPA/softmax.
+A registry of modules under capture refuses a second, overlapping trace with a clear error instead
+of stacking hooks.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CaptureError
+from ..model.layers import HookPoint
+from . import attention as attn
+from .memory import CudaAllocatorMeter, SavedTensorsMeter, layer_module_names
+from .records import ModuleRecord, TensorMeta
+from .stats import StatsBuffer
+
+ModuleFilter = str | re.Pattern | Iterable[str] | Callable[[str, nn.Module], bool] | None
+MAX_TENSORS = 32  # tensors listed per input/output structure (a KV cache can hold hundreds)
+
+_ACTIVE: dict[int, Recorder] = {}  # id(module) -> the recorder attached to it (cleared on detach)
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    shapes: bool = True
+    timing: bool = True
+    memory: bool = False
+    stats: bool = True
+    samples: int = 0
+    attention: attn.AttentionSelection | None = None
+    attention_source: str = "auto"  # "auto", "hooks" (workbench hook_pattern) or "intercept"
+
+
+def select_modules(model: nn.Module, modules: ModuleFilter) -> list[tuple[str, nn.Module]]:
+    """(name, module) pairs to record. str/Pattern: regex searched in the name; iterable of str:
+    exact names; callable: predicate(name, module); None: every module including the root (""),
+    except workbench `hook_scores`/`hook_pattern` sites, since hooking them switches attention to the
+    slower eager path (select them by name to record them anyway)."""
+    named = list(model.named_modules())
+    if modules is None:
+        return [(n, m) for n, m in named if not _switches_path(n, m)]
+    if isinstance(modules, (str, re.Pattern)):
+        rx = re.compile(modules) if isinstance(modules, str) else modules
+        return [(n, m) for n, m in named if rx.search(n)]
+    if callable(modules):
+        return [(n, m) for n, m in named if modules(n, m)]
+    wanted = set(modules)
+    unknown = wanted - {n for n, _ in named}
+    if unknown:
+        raise CaptureError(
+            f"modules={sorted(unknown)[:5]} are not module names of this model; "
+            "use names from model.named_modules(), a regex string, or a predicate(name, module)."
+        )
+    return [(n, m) for n, m in named if n in wanted]
+
+
+def _switches_path(name: str, module: nn.Module) -> bool:
+    return isinstance(module, HookPoint) and name.endswith(("hook_scores", "hook_pattern"))
+
+
+def flatten_tensors(obj: Any, path: str, out: list[tuple[str, torch.Tensor]], depth: int = 0) -> None:
+    """Tensors inside tuples, lists and dicts (HF ModelOutput is a dict), in order, with their paths."""
+    if len(out) >= MAX_TENSORS or depth > 6:
+        return
+    if isinstance(obj, torch.Tensor):
+        out.append((path, obj))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            flatten_tensors(v, f"{path}.{k}", out, depth + 1)
+    elif isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            flatten_tensors(v, f"{path}.{i}", out, depth + 1)
+
+
+def tensor_meta(path: str, t: torch.Tensor) -> TensorMeta:
+    return TensorMeta(path, list(t.shape), str(t.dtype)[6:], str(t.device), t.numel() * t.element_size())
+
+
+def _first_float_in(values: tuple) -> torch.Tensor | None:
+    """First floating tensor among positional values, looking one level into tuples/lists."""
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            if v.is_floating_point():
+                return v
+        elif isinstance(v, (tuple, list)):
+            for t in v:
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    return t
+    return None
+
+
+def _first_float(tensors: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
+    for _, t in tensors:
+        if t.is_floating_point():
+            return t
+    return None
+
+
+def module_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Module path -> its parameters incl. children, each once (a tied parameter appears under
+    every module that holds it, but once per module). One pass over parameter names."""
+    members: dict[str, dict[int, nn.Parameter]] = {name: {} for name, _ in model.named_modules()}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        parts = pname.split(".")[:-1]
+        for i in range(len(parts) + 1):
+            members[".".join(parts[:i])][id(p)] = p
+    return {name: list(ps.values()) for name, ps in members.items()}
+
+
+def static_param_info(model: nn.Module, members: dict[str, list[nn.Parameter]]) -> dict[str, dict[str, int]]:
+    """Per-module parameter counts, bytes and trainable counts, tied parameters counted once."""
+    owner: set[int] = set()
+    info = {}
+    for name, m in model.named_modules():
+        uniq = members[name]
+        own = list(m.parameters(recurse=False))
+        counted = sum(p.numel() for p in own if id(p) not in owner)
+        owner.update(id(p) for p in own)
+        info[name] = dict(
+            params=sum(p.numel() for p in uniq),
+            params_own=sum(p.numel() for p in own),
+            params_counted=counted,
+            trainable_params=sum(p.numel() for p in uniq if p.requires_grad),
+            param_bytes=sum(p.numel() * p.element_size() for p in uniq),
+        )
+    return info
+
+
+_STATIC: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
+def _static_cached(model: nn.Module, named: list[tuple[str, nn.Module]], params: list[nn.Parameter],
+                   ) -> tuple[dict[str, list[nn.Parameter]], dict[str, dict[str, int]]]:
+    """module_parameters + static_param_info, reused while the module tree and parameters are unchanged
+    (re-tracing the same model in a loop then costs one fingerprint pass)."""
+    key = (tuple(id(m) for _, m in named), tuple(map(id, params)),
+           tuple((p.requires_grad, p.dtype, p.shape) for p in params))
+    hit = _STATIC.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1], hit[2]
+    members = module_parameters(model)
+    info = static_param_info(model, members)
+    _STATIC[model] = (key, members, info)
+    return members, info
+
+
+class Recorder:
+    """Owns every hook of one trace; `records` fill in execution order while attached.
+
+    It registers two process-wide module hooks (`register_module_forward_pre_hook` and
+    `register_module_forward_hook`) that look each called module up in a dict of this model's
+    modules, instead of two hooks per module: attaching to a 600-module model then costs two
+    registrations, not 1,200 handles, and `HookPoint.is_hooked` stays False (no eager switch).
+    """
+
+    def __init__(self, model: nn.Module, options: CaptureOptions, modules: ModuleFilter = None,
+                 targets: list[tuple[str, nn.Module]] | None = None) -> None:
+        self.model, self.opt = model, options
+        self.targets = targets if targets is not None else select_modules(model, modules)
+        if not self.targets:
+            raise CaptureError(f"modules={modules!r} matched no module; check model.named_modules().")
+        self.records: list[ModuleRecord] = []
+        self.stats = StatsBuffer(options.samples)
+        self.collector = attn.AttentionCollector(options.attention) if options.attention else None
+        self.attention_mode = "off"
+        self.saved: SavedTensorsMeter | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._static: dict[int, tuple[str, str, dict[str, int]] | str] = {}  # id -> static info, or name
+        self._rec_stack: list[list] = []  # [record, t0, start_event]
+        self._name_stack: list[str] = []  # every module entered (for attention attribution)
+        self._calls: dict[str, int] = {}
+        self._ended = 0
+        self._members: dict[str, list[nn.Parameter]] = {}
+        self.params: list[nn.Parameter] = []
+        self._events: list[tuple[ModuleRecord, Any, Any]] = []
+        self._cuda: CudaAllocatorMeter | None = None
+        self._mem_layers: set[str] = set()
+        self._modes: list[tuple[nn.Module, bool]] = []
+        self._flags: list[tuple[torch.Tensor, bool]] = []
+        self._listening = False
+        self._cuda_events = False
+        self.attached = False
+
+    # --- attach / detach ------------------------------------------------------------------------
+    def attach(self) -> None:
+        named = list(self.model.named_modules())
+        busy = [n for n, m in named if id(m) in _ACTIVE]
+        if busy:
+            raise CaptureError(
+                f"A trace is already attached to {busy[0] or type(self.model).__name__!r}. Nested traces "
+                "on the same modules are not supported: finish the outer `with workbench.trace(...)` first, "
+                "or call workbench.capture.detach_all(model) to clear a trace left open by hand."
+            )
+        self.params = params = list(self.model.parameters())
+        self._modes = [(m, m.training) for _, m in named]
+        self._flags = [(p, p.requires_grad) for p in params]
+        try:
+            for _, m in named:
+                _ACTIVE[id(m)] = self
+            self._attach_hooks(named, params)
+        except BaseException:
+            self.detach()
+            raise
+        self.attached = True
+
+    def _attach_hooks(self, named: list[tuple[str, nn.Module]], params: list[nn.Parameter]) -> None:
+        self._members, info = _static_cached(self.model, named, params)
+        device = params[0].device if params else torch.device("cpu")
+        self._cuda_events = device.type == "cuda"  # CUDA events, read after one sync at exit
+        if self.opt.memory and device.type == "cuda":
+            self._cuda, self._mem_layers = CudaAllocatorMeter(device), layer_module_names(self.model)
+        self._setup_attention(named)
+        if self.attention_mode == "intercept":  # attention is attributed to the innermost module
+            self._static = {id(m): name for name, m in named}
+        self._static.update({id(m): (name, type(m).__name__, info[name]) for name, m in self.targets})
+        self._handles.append(nn.modules.module.register_module_forward_pre_hook(self._pre))
+        self._handles.append(nn.modules.module.register_module_forward_hook(
+            self._post, with_kwargs=True, always_call=True))
+        if self.opt.memory:
+            ptrs = {p.untyped_storage().data_ptr() for p in params}
+            self.saved = SavedTensorsMeter(lambda: self._rec_stack[-1][0] if self._rec_stack else None, ptrs)
+            self.saved.__enter__()
+
+    def _setup_attention(self, named: list[tuple[str, nn.Module]]) -> None:
+        if self.collector is None:
+            return
+        sites = [(n, m) for n, m in named if n.endswith("hook_pattern") and isinstance(m, HookPoint)]
+        mode = self.opt.attention_source
+        if mode == "auto":
+            mode = "hooks" if sites else "intercept"
+        if mode == "hooks":
+            if not sites:
+                raise CaptureError("attention_source='hooks' needs HookPoint sites named '*hook_pattern'.")
+            for i, (name, site) in enumerate(sites):
+                owner = name.rsplit(".", 1)[0] if "." in name else ""
+                self.collector.assign_layer(owner, i)
+                if self.collector.sel.wants_layer(i, owner):
+                    fn = lambda _m, _a, out, owner=owner: self.collector.add_probs(owner, "hook", out)
+                    self._handles.append(site.register_forward_hook(fn))
+        elif mode == "intercept":
+            attn.add_listener(self)
+            self._listening = True
+        else:
+            raise CaptureError(f"attention_source={mode!r} is unknown; use 'auto', 'hooks' or 'intercept'.")
+        self.attention_mode = mode
+
+    def detach(self) -> None:
+        """Remove every handle this recorder registered and restore the model's flags. Idempotent."""
+        try:
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
+            if self._listening:
+                attn.remove_listener(self)
+                self._listening = False
+            if self.saved is not None:
+                self.saved.__exit__(None, None, None)
+        finally:
+            for m, mode in self._modes:
+                if m.training != mode:
+                    m.training = mode
+            for p, flag in self._flags:
+                if p.requires_grad != flag and p.is_leaf:
+                    p.requires_grad_(flag)
+            for key in [k for k, r in _ACTIVE.items() if r is self]:
+                del _ACTIVE[key]
+            self._rec_stack.clear()
+            self._name_stack.clear()
+            self.attached = False
+
+    # --- hot path -------------------------------------------------------------------------------
+    def _pre(self, module: nn.Module, args: tuple) -> None:
+        static = self._static.get(id(module))
+        if static is None:
+            return
+        if isinstance(static, str):  # stack-only module (attention attribution)
+            self._name_stack.append(static)
+            return
+        name, typ, info = static
+        stack = self._rec_stack
+        call = self._calls.get(name, 0)
+        self._calls[name] = call + 1
+        rec = ModuleRecord(len(self.records), name, typ, call, len(stack),
+                           stack[-1][0].index if stack else -1, **info)
+        self.records.append(rec)
+        if self.opt.stats:  # positional inputs now, before an in-place forward can change them
+            x = _first_float_in(args)
+            if x is not None:
+                rec.in_stats = self.stats.measure(x)
+        if self._cuda is not None and name in self._mem_layers:
+            self._cuda.enter(rec)
+        self._name_stack.append(name)
+        frame = [rec, 0.0, None]
+        if self.opt.timing:
+            if self._cuda_events:
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                frame[2] = ev
+            else:
+                frame[1] = time.perf_counter()
+        stack.append(frame)
+
+    def _post(self, module: nn.Module, args: tuple, *rest: Any) -> None:
+        # (module, args, kwargs, output) normally; (module, args, output) when forward raised
+        static = self._static.get(id(module))
+        if static is None or not self._name_stack:
+            return
+        if isinstance(static, str):
+            self._name_stack.pop()
+            return
+        kwargs, output = rest if len(rest) == 2 else ({}, rest[0])
+        frame = self._rec_stack.pop()
+        self._name_stack.pop()
+        rec: ModuleRecord = frame[0]
+        opt = self.opt
+        if opt.timing:
+            if frame[2] is not None:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                self._events.append((rec, frame[2], end))
+            else:
+                rec.time_ms = (time.perf_counter() - frame[1]) * 1e3
+        if opt.shapes:
+            flat: list[tuple[str, torch.Tensor]] = []
+            flatten_tensors(args, "args", flat)
+            flatten_tensors(kwargs, "kwargs", flat)
+            rec.inputs = [tensor_meta(p, t) for p, t in flat]
+        if opt.stats and rec.in_stats is None and kwargs:  # keyword-only inputs (HF layers)
+            x = _first_float_in(tuple(kwargs.values()))
+            if x is not None:
+                rec.in_stats = self.stats.measure(x)
+        if opt.shapes or opt.stats or opt.memory:
+            flat = []
+            flatten_tensors(output, "out", flat)
+            if opt.shapes:
+                rec.outputs = [tensor_meta(p, t) for p, t in flat]
+            if opt.memory:
+                rec.output_bytes = _distinct_bytes(t for _, t in flat)
+            if opt.stats:
+                x = _first_float(flat)
+                if x is not None:
+                    rec.out_stats = self.stats.measure(x)
+                    self.stats.sample(rec, x)
+        if self._cuda is not None and rec.name in self._mem_layers:
+            self._cuda.exit(rec)
+        rec.finished = len(rest) == 2
+        rec.end_index = self._ended
+        self._ended += 1
+
+    # --- attention listener (called by the SDPA/softmax patches) --------------------------------
+    def on_sdpa(self, args: tuple, kwargs: dict) -> None:
+        if not self._name_stack or self.collector is None:
+            return
+        module = self._name_stack[-1]
+        if not self.collector.wants(module):
+            return
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        a = dict(zip(names, args))
+        a.update(kwargs)
+        self.collector.add_sdpa(module, a["query"], a["key"], a.get("attn_mask"), bool(a.get("is_causal")),
+                                a.get("scale"), bool(a.get("enable_gqa")))
+
+    def on_softmax(self, probs: torch.Tensor) -> None:
+        if self._name_stack and self.collector is not None and self.collector.wants(self._name_stack[-1]):
+            self.collector.add_probs(self._name_stack[-1], "softmax", probs)
+
+    # --- exit -----------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """Single host synchronisation: CUDA event times, device stats, attention metrics."""
+        if self._events:
+            torch.cuda.synchronize()
+            for rec, start, end in self._events:
+                rec.time_ms = start.elapsed_time(end)
+            self._events.clear()
+        self.stats.flush()
+        if self.collector is not None:
+            self.collector.finish()
+        child_ms = [0.0] * len(self.records)
+        for rec in self.records:
+            if rec.parent >= 0 and rec.time_ms is not None:
+                child_ms[rec.parent] += rec.time_ms
+        for rec in reversed(self.records):  # children come after parents, so totals roll upward
+            rec.saved_bytes_total += rec.saved_bytes
+            if rec.parent >= 0:
+                self.records[rec.parent].saved_bytes_total += rec.saved_bytes_total
+            if rec.time_ms is not None:
+                rec.self_time_ms = max(0.0, rec.time_ms - child_ms[rec.index])
+        grad_bytes = {id(p): p.grad.numel() * p.grad.element_size()
+                      for p in self.params if p.grad is not None}
+        if grad_bytes:
+            for rec in self.records:
+                rec.grad_bytes = sum(grad_bytes.get(id(p), 0) for p in self._members.get(rec.name, ()))
+
+
+def _distinct_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        ptr = t.data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def detach_all(model: nn.Module) -> int:
+    """Remove every workbench trace still attached to `model` (e.g. one entered by hand and never
+    exited). Returns how many were removed. The user's own hooks are left alone."""
+    recorders = {id(r): r for m in model.modules() if (r := _ACTIVE.get(id(m))) is not None}
+    for r in recorders.values():
+        r.detach()
+    return len(recorders)

@@ -1,0 +1,122 @@
+"""Activation statistics computed on the tensor's own device, synchronised once at trace exit.
+
+On the CPU there is no device to wait for, so values are read at once and NaN/Inf counting runs
+only when the abs-max shows a non-finite value. On an accelerator every value stays a device tensor
+until `StatsBuffer.flush()` copies all of them with one transfer per device.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+
+from .records import ActStats
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and L2 norm in float32. torch.std_mean is ~50x slower on CPU (Welford), so the std is
+    formed on the host from these two: var = (sum_sq - n mean^2) / (n - 1)."""
+    return x.sum(dtype=torch.float32), torch.linalg.vector_norm(x, dtype=torch.float32)
+
+
+def _finish(n: int, total: float, norm: float) -> tuple[float, float]:
+    mean = total / n
+    var = (norm * norm - n * mean * mean) / max(n - 1, 1)
+    return mean, math.sqrt(max(var, 0.0)) if math.isfinite(var) else float("nan")
+
+
+def _device_stats(x: torch.Tensor) -> torch.Tensor:
+    """[sum, norm, min, max, nan, inf, neginf] as one float32 tensor on x's device, no host sync."""
+    total, norm = _moments(x)
+    mn, mx = x.amin(), x.amax()
+    parts = [total, norm, mn, mx, torch.isnan(x).sum(), torch.isinf(x).sum(), torch.isneginf(x).sum()]
+    return torch.stack([p.to(torch.float32) for p in parts])
+
+
+def _cpu_stats(x: torch.Tensor) -> ActStats:
+    total, norm = _moments(x)
+    mn, mx = x.amin(), x.amax()  # two vectorised passes beat aminmax on CPU; both propagate NaN
+    lo, hi = float(mn), float(mx)
+    nan = inf = neginf = 0
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # amin/amax propagate NaN, so this catches both
+        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        neginf = int(torch.isneginf(x).sum())
+    mean, std = _finish(x.numel(), float(total), float(norm))
+    return ActStats(
+        numel=x.numel(), mean=mean, std=std, absmax=max(abs(lo), abs(hi)),
+        min=lo, max=hi, nan=nan, inf=inf, neginf=neginf,
+    )
+
+
+class StatsBuffer:
+    """Collects ActStats; device-side values are filled in by one `flush()` at exit.
+
+    It also remembers which tensors it has already measured (by identity and version counter), so an
+    input that is the previous module's output is not reduced twice.
+    """
+
+    def __init__(self, samples: int = 0) -> None:
+        self.samples = samples
+        self._pending: list[tuple[ActStats, torch.Tensor]] = []
+        self._pending_samples: list[tuple[object, torch.Tensor]] = []
+        self._seen: dict[int, tuple[weakref.ref, int, ActStats]] = {}
+
+    def measure(self, x: torch.Tensor) -> ActStats | None:
+        """Stats of a floating tensor (None for integer/empty tensors); a tensor measured before and
+        not modified since (same object, same version counter) is not reduced again."""
+        if not x.is_floating_point() or x.numel() == 0:
+            return None
+        hit = self._seen.get(id(x))
+        if hit is not None and hit[0]() is x and hit[1] == x._version:
+            return hit[2]
+        d = x.detach()
+        if d.device.type == "cpu":
+            st = _cpu_stats(d)
+        else:
+            nan = float("nan")
+            st = ActStats(numel=d.numel(), mean=nan, std=nan, absmax=nan, min=nan, max=nan, nan=0, inf=0)
+            self._pending.append((st, _device_stats(d)))
+        try:
+            self._seen[id(x)] = (weakref.ref(x), x._version, st)
+        except TypeError:  # some tensor subclasses refuse weak references
+            pass
+        return st
+
+    def sample(self, record: object, x: torch.Tensor) -> None:
+        """Keep `samples` evenly strided values of x for a histogram (`record.samples`)."""
+        n = x.numel()
+        if self.samples <= 0 or n == 0 or not x.is_floating_point():
+            return
+        k = min(self.samples, n)
+        idx = torch.linspace(0, n - 1, k, device=x.device).long()
+        vals = torch.take(x.detach(), idx).float()
+        if x.device.type == "cpu":
+            record.samples = vals.tolist()  # type: ignore[attr-defined]
+        else:
+            self._pending_samples.append((record, vals))
+
+    def flush(self) -> None:
+        """Copy every pending device value to the host: one transfer per device."""
+        by_device: dict[torch.device, list[int]] = {}
+        for i, (_, t) in enumerate(self._pending):
+            by_device.setdefault(t.device, []).append(i)
+        for idxs in by_device.values():
+            host = torch.stack([self._pending[i][1] for i in idxs]).cpu().tolist()
+            for i, (total, norm, mn, mx, nan, inf, neginf) in zip(idxs, host):
+                st = self._pending[i][0]
+                st.mean, st.std = _finish(st.numel, total, norm)
+                st.min, st.max = mn, mx
+                st.absmax = max(abs(mn), abs(mx))
+                st.nan, st.inf, st.neginf = int(nan), int(inf), int(neginf)
+        if self._pending_samples:
+            flat = torch.cat([v.to(self._pending_samples[0][1].device) for _, v in self._pending_samples])
+            host = flat.cpu().tolist()
+            start = 0
+            for rec, vals in self._pending_samples:
+                rec.samples = host[start : start + vals.numel()]  # type: ignore[attr-defined]
+                start += vals.numel()
+        self._pending.clear()
+        self._pending_samples.clear()
+        self._seen.clear()

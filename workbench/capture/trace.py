@@ -1,0 +1,300 @@
+"""`trace()` and the `Trace` it returns: records, tables, summary, save/load.
+
+    with workbench.trace(model, attention=True) as tr:
+        model(input_ids)
+    tr.summary(); tr.to_dataframe(); tr.first_nonfinite(); tr.attention
+
+Hooks exist only inside the `with` block; everything device-side is read back in one sync at exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CaptureError, CorruptFileError, LoadError
+from .attention import AttentionSelection
+from .gradients import GradientCapture, module_norms
+from .hooks import CaptureOptions, ModuleFilter, Recorder, select_modules
+from .records import AttentionRecord, ModuleRecord, ParamGradRecord
+from .report import format_bytes, summary_table, to_dataframe
+
+FORMAT, VERSION = "workbench.trace", 1
+
+
+def trace(
+    module: nn.Module,
+    *,
+    shapes: bool = True,
+    timing: bool = True,
+    memory: bool = False,
+    stats: bool = True,
+    samples: int = 0,
+    attention: bool = False,
+    gradients: bool = False,
+    modules: ModuleFilter = None,
+    attention_layers: Sequence[int | str] | None = None,
+    attention_heads: Sequence[int] | None = None,
+    attention_queries: Sequence[int] | slice | None = None,
+    attention_batch: int | Sequence[int] | None = 0,
+    attention_budget_bytes: int = 256 * 2**20,
+    attention_source: str = "auto",
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Trace:
+    """Capture what happens inside `module` during a `with` block; works on any nn.Module.
+
+    shapes/timing/stats are cheap and on by default. memory adds output bytes, bytes saved for
+    backward (saved-tensors hooks) and, on CUDA, allocator delta/peak per layer-level module.
+    samples keeps that many evenly strided output values per call (for histograms).
+    attention captures probabilities (B, H, T, S) and per-head metrics: from workbench hook sites,
+    else by intercepting F.scaled_dot_product_attention and 4-D softmax calls. The attention_*
+    arguments select layers (ordinals or module-path regexes), heads, query rows and batch rows;
+    any of them switches attention on. Maps are kept on the CPU in float16 within
+    attention_budget_bytes (downsampled or skipped past it, with a warning).
+    gradients records per-parameter gradient norms after backward in the block; pass `optimizer`
+    (or call `tr.watch_optimizer`) for update/weight ratios.
+    modules restricts which modules get records: a regex string, a list of exact names, or a
+    predicate(name, module).
+    """
+    if not isinstance(module, nn.Module):
+        raise CaptureError(f"trace() needs an nn.Module, got {type(module).__name__}; pass the model itself.")
+    if attention_budget_bytes < 0 or samples < 0:
+        raise CaptureError("attention_budget_bytes and samples must be >= 0.")
+    wants_attn = attention or any(
+        x is not None for x in (attention_layers, attention_heads, attention_queries)
+    )
+    sel = AttentionSelection(attention_layers, attention_heads, attention_queries, attention_batch,
+                             attention_budget_bytes) if wants_attn else None
+    opts = CaptureOptions(shapes, timing, memory, stats, samples, sel, attention_source)
+    targets = select_modules(module, modules)  # fail here, not later inside the with statement
+    if not targets:
+        raise CaptureError(f"modules={modules!r} matched no module; check model.named_modules().")
+    tr = Trace(module, opts, modules, gradients, optimizer)
+    tr._targets = targets
+    return tr
+
+
+class Trace:
+    """Everything one traced block captured. Fields are plain data after the block exits.
+
+    records     list[ModuleRecord], execution order (see records.py for the schema)
+    attention   list[AttentionRecord]
+    gradients   list[ParamGradRecord] (gradients=True)
+    meta        dict: model type, device, options, totals, timings
+    """
+
+    def __init__(self, model: nn.Module | None = None, options: CaptureOptions | None = None,
+                 modules: ModuleFilter = None, gradients: bool = False,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.records: list[ModuleRecord] = []
+        self.attention: list[AttentionRecord] = []
+        self.gradients: list[ParamGradRecord] = []
+        self.meta: dict[str, Any] = {}
+        self._model = model
+        self._options = options
+        self._modules = modules
+        self._want_grads = gradients
+        self._optimizers = [optimizer] if optimizer is not None else []
+        self._recorder: Recorder | None = None
+        self._targets: list[tuple[str, nn.Module]] | None = None
+        self._grads: GradientCapture | None = None
+        self._t0 = 0.0
+
+    # --- context manager ------------------------------------------------------------------------
+    def __enter__(self) -> Trace:
+        if self._recorder is not None:
+            raise CaptureError("This Trace was already used; call workbench.trace(model) again for a new one.")
+        if self._model is None or self._options is None:
+            raise CaptureError("This Trace was loaded from disk; start a new one with workbench.trace(model).")
+        self._recorder = Recorder(self._model, self._options, self._modules, self._targets)
+        self._recorder.attach()
+        try:
+            if self._want_grads:
+                self._grads = GradientCapture(self._model)
+                self._grads.attach()
+                for opt in self._optimizers:
+                    self._grads.watch_optimizer(opt)
+        except BaseException:
+            self._recorder.detach()
+            raise
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        wall = time.perf_counter() - self._t0
+        rec = self._recorder
+        try:
+            if self._grads is not None:
+                self._grads.detach()
+        finally:
+            rec.detach()
+        try:
+            self._collect(rec, wall)
+        except Exception as err:  # never mask the user's own exception with a read-back failure
+            if exc_type is None:
+                raise
+            import warnings
+
+            warnings.warn(f"trace results incomplete after an error in the block: {err}", stacklevel=2)
+        return False
+
+    def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Record update/weight ratios for steps `optimizer` takes inside the block (gradients=True)."""
+        if self._grads is None:
+            raise CaptureError("watch_optimizer needs trace(..., gradients=True), used inside the with block.")
+        self._grads.watch_optimizer(optimizer)
+
+    def _collect(self, rec: Recorder, wall: float) -> None:
+        rec.finish()
+        self.records = rec.records
+        if rec.collector is not None:
+            self.attention = rec.collector.records
+        if self._grads is not None:
+            self.gradients = self._grads.finish()
+        model, opts, params = self._model, self._options, rec.params
+        first = params[0] if params else None
+        self.meta = {
+            "model": type(model).__name__,
+            "device": str(first.device) if first is not None else "cpu",
+            "dtype": str(first.dtype)[6:] if first is not None else None,
+            "total_params": sum(p.numel() for p in params),
+            "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+            "param_bytes": sum(p.numel() * p.element_size() for p in params),
+            "options": {**dataclasses.asdict(opts), "gradients": self._want_grads},
+            "attention_mode": rec.attention_mode,
+            "attention_bytes": sum(a.map_bytes for a in self.attention),
+            "saved_bytes": rec.saved.total_activation_bytes if rec.saved else None,
+            "saved_bytes_outside": rec.saved.orphan_bytes if rec.saved else None,
+            "wall_ms": wall * 1e3,
+            "torch": torch.__version__,
+        }
+        # Detach from the model so a finished trace holds no reference to it.
+        self._model = None
+
+    # --- queries --------------------------------------------------------------------------------
+    def first_nonfinite(self, *, include_neginf: bool = False) -> ModuleRecord | None:
+        """The first call, in completion order, whose output holds NaN or Inf (None if all finite).
+
+        Completion order puts a child before the parent that returns its output, so this names the
+        module where the values first went bad; `record.in_stats` tells whether its input was fine.
+        Outputs whose only non-finite values are -Inf (masked attention scores) are skipped unless
+        include_neginf=True. Needs stats=True."""
+        bad = [r for r in self.records
+               if r.nonfinite and (include_neginf or not r.out_stats.only_neginf)]
+        return min(bad, key=lambda r: r.end_index) if bad else None
+
+    def find(self, name: str) -> list[ModuleRecord]:
+        """All calls of the module called `name`, in execution order."""
+        return [r for r in self.records if r.name == name]
+
+    def module_grad_norms(self) -> dict[str, float]:
+        """Module path -> L2 norm of its own parameters' gradients (gradients=True)."""
+        return module_norms(self.gradients)
+
+    def module_memory(self) -> Any:
+        """pandas DataFrame per module (first call order): param_bytes, grad_bytes, saved_bytes
+        (summed over calls, own), saved_bytes_total, output_bytes. For memory panels."""
+        import pandas as pd
+
+        rows: dict[str, dict[str, Any]] = {}
+        for r in self.records:
+            row = rows.setdefault(r.name, dict(name=r.name, type=r.type, depth=r.depth, calls=0,
+                                               param_bytes=r.param_bytes, grad_bytes=r.grad_bytes,
+                                               saved_bytes=0, saved_bytes_total=0, output_bytes=0))
+            row["calls"] += 1
+            for k in ("saved_bytes", "saved_bytes_total", "output_bytes"):
+                row[k] += getattr(r, k)
+        return pd.DataFrame(list(rows.values()))
+
+    def to_dataframe(self) -> Any:
+        """One row per call; columns are documented in `workbench.capture.report.COLUMNS`."""
+        return to_dataframe(self.records)
+
+    def summary(self, max_depth: int | None = None, max_rows: int = 400) -> str:
+        """A torchinfo-style text table from measured values (time, saved bytes, output stats)."""
+        return summary_table(self, max_depth=max_depth, max_rows=max_rows)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        if not self.meta:
+            state = "armed" if self._recorder is None else "recording"
+            return f"Trace({type(self._model).__name__ if self._model else '?'}, {state})"
+        parts = [f"{len(self.records)} calls of {len({r.name for r in self.records})} modules"]
+        if self.attention:
+            parts.append(f"{len(self.attention)} attention maps ({format_bytes(self.meta['attention_bytes'])})")
+        if self.gradients:
+            parts.append(f"gradients for {sum(g.grad_norm is not None for g in self.gradients)} params")
+        bad = self.first_nonfinite()
+        parts.append(f"first non-finite: {bad.display_name!r}" if bad else "all finite")
+        return f"Trace({self.meta['model']}, {', '.join(parts)})"
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write one safetensors file: attention maps as tensors, everything else as JSON metadata."""
+        from safetensors.torch import save_file
+
+        if not self.meta:
+            raise CaptureError("Nothing to save yet: save a trace after its with block has exited.")
+        path = Path(path)
+        tensors = {f"attention.{a.index}": a.map.contiguous() for a in self.attention if a.map is not None}
+        doc = {
+            "meta": self.meta,
+            "records": [r.to_dict() for r in self.records],
+            "attention": [a.to_dict() for a in self.attention],
+            "gradients": [dataclasses.asdict(g) for g in self.gradients],
+        }
+        text = json.dumps(doc, default=_json_default, allow_nan=True)
+        save_file(tensors, str(path), metadata={"format": FORMAT, "version": str(VERSION), "trace": text})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        """Read a file written by `save`. Never unpickles; malformed files raise CorruptFileError."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise LoadError(f"No trace file at {path}; pass the path given to Trace.save().")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise CorruptFileError(f"{path} is not a workbench trace (no '{FORMAT}' header).")
+                if int(meta.get("version", "0")) > VERSION:
+                    raise CorruptFileError(f"{path} was written by a newer workbench (format {meta['version']}).")
+                doc = json.loads(meta["trace"])
+                maps = {k: f.get_tensor(k) for k in f.keys()}
+            tr = cls()
+            tr.meta = doc["meta"]
+            tr.records = [ModuleRecord.from_dict(d) for d in doc["records"]]
+            tr.gradients = [ParamGradRecord(**d) for d in doc["gradients"]]
+            for d in doc["attention"]:
+                d.pop("map_shape", None)
+                a = AttentionRecord(**d)
+                a.map = maps.get(f"attention.{a.index}")
+                tr.attention.append(a)
+        except CorruptFileError:
+            raise
+        except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as err:
+            raise CorruptFileError(f"{path} is not a readable workbench trace ({err}); save it again.") from err
+        return tr
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    if isinstance(obj, slice):
+        return [obj.start, obj.stop, obj.step]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return repr(obj)
