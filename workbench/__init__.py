@@ -3,11 +3,13 @@
 The public API is re-exported here; everything else is internal.
 """
 
-from . import models
+from . import doctor, models
+from .capture import GradientHistory, Trace, trace
 from .errors import (
     CaptureError,
     ConfigError,
     CorruptFileError,
+    DoctorError,
     GenerationError,
     InputError,
     LoadError,
@@ -31,6 +33,7 @@ __all__ = [
     "CaptureError",
     "ConfigError",
     "CorruptFileError",
+    "DoctorError",
     "GenerationError",
     "HookPoint",
     "InputError",
@@ -43,12 +46,16 @@ __all__ = [
     "TransformerLM",
     "UnsafeFormatError",
     "UnsupportedModelError",
+    "GradientHistory",
+    "Trace",
+    "doctor",
     "load_gguf",
     "load_pretrained",
     "load_tokenizer",
     "models",
     "read_gguf",
     "tokenizer_from_gguf",
+    "trace",
     "WeightMismatchError",
     "WorkbenchError",
 ]
