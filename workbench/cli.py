@@ -1,4 +1,4 @@
-"""The `workbench` command line: `workbench lab` (more subcommands live in cli_commands)."""
+"""The `workbench` command line: `lab` here; `doctor`, `trace` and `report` in cli_commands."""
 
 from __future__ import annotations
 
@@ -31,12 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--dir", default=str(Path.cwd() / "notebooks"), help="folder to serve (default ./notebooks)")
     lab.add_argument("--port", type=int, default=8888)
     lab.set_defaults(func=_lab)
+    from .cli_commands import add_commands
+
+    add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    from .cli_commands import run
+
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ def test_from_hf_gpt2_and_llama():
     [
         ({"model_type": "mistral"}, "model_type='mistral' is not supported"),
         ({}, "model_type=None is not supported"),
+        ({"model_type": "llama", "vocab_size": 10}, "lacks the required field 'hidden_size'"),
         (
             {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"type": "yarn"}},
             "rope_scaling",

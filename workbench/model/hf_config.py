@@ -12,6 +12,16 @@ SUPPORTED_MODEL_TYPES = ("gpt2", "llama")
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """GPT-2 and Llama configs map onto fields; any other model type is refused by name."""
+    try:
+        return _config_from_hf(hf)
+    except KeyError as exc:
+        raise ConfigError(
+            f"the HF {hf.get('model_type')} config lacks the required field {exc.args[0]!r}; "
+            "check that config.json is complete."
+        ) from None
+
+
+def _config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type == "gpt2":
         d = hf["n_embd"]

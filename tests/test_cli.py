@@ -1,0 +1,49 @@
+"""The command line: subcommands print real content, exit codes follow the findings, errors are one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench.cli import main
+
+
+def test_trace_prints_summary_of_tiny(capsys):
+    assert main(["trace", "tiny", "--prompt", "the cat sat on the mat", "--depth", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "lm_head (Linear)" in out and "(1, 7, 512)" in out
+    assert "Total params: 98,496" in out
+
+
+def test_doctor_exit_codes(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = wb.TransformerLM(wb.ModelConfig.preset("tiny"))
+    with torch.no_grad():
+        model.blocks[1].attn.out.weight.fill_(float("nan"))
+    model.save_pretrained(tmp_path)
+    assert main(["doctor", str(tmp_path), "--quiet", "--checks", "nonfinite", "config"]) == 1
+    out = capsys.readouterr().out
+    assert "nonfinite" in out and "blocks.1" in out
+    assert main(["doctor", "tiny", "--quiet", "--checks", "causal_leak", "config"]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["trace", "/no/such/model", "--prompt", "x"], "neither a model name"),
+        (["trace", "tiny", "--prompt", "   "], "--prompt is empty"),
+        (["doctor", "tiny", "--quiet", "--checks", "nope"], "nope"),
+    ],
+)
+def test_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unsupported_format_is_one_line(tmp_path, capsys):
+    (tmp_path / "weights.onnx").write_bytes(b"\x00" * 16)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    assert main(["trace", str(tmp_path / "weights.onnx"), "--prompt", "x"]) == 2
+    assert "error:" in capsys.readouterr().err

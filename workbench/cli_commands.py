@@ -1,0 +1,110 @@
+"""The `workbench doctor | trace | report` subcommands: load a model by name or path, then act on it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InputError, LoadError, WorkbenchError
+
+NAMED_MODELS = ("smollm2", "tiny")
+
+
+def resolve_model(spec: str, device: str | None = None) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer or None) for "smollm2", "tiny", or anything `load_pretrained` accepts."""
+    from . import models
+    from .io.load import load_pretrained
+    from .io.tokenizer import load_tokenizer
+
+    if spec in NAMED_MODELS:
+        return getattr(models, spec)(device=device)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise LoadError(f"{spec} is neither a model name ({', '.join(NAMED_MODELS)}) nor an existing path.")
+    model = load_pretrained(path, device=device)
+    try:
+        tokenizer = load_tokenizer(path)
+    except LoadError:
+        tokenizer = None
+    return model, tokenizer
+
+
+def encode_prompt(tokenizer: Any, prompt: str, device: torch.device) -> torch.Tensor:
+    if tokenizer is None:
+        raise LoadError("no tokenizer was found beside the model; put tokenizer.json next to the weights.")
+    if not prompt.strip():
+        raise InputError("--prompt is empty; pass some text, e.g. --prompt 'The capital of France is'.")
+    return tokenizer(prompt)["input_ids"].to(device)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+
+    model, tokenizer = resolve_model(args.path, args.device)
+    report = diagnose(model, tokenizer, checks=args.checks or None, progress=not args.quiet)
+    print(report)
+    return 1 if report.failed else 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .capture import trace
+
+    model, tokenizer = resolve_model(args.path, args.device)
+    ids = encode_prompt(tokenizer, args.prompt, _device(model))
+    with torch.no_grad(), trace(model, memory=True) as tr:
+        model(ids)
+    print(tr.summary(max_depth=args.depth))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .capture import trace
+    from .viz.report import report_html
+
+    model, tokenizer = resolve_model(args.path, args.device)
+    ids = encode_prompt(tokenizer, args.prompt, _device(model))
+    with trace(model, memory=True, attention=True, gradients=True) as tr:
+        logits = model(ids)
+        logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).mean().neg().backward()
+    model.zero_grad(set_to_none=True)
+    out = report_html(tr, args.out, tokens=tokenizer.token_strings(ids[0]))
+    print(f"wrote {out}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register doctor, trace and report on the top-level parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("path", help="model: smollm2, tiny, a checkpoint folder, or a .gguf/.safetensors file")
+    common.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    doctor = sub.add_parser("doctor", parents=[common], help="diagnose implementation pitfalls; exit 1 on a fail")
+    doctor.add_argument("--checks", nargs="*", help="run only these checks")
+    doctor.add_argument("--quiet", action="store_true", help="no progress bar")
+    doctor.set_defaults(func=cmd_doctor)
+    tr = sub.add_parser("trace", parents=[common], help="print the per-module summary table of one forward")
+    tr.add_argument("--prompt", required=True)
+    tr.add_argument("--depth", type=int, default=None, help="deepest module level to show")
+    tr.set_defaults(func=cmd_trace)
+    rep = sub.add_parser("report", parents=[common], help="write a standalone HTML report of one forward+backward")
+    rep.add_argument("--prompt", required=True)
+    rep.add_argument("--out", default="report.html")
+    rep.set_defaults(func=cmd_report)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a subcommand; workbench errors become one-line messages with exit code 2."""
+    import sys
+
+    try:
+        return int(args.func(args) or 0)
+    except WorkbenchError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"workbench {args.command}: error: {first}", file=sys.stderr)
+        return 2
