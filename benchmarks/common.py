@@ -59,7 +59,9 @@ def timer(device: str) -> Callable[[Callable[[], object]], float]:
     return run
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int
+) -> dict[str, float]:
     """Median seconds per function, alternating calls so drift hits every side alike."""
     run = timer(device)
     for _ in range(warmup):

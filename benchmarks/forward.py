@@ -27,7 +27,7 @@ def main() -> None:
             ids = torch.randint(0, ours.config.vocab_size, (b, t), device=device)
             with torch.inference_mode():
                 med = interleaved_medians(
-                    {"ours": lambda: ours(ids), "hf": lambda: hf(input_ids=ids).logits},
+                    {"ours": lambda ids=ids, m=ours: m(ids), "hf": lambda ids=ids, m=hf: m(input_ids=ids).logits},
                     device,
                     warmup=2,
                     repeats=args.repeats,
