@@ -1,0 +1,15 @@
+"""Interactive views (ipywidgets 8 + plotly FigureWidget) over workbench records.
+
+Widgets only wire controls to the pure figures in `workbench.viz`; each has `save_html(path)`.
+"""
+
+from .attention import AttentionView
+from .base import View
+from .dashboard import Dashboard, show
+from .gradients import GradientFlow
+from .inspector import LayerInspector
+from .memory import MemoryPanel
+from .stepper import GenerationStepper
+
+__all__ = ["AttentionView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector", "MemoryPanel",
+           "View", "show"]

@@ -1,0 +1,121 @@
+"""What every widget shares: the `View` base (a VBox with save_html/save_png), notices, and styling."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+import plotly.graph_objects as go
+
+from ..viz.export import save_png, write_html
+
+CSS = """<style>
+.wb-view { font-family: Inter, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; }
+.wb-title { font-size: 16px; font-weight: 600; color: #222; }
+.wb-mono select, .wb-mono .widget-label, .wb-mono { font-family: ui-monospace, Menlo, Consolas, monospace !important;
+  font-size: 12px !important; }
+.wb-table select { height: 320px !important; white-space: pre; }
+.wb-notice { background: #F4F7FB; border-left: 4px solid #4C72B0; padding: 8px 12px; color: #333;
+  font-size: 13px; border-radius: 3px; }
+.wb-notice code { background: #e8edf5; padding: 1px 4px; border-radius: 3px; }
+</style>"""
+
+
+def notice(text: str) -> W.HTML:
+    """A friendly info box (used instead of a traceback when records lack what a view shows).
+
+    Text between backticks is rendered as code."""
+    parts = html.escape(text).split("`")
+    body = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    box = W.HTML(f"<div class='wb-notice'>{body}</div>")
+    box.add_class("wb-notice-box")
+    return box
+
+
+def header(title: str, subtitle: str = "") -> W.HTML:
+    sub = f" <span style='color:#888;font-weight:400;font-size:13px'>{html.escape(subtitle)}</span>" if subtitle else ""
+    return W.HTML(f"{CSS}<div class='wb-title'>{html.escape(title)}{sub}</div>")
+
+
+def figure_widget(fig: go.Figure) -> go.FigureWidget:
+    """A FigureWidget from a viz figure (plotly needs anywidget for this)."""
+    return go.FigureWidget(fig)
+
+
+class View(W.VBox):
+    """Base of every workbench widget: a VBox that knows its figures, for export."""
+
+    title = "workbench view"
+
+    def __init__(self, children: list[W.Widget] | tuple = (), **kwargs: Any) -> None:
+        super().__init__(children=list(children), **kwargs)
+        self.add_class("wb-view")
+        self.layout.width = "100%"
+
+    def figures(self) -> list[go.Figure]:
+        """The figures currently shown, in display order (FigureWidgets included)."""
+        return [w for w in _walk(self) if isinstance(w, go.FigureWidget)]
+
+    def export_parts(self) -> list[Any]:
+        """HTML strings and figures written by `save_html` (override to add text)."""
+        return [w.value for w in _walk(self) if isinstance(w, W.HTML) and "wb-notice" in w.value] + self.figures()
+
+    def save_html(self, path: str | Path) -> Path:
+        """Write what the view shows now to a standalone HTML file (plotly.js inline, works offline)."""
+        return write_html(path, self.title, self.export_parts())
+
+    def static_figure(self) -> Any:
+        """A matplotlib Figure for PNG export (views without one raise)."""
+        from ..errors import InputError
+
+        raise InputError(f"{type(self).__name__} has no static picture; use save_html instead.")
+
+    def save_png(self, path: str | Path, dpi: int = 150) -> Path:
+        """PNG of the view's static (matplotlib) variant."""
+        import matplotlib.pyplot as plt
+
+        fig = self.static_figure()
+        try:
+            return save_png(fig, path, dpi=dpi)
+        finally:
+            plt.close(fig)
+
+
+def _walk(widget: W.Widget):
+    """Depth-first walk over a widget tree, children in order."""
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _walk(child)
+
+
+def replace_figure(target: go.FigureWidget, fig: go.Figure) -> None:
+    """Swap a FigureWidget's traces and layout for those of `fig` (for views whose trace count changes)."""
+    if len(target.data) == len(fig.data) and all(a.type == b.type for a, b in zip(target.data, fig.data)):
+        with target.batch_update():
+            for old, new in zip(target.data, fig.data):
+                old.update(new.to_plotly_json(), overwrite=True)
+            _set_layout(target, fig)
+        return
+    target.data = []
+    target.add_traces(list(fig.data))
+    _set_layout(target, fig)
+
+
+def _set_layout(target: go.FigureWidget, fig: go.Figure) -> None:
+    """Copy the layout; annotations and shapes are replaced, not merged (a stale message would linger)."""
+    width = target.layout.width
+    target.update_layout(fig.layout.to_plotly_json(), overwrite=True)
+    target.layout.annotations = fig.layout.annotations or ()
+    target.layout.shapes = fig.layout.shapes or ()
+    target.layout.width = width
+
+
+def row(*items: W.Widget, widths: tuple[str, ...] | None = None) -> W.HBox:
+    """Side-by-side panels that share the width (plotly autosizes inside each box)."""
+    boxes = []
+    for i, item in enumerate(items):
+        basis = widths[i] if widths else "0"
+        boxes.append(W.Box([item], layout=W.Layout(flex=f"1 1 {basis}", min_width="0", overflow="hidden")))
+    return W.HBox(boxes, layout=W.Layout(width="100%"))

@@ -1,0 +1,79 @@
+"""`show(model, tokenizer, text)`: trace one forward (and backward) and open every view in tabs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..capture.trace import Trace, trace
+from ..errors import InputError
+from .attention import AttentionView
+from .base import View, header
+from .gradients import GradientFlow
+from .inspector import LayerInspector
+from .memory import MemoryPanel
+from .stepper import GenerationStepper
+
+
+class Dashboard(View):
+    """Tabs: modules, attention, memory, gradients, generation. `.trace` is the trace behind them."""
+
+    title = "workbench dashboard"
+
+    def __init__(self, tr: Trace, tokens: list[str] | None, views: dict[str, View]) -> None:
+        super().__init__()
+        self.trace, self.tokens, self.views = tr, tokens, views
+        self.tabs = W.Tab(children=list(views.values()), titles=list(views))
+        n = len(tokens) if tokens else "?"
+        self.children = [header(self.title, f"{n} tokens · {tr!r}"), self.tabs]
+
+    def figures(self) -> list:
+        return [f for v in self.views.values() for f in v.figures()]
+
+
+def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
+    """One display string per id (the tokenizer's own token strings when it has them)."""
+    if hasattr(tokenizer, "token_strings"):
+        return list(tokenizer.token_strings(ids))
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def show(model: nn.Module, tokenizer: Any, text: str, *, backward: bool = False, samples: int = 512,
+         generate: bool = True, **stepper_kwargs: Any) -> Dashboard:
+    """Trace one forward of `text` (attention, memory, stats, samples) and show every view in tabs.
+
+    backward=True also runs next-token cross-entropy backward inside the trace, so the memory tab
+    shows gradients and saved activations and the gradient tab has data; the model's existing
+    .grad tensors are restored afterwards. generate=False leaves out the generation tab.
+    """
+    ids = list(tokenizer.encode(text))
+    if not ids:
+        raise InputError("text encodes to zero tokens; pass non-empty text.")
+    x = torch.tensor([ids], device=next(model.parameters()).device)  # (1, T)
+    old_grads = {p: p.grad for p in model.parameters()}
+    try:
+        with torch.set_grad_enabled(backward):
+            with trace(model, attention=True, memory=True, samples=samples, gradients=backward) as tr:
+                out = model(x)
+                logits = out if isinstance(out, torch.Tensor) else out.logits  # (1, T, V)
+                if backward:
+                    if len(ids) < 2:
+                        raise InputError("backward=True needs at least 2 tokens (next-token loss).")
+                    F.cross_entropy(logits[0, :-1].float(), x[0, 1:]).backward()
+    finally:
+        for p, g in old_grads.items():
+            p.grad = g
+    tokens = token_texts(tokenizer, ids)
+    views: dict[str, View] = {
+        "Modules": LayerInspector(tr),
+        "Attention": AttentionView(tr, tokens),
+        "Memory": MemoryPanel(tr, model=model),
+        "Gradients": GradientFlow(tr),
+    }
+    if generate:
+        views["Generate"] = GenerationStepper(model, tokenizer, text, **stepper_kwargs)
+    return Dashboard(tr, tokens, views)

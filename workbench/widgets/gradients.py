@@ -1,0 +1,85 @@
+"""`GradientFlow`: per-module gradient norms (log scale, bands) and a module x step heatmap, live."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ipywidgets as W
+
+from ..capture.gradients import GradientHistory
+from ..viz import gradients as vg
+from .base import View, figure_widget, header, notice, replace_figure
+
+
+class GradientFlow(View):
+    """Gradient flow of a `GradientHistory` (or a Trace taken with gradients=True).
+
+    Live: the widget listens to `history.append(...)` and redraws at most once per `min_interval`
+    seconds (drawing costs a few ms; a training step may be faster). Call `update()` after the
+    loop to draw the last steps, and `close()` to stop listening.
+    """
+
+    title = "Gradient flow"
+
+    def __init__(self, history: Any, *, min_interval: float = 0.5) -> None:
+        super().__init__()
+        self.history: GradientHistory = vg.as_history(history)
+        self.min_interval = min_interval
+        self.draws = 0  # redraws so far (the throttle's effect is visible here)
+        self._last = 0.0
+        self._pending = False
+        self.notice = notice(vg.NO_GRADIENTS)
+        self.flags = W.HTML()
+        self.step = W.IntSlider(0, 0, 0, description="Step", continuous_update=False, layout=W.Layout(width="420px"))
+        self.follow = W.Checkbox(value=True, description="follow latest", indent=False)
+        self.bars = figure_widget(vg.grad_norm_bars(self.history))
+        self.heatmap = figure_widget(vg.grad_heatmap(self.history))
+        self.step.observe(self._on_step, names="value")
+        self._unsubscribe = self.history.on_append(self._on_append)
+        self.children = [header(self.title), self.notice, W.HBox([self.step, self.follow]), self.flags,
+                         self.bars, self.heatmap]
+        self._draw()
+
+    def _on_append(self, _history: GradientHistory) -> None:
+        now = time.perf_counter()
+        if now - self._last >= self.min_interval:
+            self._draw()
+        else:
+            self._pending = True
+
+    def _on_step(self, _change: Any) -> None:
+        if self.history.norms:
+            self.follow.value = self.step.value == len(self.history.steps) - 1
+            replace_figure(self.bars, vg.grad_norm_bars(self.history, self.step.value))
+
+    def update(self) -> None:
+        """Redraw now (e.g. after the training loop, for steps the throttle skipped)."""
+        self._draw()
+
+    def _draw(self) -> None:
+        self._last, self._pending = time.perf_counter(), False
+        self.draws += 1
+        h = self.history
+        self.notice.layout.display = "none" if h.norms else "flex"
+        n = len(h.steps)
+        self.step.max = max(0, n - 1)
+        if self.follow.value:
+            self.step.unobserve(self._on_step, names="value")
+            self.step.value = max(0, n - 1)
+            self.step.observe(self._on_step, names="value")
+        replace_figure(self.bars, vg.grad_norm_bars(h, self.step.value if h.norms else -1))
+        replace_figure(self.heatmap, vg.grad_heatmap(h))
+        flagged = h.flagged()
+        self.flags.value = "" if not flagged else (
+            "<div style='color:#C44E52;font-size:12px'><b>Flagged modules</b> (outside "
+            f"[{h.vanishing:g}, {h.exploding:g}]): " + ", ".join(
+                f"{m} ({len(s)} steps)" for m, s in list(flagged.items())[:12]) + "</div>")
+
+    def close(self) -> None:
+        """Stop listening to the history, then close the widget."""
+        self._unsubscribe()
+        super().close()
+
+    def static_figure(self) -> Any:
+        return vg.grad_flow_mpl(self.history)

@@ -1,0 +1,74 @@
+"""`MemoryPanel`: per-layer stacked memory of a trace or a generation session, plus KV-cache growth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+import torch
+from torch import nn
+
+from ..viz import memory as vm
+from .base import View, figure_widget, header, notice, replace_figure
+
+
+class MemoryPanel(View):
+    """`MemoryPanel(trace, model=..., optimizer=...)` or `MemoryPanel(session)`.
+
+    Bars: parameters, gradients, saved activations, optimizer state (from the optimizer's state
+    tensors) and KV cache, per layer. With a GenerationSession, the KV growth chart follows the
+    session: call `update()` after stepping (GenerationStepper does this for you).
+    """
+
+    title = "Memory"
+
+    def __init__(self, source: Any, *, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 cache: Any = None) -> None:
+        super().__init__()
+        self.session = source if hasattr(source, "history") and hasattr(source, "cache") else None
+        self.trace = None if self.session is not None else source
+        self.model = self.session.model if self.session is not None else model
+        self.optimizer, self._cache = optimizer, cache
+        self.hints = W.VBox()
+        self.bars = figure_widget(vm.memory_bars({}))
+        self.growth = figure_widget(vm.kv_growth([]))
+        self.children = [header(self.title), self.hints, self.bars] + ([self.growth] if self.session else [])
+        self.update()
+
+    @property
+    def cache(self) -> Any:
+        return self.session.cache if self.session is not None else self._cache
+
+    def breakdown(self) -> dict[str, dict[str, int]]:
+        """Bytes per layer group and kind (see `workbench.viz.memory.memory_breakdown`)."""
+        return vm.memory_breakdown(self.trace, model=self.model, optimizer=self.optimizer, cache=self.cache)
+
+    def update(self) -> None:
+        """Recompute from the current state (optimizer state, cache, session steps) and redraw."""
+        rows = self.breakdown()
+        replace_figure(self.bars, vm.memory_bars(rows, note=vm.cuda_peak_note(self.trace)))
+        if self.session is not None:
+            replace_figure(self.growth, vm.kv_growth(self.session.history))
+        self.hints.children = [notice(t) for t in self._hints(rows)]
+
+    def _hints(self, rows: dict[str, dict[str, int]]) -> list[str]:
+        """What is missing from the picture and how to capture it."""
+        if self.session is not None:
+            return []
+        tr = self.trace
+        if tr is None or not getattr(tr, "records", None):
+            return ["No trace records. Run the model inside `with workbench.trace(model, memory=True) as tr:` "
+                    "and pass `tr`."]
+        out = []
+        opts = (getattr(tr, "meta", {}) or {}).get("options", {})
+        if not opts.get("memory"):
+            out.append("Saved activations not measured: trace with `workbench.trace(model, memory=True)` and run "
+                       "the forward with gradients enabled.")
+        if not any(v["grads"] for v in rows.values()):
+            out.append("No gradients: trace with `gradients=True` and call `loss.backward()` inside the block.")
+        if self.optimizer is None:
+            out.append("Optimizer state not shown: pass `optimizer=opt, model=model` to include it.")
+        return out
+
+    def static_figure(self) -> Any:
+        return vm.memory_bars_mpl(self.breakdown())

@@ -1,0 +1,143 @@
+"""`GenerationStepper`: step through generation one token at a time and watch every step."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets as W
+from torch import nn
+
+from ..errors import GenerationError
+from ..generation.session import GenerationSession
+from ..viz import generation as vgen
+from ..viz.attention import token_attention_layers
+from ..viz.memory import kv_growth
+from ..viz.style import format_bytes
+from .base import View, figure_widget, header, notice, replace_figure, row
+
+
+class GenerationStepper(View):
+    """Prompt box, Step / Run N / Reset; shows the text (newest token highlighted), top-k bars,
+    cache bytes per layer, KV growth and the new token's attention across layers.
+
+    Extra keyword arguments go to `GenerationSession` (do_sample, temperature, top_k, seed, ...).
+    """
+
+    title = "Generation stepper"
+
+    def __init__(self, model: nn.Module, tokenizer: Any, prompt: str, *, top_k: int = 10, run_n: int = 8,
+                 **session_kwargs: Any) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self._kwargs = model, tokenizer, session_kwargs
+        self.prompt = W.Textarea(value=prompt, placeholder="prompt", layout=W.Layout(width="100%", height="60px"))
+        self.step_button = W.Button(description="Step", button_style="primary", icon="step-forward",
+                                    tooltip="generate one token")
+        self.run_button = W.Button(description="Run N", icon="forward", tooltip="generate N tokens")
+        self.n = W.BoundedIntText(value=run_n, min=1, max=4096, description="N", layout=W.Layout(width="130px"))
+        self.reset_button = W.Button(description="Reset", icon="undo", tooltip="back to the prompt")
+        self.head = W.Dropdown(options=[("mean of heads", -1)], value=-1, description="Attention",
+                               layout=W.Layout(width="230px"))
+        self.status = W.HTML()
+        self.messages = W.VBox()
+        self.text = W.HTML()
+        self.topk = figure_widget(vgen.topk_bars(None))
+        self.cache_bars = figure_widget(vgen.cache_layer_bars(None))
+        self.growth = figure_widget(kv_growth([]))
+        self.attention = figure_widget(token_attention_layers(None))
+        for fig in (self.topk, self.cache_bars, self.growth, self.attention):
+            fig.layout.height, fig.layout.width = 300, 470  # two per row in a 1000 px notebook column
+        self.session: GenerationSession | None = None
+        self._top_k = top_k
+        self._start(prompt)
+        self.step_button.on_click(lambda _b: self.step())
+        self.run_button.on_click(lambda _b: self.run(self.n.value))
+        self.reset_button.on_click(lambda _b: self.reset())
+        self.head.observe(lambda _c: self._draw_attention(), names="value")
+        self.children = [
+            header(self.title), self.prompt,
+            W.HBox([self.step_button, self.run_button, self.n, self.reset_button, self.head]),
+            self.status, self.messages, self.text,
+            row(self.topk, self.cache_bars), row(self.attention, self.growth),
+        ]
+        self._draw()
+
+    # --- actions ----------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Generate exactly one token and redraw."""
+        self._guarded(lambda: self.session.step())
+
+    def run(self, n: int) -> None:
+        """Generate up to n tokens (fewer if the session ends), then redraw once."""
+        self._guarded(lambda: self.session.run(int(n)))
+
+    def reset(self) -> None:
+        """Back to the prompt; a changed prompt box starts a new session."""
+        if self.session is None or self.prompt.value != self._prompt_used:
+            self._start(self.prompt.value)
+        else:
+            self.session.reset()
+        self._draw()
+
+    def _guarded(self, action: Any) -> None:
+        if self.session is None:
+            return
+        try:
+            action()
+            self.messages.children = []
+        except GenerationError as err:
+            self.messages.children = [notice(str(err))]
+        self._draw()
+
+    def _start(self, prompt: str) -> None:
+        self._prompt_used = prompt
+        try:
+            try:
+                self.session = GenerationSession(self.model, self.tokenizer, prompt, capture_attention=True,
+                                                 top_k_candidates=self._top_k, **self._kwargs)
+            except GenerationError as err:
+                if "capture_attention" not in str(err):
+                    raise
+                self.session = GenerationSession(self.model, self.tokenizer, prompt, capture_attention=False,
+                                                 top_k_candidates=self._top_k, **self._kwargs)
+            self.messages.children = []
+        except GenerationError as err:
+            self.session = None
+            self.messages.children = [notice(f"Cannot start generation: {err}")]
+        n_heads = getattr(getattr(self.model, "config", None), "n_heads", 0)
+        self.head.options = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(n_heads)]
+
+    # --- drawing ----------------------------------------------------------------------------------
+    def _draw(self) -> None:
+        s = self.session
+        last = s.history[-1] if s is not None and s.history else None
+        if s is None:
+            self.text.value, self.status.value = "", ""
+            return
+        probs = [r.token_prob for r in s.history]
+        self.text.value = vgen.text_html(s.token_texts, s.prompt_length, probs=probs)
+        ms = f"{last.step_time * 1e3:.1f} ms" if last else "-"
+        end = f" · <b style='color:#C44E52'>finished: {html.escape(s.finish_reason)}</b>" if s.finished else ""
+        self.status.value = (f"<span style='font-size:12px;color:#555'>prompt {s.prompt_length} tokens · generated "
+                             f"{len(s.generated_ids)} · cache {s.cache.length} positions "
+                             f"({format_bytes(s.cache.bytes_used)} used) · last step {ms}{end}</span>")
+        self.step_button.disabled = self.run_button.disabled = s.finished
+        replace_figure(self.topk, vgen.topk_bars(last, height=300))
+        replace_figure(self.cache_bars, vgen.cache_layer_bars(last, height=300))
+        replace_figure(self.growth, kv_growth(s.history, height=300))
+        self._draw_attention()
+
+    def _draw_attention(self) -> None:
+        s = self.session
+        if s is None:
+            return
+        last = s.history[-1] if s.history else None
+        att = last.attention if last is not None else s.prompt_attention
+        head = None if self.head.value < 0 else self.head.value
+        fig = token_attention_layers(att, s.token_texts, head=head, height=300)
+        if last is None and att is not None:
+            fig.layout.title.text = fig.layout.title.text.replace("New token", "Last prompt token")
+        replace_figure(self.attention, fig)
+
+    def export_parts(self) -> list[Any]:
+        return [self.text.value] + self.figures()
