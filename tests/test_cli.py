@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -47,3 +49,12 @@ def test_unsupported_format_is_one_line(tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     assert main(["trace", str(tmp_path / "weights.onnx"), "--prompt", "x"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_report_writes_standalone_html(tmp_path, capsys):
+    out = tmp_path / "report.html"
+    assert main(["report", "tiny", "--prompt", "the cat sat on the mat", "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "plotly" in html.lower() and "blocks.1.attn" in html
+    assert re.search(r"<script[^>]+src=\"https?:", html) is None  # plotly.js inline, no CDN
+    assert str(out) in capsys.readouterr().out

@@ -3,7 +3,7 @@
 The public API is re-exported here; everything else is internal.
 """
 
-from . import doctor, models
+from . import doctor, models, viz, widgets
 from .capture import GradientHistory, Trace, trace
 from .errors import (
     CaptureError,
@@ -25,10 +25,24 @@ from .io.load import load_pretrained
 from .io.report import LoadReport
 from .io.tokenizer import Tokenizer, load_tokenizer
 from .model import PRESETS, HookPoint, KVCache, ModelConfig, TransformerLM
+from .viz import report_html, save_html, save_png
+from .widgets import AttentionView, Dashboard, GenerationStepper, GradientFlow, LayerInspector, MemoryPanel, show
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionView",
+    "Dashboard",
+    "GenerationStepper",
+    "GradientFlow",
+    "LayerInspector",
+    "MemoryPanel",
+    "report_html",
+    "save_html",
+    "save_png",
+    "show",
+    "viz",
+    "widgets",
     "PRESETS",
     "CaptureError",
     "ConfigError",

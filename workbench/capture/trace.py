@@ -222,6 +222,12 @@ class Trace:
         """A torchinfo-style text table from measured values (time, saved bytes, output stats)."""
         return summary_table(self, max_depth=max_depth, max_rows=max_rows)
 
+    def report_html(self, path: str | Path, **kwargs: Any) -> Path:
+        """Write a standalone HTML report (plotly.js inline, works offline); see `workbench.viz.report_html`."""
+        from ..viz.report import report_html
+
+        return report_html(self, path, **kwargs)
+
     def __len__(self) -> int:
         return len(self.records)
 
