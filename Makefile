@@ -36,6 +36,7 @@ lint: install
 test: install chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 bench: install
 	$(BIN)/python benchmarks/forward.py
