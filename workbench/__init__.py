@@ -19,6 +19,7 @@ from .errors import (
     WeightMismatchError,
     WorkbenchError,
 )
+from .generation import GenerationOutput, GenerationSession, StepRecord, generate
 from .io.gguf import load_gguf, read_gguf
 from .io.gguf_tokenizer import tokenizer_from_gguf
 from .io.load import load_pretrained
@@ -60,7 +61,11 @@ __all__ = [
     "TransformerLM",
     "UnsafeFormatError",
     "UnsupportedModelError",
+    "GenerationOutput",
+    "GenerationSession",
     "GradientHistory",
+    "StepRecord",
+    "generate",
     "Trace",
     "doctor",
     "load_gguf",

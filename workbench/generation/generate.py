@@ -1,0 +1,175 @@
+"""`generate`: batched decoding with a KV cache: greedy, sampling (temperature/top-k/top-p) or beam search.
+
+The model contract (met by `TransformerLM`, and by any module that mimics it):
+- `model.config.max_seq_len` bounds prompt + new tokens;
+- `model.new_cache(batch_size, max_len, mode=...)` returns a cache with `length`, `reorder(index)`
+  and `bytes_allocated`;
+- `model(input_ids, attention_mask=..., cache=cache, validate=...)` returns logits (B, T, V) and
+  appends the new positions to the cache, continuing positions per row from the cache's key mask.
+
+The prompt is checked once (validate=True at prefill); decode steps feed ids the model produced
+itself, so they skip validation and its host sync. The cache is a local: it is freed on return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import GenerationError
+from .beam import beam_search
+from .records import REASONS, GenerationOutput
+from .sampling import CACHE_MODES, Strategy, as_eos_tuple, choose
+from .stopping import StopStrings
+
+
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    num_return_sequences: int = 1,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    stop_strings: str | Sequence[str] | None = None,
+    tokenizer: Any = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    cache_mode: str = "static",
+) -> GenerationOutput:
+    """Continue `input_ids` (B, T) (or (T,)) by up to `max_new_tokens` tokens per row.
+
+    attention_mask: (B, T), 1 = token, 0 = left padding. eos_token_id defaults to the tokenizer's.
+    Sampling is reproducible through `seed` (a private generator) or an explicit `generator`.
+    Beam search keeps `num_beams` hypotheses per prompt and ranks finished ones by
+    sum(log p) / n_new ** length_penalty. Rows stop at EOS, at a stop string (needs `tokenizer`), or
+    after max_new_tokens. The model runs in eval mode under no_grad; its mode is restored afterwards.
+    """
+    if eos_token_id is None and tokenizer is not None:
+        eos_token_id = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(stop_strings, str):
+        stop_strings = (stop_strings,)
+    strategy = Strategy(
+        do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
+        length_penalty=length_penalty, num_return_sequences=num_return_sequences,
+        eos_token_ids=as_eos_tuple(eos_token_id), stop_strings=tuple(stop_strings or ()), seed=seed,
+    )  # fmt: skip
+    input_ids, attention_mask = check_request(model, input_ids, attention_mask, max_new_tokens, cache_mode)
+    if generator is not None and seed is not None:
+        raise GenerationError("pass either seed or generator, not both.")
+    stop = StopStrings(tokenizer, strategy.stop_strings) if strategy.stop_strings else None
+    if pad_token_id is None:
+        pad_token_id = strategy.eos_token_ids[0] if strategy.eos_token_ids else 0
+    generator = generator if generator is not None else strategy.new_generator(input_ids.device)
+    args = (model, input_ids, attention_mask, strategy, max_new_tokens, cache_mode, pad_token_id, stop)
+    with eval_no_grad(model):
+        return beam_search(*args) if num_beams > 1 else _decode(*args, generator)
+
+
+def check_request(
+    model: nn.Module, input_ids: Any, attention_mask: Any, max_new_tokens: Any, cache_mode: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reject what the model's own checks cannot see; returns (B, T) ids and the mask (None if no padding)."""
+    config = getattr(model, "config", None)
+    if not callable(getattr(model, "new_cache", None)) or not hasattr(config, "max_seq_len"):
+        raise GenerationError(
+            f"{type(model).__name__} cannot be used for generation: it needs `config.max_seq_len` and "
+            "`new_cache(batch_size, max_len, mode=...)` like workbench.TransformerLM."
+        )
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
+        raise GenerationError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
+    if cache_mode not in CACHE_MODES:
+        raise GenerationError(f"cache_mode={cache_mode!r} is unknown; use one of {CACHE_MODES}.")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() not in (1, 2):
+        raise GenerationError("input_ids must be a tensor of token ids shaped (B, T) or (T,).")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]  # (1, T)
+        attention_mask = attention_mask[None] if isinstance(attention_mask, torch.Tensor) else attention_mask
+    T = input_ids.shape[1]
+    if T + max_new_tokens > config.max_seq_len:
+        raise GenerationError(
+            f"prompt length {T} + max_new_tokens {max_new_tokens} = {T + max_new_tokens} exceeds the "
+            f"model's max_seq_len={config.max_seq_len}; ask for at most {config.max_seq_len - T} new tokens."
+        )
+    if attention_mask is not None and attention_mask.shape == input_ids.shape and bool(attention_mask.all()):
+        attention_mask = None  # no padding: the plain causal path is faster and identical
+    return input_ids, attention_mask
+
+
+@contextlib.contextmanager
+def eval_no_grad(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no autograd for the duration; the previous mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _decode(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    strategy: Strategy,
+    max_new_tokens: int,
+    cache_mode: str,
+    pad: int,
+    stop: StopStrings | None,
+    generator: torch.Generator | None,
+) -> GenerationOutput:
+    """Greedy or sampled decoding, one token per row per forward."""
+    n = strategy.num_return_sequences
+    if n > 1:  # several samples per prompt: repeat rows so each draws independently
+        input_ids = input_ids.repeat_interleave(n, dim=0)  # (B*n, T)
+        attention_mask = attention_mask.repeat_interleave(n, dim=0) if attention_mask is not None else None
+    B, T = input_ids.shape
+    device = input_ids.device
+    cache = model.new_cache(B, T + max_new_tokens, mode=cache_mode)
+    logits = model(input_ids, attention_mask=attention_mask, cache=cache)[:, -1]  # (B, V)
+    new = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)  # (B, N)
+    reason = torch.zeros(B, dtype=torch.long, device=device)  # index into REASONS; 0 while running
+    counts = torch.zeros(B, dtype=torch.long, device=device)
+    eos = torch.tensor(strategy.eos_token_ids, dtype=torch.long, device=device)
+    watch = bool(strategy.eos_token_ids) or stop is not None  # otherwise no early stop: never sync
+    steps = max_new_tokens
+    for step in range(max_new_tokens):
+        running = reason == 0
+        token = torch.where(running, choose(logits, strategy, generator), pad)  # (B,)
+        new[:, step] = token
+        counts += running.long()
+        if eos.numel():
+            reason = torch.where(running & torch.isin(token, eos), 1, reason)
+        if stop is not None:
+            reason = _stop_reasons(stop, new[:, : step + 1], reason, running)
+        if watch and not bool((reason == 0).any()):
+            steps = step + 1
+            break
+        if step + 1 < max_new_tokens:
+            logits = model(token[:, None], cache=cache, validate=False)[:, -1]  # (B, V)
+    return GenerationOutput(
+        sequences=torch.cat((input_ids, new[:, :steps]), dim=1),
+        prompt_length=T,
+        new_token_counts=counts.cpu(),
+        finish_reasons=tuple(REASONS[r] for r in reason.tolist()),
+        cache_bytes_allocated=int(cache.bytes_allocated),
+    )
+
+
+def _stop_reasons(stop: StopStrings, new: torch.Tensor, reason: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+    """Mark running rows whose new text now contains a stop string (host-side decode per row)."""
+    rows, active = new.tolist(), (running & (reason == 0)).tolist()
+    hits = [a and stop.hit(r) for r, a in zip(rows, active)]
+    return torch.where(torch.tensor(hits, device=reason.device), 2, reason)

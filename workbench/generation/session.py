@@ -1,0 +1,253 @@
+"""`GenerationSession`: generate one token at a time and record everything a person wants to watch.
+
+The prompt is prefilled once, at construction; each `step()` chooses a token from the pending
+distribution and feeds exactly that one token, so the cache grows by one position per step and the
+prompt is never recomputed (`reset()` rewinds the cache instead of refilling it). The widgets in
+`workbench.widgets` drive this class; its `StepRecord`s are what they draw.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import GenerationError
+from .generate import eval_no_grad
+from .records import StepRecord
+from .sampling import CACHE_MODES, Strategy, as_eos_tuple, choose, entropy
+from .stopping import StopStrings
+
+_STRATEGY_KEYS = ("do_sample", "temperature", "top_k", "top_p", "seed", "eos_token_id", "stop_strings")
+
+
+class GenerationSession:
+    """Stepwise generation for one prompt (batch 1), with per-step records.
+
+    strategy: do_sample, temperature, top_k, top_p, seed, eos_token_id (default: the tokenizer's;
+    None disables EOS), stop_strings. With capture_attention=True each record carries the new
+    token's attention (L, H, S); the hooks that capture it exist only during a step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        prompt: str | Sequence[int] | torch.Tensor,
+        *,
+        capture_attention: bool = False,
+        top_k_candidates: int = 10,
+        cache_mode: str = "static",
+        reserve: int = 64,
+        **strategy: Any,
+    ) -> None:
+        unknown = sorted(set(strategy) - set(_STRATEGY_KEYS))
+        if unknown:
+            raise GenerationError(
+                f"unknown session options {unknown}; a session decodes one sequence greedily or by sampling "
+                f"and accepts {list(_STRATEGY_KEYS)} (use workbench.generate for beam search)."
+            )
+        if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
+            raise GenerationError("a GenerationSession needs a tokenizer (with .encode/.decode) to show text.")
+        if cache_mode not in CACHE_MODES:
+            raise GenerationError(f"cache_mode={cache_mode!r} is unknown; use one of {CACHE_MODES}.")
+        if not isinstance(top_k_candidates, int) or top_k_candidates < 1:
+            raise GenerationError(f"top_k_candidates must be a positive int, got {top_k_candidates!r}.")
+        eos = strategy.pop("eos_token_id", getattr(tokenizer, "eos_token_id", None))
+        stops = strategy.pop("stop_strings", None) or ()
+        stops = (stops,) if isinstance(stops, str) else tuple(stops)
+        self.strategy = Strategy(eos_token_ids=as_eos_tuple(eos), stop_strings=stops, **strategy)
+        self.model, self.tokenizer = model, tokenizer
+        self.capture_attention, self.top_k_candidates = capture_attention, top_k_candidates
+        self.cache_mode, self.reserve = cache_mode, max(1, int(reserve))
+        self._stop = StopStrings(tokenizer, stops) if stops else None
+        self._hook_sites = _pattern_sites(model) if capture_attention else []
+        self._start(prompt)
+
+    # --- state a widget reads ------------------------------------------------------------------
+    @property
+    def cache(self):
+        """The live KV cache (prompt + fed tokens)."""
+        return self._cache
+
+    @property
+    def history(self) -> tuple[StepRecord, ...]:
+        return tuple(self._history)
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return list(self._generated)
+
+    @property
+    def tokens(self) -> list[int]:
+        """Prompt ids followed by generated ids."""
+        return self.prompt_ids + self._generated
+
+    @property
+    def token_texts(self) -> list[str]:
+        """One label per token of `tokens`, for highlighting the newest one."""
+        return [self.tokenizer.decode([t]) for t in self.tokens]
+
+    @property
+    def text(self) -> str:
+        return self.tokenizer.decode(self.tokens)
+
+    @property
+    def generated_text(self) -> str:
+        return self.tokenizer.decode(self._generated)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    # --- stepping ------------------------------------------------------------------------------
+    def step(self) -> StepRecord:
+        """Choose the next token, feed it, and return its record."""
+        if self.finished:
+            raise GenerationError(f"the session already ended ({self.finish_reason}); call reset() to start again.")
+        self._make_room()
+        device = self._logits.device
+        start = time.perf_counter()
+        with eval_no_grad(self.model):
+            logits = self._logits  # (1, V)
+            token = choose(logits, self.strategy, self._generator)  # (1,)
+            probs = torch.softmax(logits.float(), dim=-1)[0]  # (V,)
+            top = probs.topk(min(self.top_k_candidates, probs.numel()))
+            summary = torch.stack((probs[token[0]], entropy(logits)[0]))  # (2,)
+            self._logits, attention = self._forward(token[:, None])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        attention = attention.float().cpu() if attention is not None else None
+        return self._record(int(token), top, summary.tolist(), attention, elapsed)
+
+    def run(self, n: int) -> list[StepRecord]:
+        """Up to `n` steps; stops early when the session finishes (EOS or a stop string)."""
+        if not isinstance(n, int) or n <= 0:
+            raise GenerationError(f"run(n) needs a positive int, got {n!r}.")
+        records = []
+        for _ in range(n):
+            if self.finished:
+                break
+            records.append(self.step())
+        return records
+
+    def reset(self, prompt: str | Sequence[int] | torch.Tensor | None = None) -> None:
+        """Back to just after the prefill (no recompute), or start over with a new `prompt`."""
+        if prompt is not None:
+            self._start(prompt)
+            return
+        self._cache.truncate(self.prompt_length)
+        self._logits = self._prefill_logits
+        self._generated, self._history, self.finish_reason = [], [], None
+        self._generator = self.strategy.new_generator(self._logits.device)
+
+    # --- internals -----------------------------------------------------------------------------
+    def _start(self, prompt: str | Sequence[int] | torch.Tensor) -> None:
+        ids = _prompt_ids(self.tokenizer, prompt)
+        max_seq_len = self.model.config.max_seq_len
+        if len(ids) >= max_seq_len:
+            raise GenerationError(
+                f"the prompt has {len(ids)} tokens but the model's max_seq_len is {max_seq_len}; "
+                "shorten the prompt so at least one token can be generated."
+            )
+        self.prompt_ids, self.prompt_length = ids, len(ids)
+        self._cache = None  # free the old cache before allocating the new one
+        self._cache = self.model.new_cache(1, min(max_seq_len, len(ids) + self.reserve), mode=self.cache_mode)
+        device = next(self.model.parameters()).device
+        with eval_no_grad(self.model):
+            self._logits, attention = self._forward(torch.tensor([ids], device=device), validate=True)
+        # (L, H, T): the last prompt token's attention over the prompt (the full (T, T) maps would
+        # cost L*H*T*T floats; trace the prompt with workbench.trace for those)
+        self.prompt_attention = attention.float().cpu() if attention is not None else None
+        self._prefill_logits = self._logits
+        self._generated, self._history, self.finish_reason = [], [], None
+        self._generator = self.strategy.new_generator(device)
+
+    def _forward(self, ids: torch.Tensor, validate: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed ids (1, T); returns last logits (1, V) and, when capturing, the last query's attention (L, H, S)."""
+        rows: dict[int, torch.Tensor] = {}
+        handles = []
+        try:
+            for i, site in enumerate(self._hook_sites):
+                handles.append(site.register_forward_hook(_keep_last_row(rows, i)))
+            logits = self.model(ids, cache=self._cache, validate=validate)[:, -1]  # (1, V)
+        finally:
+            for h in handles:
+                h.remove()
+        attention = torch.stack([rows[i] for i in range(len(rows))]) if rows else None  # (L, H, S)
+        return logits, attention  # still on the device: copied after the step's one sync
+
+    def _make_room(self) -> None:
+        cache, limit = self._cache, self.model.config.max_seq_len
+        if cache.length + 1 <= cache.max_len:
+            return
+        if cache.max_len >= limit:
+            raise GenerationError(
+                f"the session reached the model's max_seq_len={limit} ({self.prompt_length} prompt + "
+                f"{len(self._generated)} generated tokens); call reset() or use a shorter prompt."
+            )
+        cache.resize(min(limit, 2 * cache.max_len))
+
+    def _record(self, token: int, top, summary: list[float], attention, elapsed: float) -> StepRecord:
+        self._generated.append(token)
+        reason = None
+        if token in self.strategy.eos_token_ids:
+            reason = "eos"
+        elif self._stop is not None and self._stop.hit(self._generated):
+            reason = "stop_string"
+        self.finish_reason = reason
+        ids = top.indices.tolist()
+        record = StepRecord(
+            step=len(self._history), token_id=token, token_text=self.tokenizer.decode([token]),
+            position=self.prompt_length + len(self._generated) - 1, token_prob=summary[0],
+            candidate_ids=tuple(ids), candidate_texts=tuple(self.tokenizer.decode([i]) for i in ids),
+            candidate_probs=tuple(top.values.tolist()), entropy=summary[1], cache_length=self._cache.length,
+            cache_bytes_used=tuple(self._cache.layer_bytes_used()),
+            cache_bytes_allocated=tuple(self._cache.layer_bytes_allocated()),
+            step_time=elapsed, attention=attention, finish_reason=reason,
+        )  # fmt: skip
+        self._history.append(record)
+        return record
+
+    def __repr__(self) -> str:
+        return (
+            f"GenerationSession(prompt={self.prompt_length} tokens, generated={len(self._generated)}, "
+            f"finished={self.finish_reason}, cache={self._cache!r})"
+        )
+
+
+def _prompt_ids(tokenizer: Any, prompt: str | Sequence[int] | torch.Tensor) -> list[int]:
+    if isinstance(prompt, str):
+        ids = list(tokenizer.encode(prompt))
+    elif isinstance(prompt, torch.Tensor):
+        ids = prompt.reshape(-1).tolist()  # (T,) or (1, T)
+    else:
+        ids = [int(i) for i in prompt]
+    if not ids:
+        raise GenerationError("the prompt encodes to zero tokens; pass non-empty text or ids.")
+    return ids
+
+
+def _pattern_sites(model: nn.Module) -> list[nn.Module]:
+    """The `blocks.{i}.attn.hook_pattern` HookPoints, in layer order (hooking one makes it eager)."""
+    sites = []
+    for i in range(model.config.n_layers):
+        try:
+            sites.append(model.get_submodule(f"blocks.{i}.attn.hook_pattern"))
+        except AttributeError as exc:
+            raise GenerationError(
+                f"capture_attention needs `blocks.{i}.attn.hook_pattern` on the model ({exc}); "
+                "use a workbench.TransformerLM or capture_attention=False."
+            ) from exc
+    return sites
+
+
+def _keep_last_row(rows: dict[int, torch.Tensor], layer: int):
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        rows[layer] = output[0, :, -1, :].detach()  # (H, S): the newest query over every key
+
+    return hook
