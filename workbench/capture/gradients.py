@@ -3,6 +3,8 @@
 Inside a trace, a post-accumulate-grad hook on every parameter measures its gradient when backward
 writes it (so an `optimizer.zero_grad()` later in the block does not hide it), on the device, read
 once at exit. Optimizer step hooks give the update/weight ratio ||w_after - w_before|| / ||w_before||.
+FSDP2 (DTensor) parameters are measured on this rank's shard and reduced across the shard group at
+exit (one all_reduce per statistic kind), so every rank reports whole-parameter values.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributed.shards import local_tensor, reduce_rows, shard_groups
 from .records import ParamGradRecord
 
 
@@ -30,10 +33,11 @@ def _owner(name: str) -> str:
 class GradientCapture:
     """Per-parameter gradient hooks plus optional optimizer step hooks for one trace."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, final_grads: bool = False) -> None:
         self.params = unique_named_parameters(model)
+        self.final_grads = final_grads  # re-read .grad at exit: DDP all-reduces after the hooks fire
         self._handles: list[Any] = []
-        self._grad: dict[int, torch.Tensor] = {}  # param id -> [norm, absmax, nan, inf, weight norm]
+        self._grad: dict[int, torch.Tensor] = {}  # param id -> [norm^2, absmax, nan, inf, weight norm^2, 1]
         self._ratio: dict[int, torch.Tensor] = {}
         self._before: dict[int, torch.Tensor] = {}
 
@@ -43,11 +47,12 @@ class GradientCapture:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
 
     def _on_grad(self, p: torch.Tensor) -> None:
-        g = p.grad.detach()
+        g, w = local_tensor(p.grad).detach(), local_tensor(p).detach()  # this rank's shard under FSDP2
+        absmax = g.abs().amax().float() if g.numel() else g.new_zeros((), dtype=torch.float32)
         self._grad[id(p)] = torch.stack([
-            torch.linalg.vector_norm(g, dtype=torch.float32), g.abs().amax().float(),
+            torch.linalg.vector_norm(g, dtype=torch.float32) ** 2, absmax,
             torch.isnan(g).sum().float(), torch.isinf(g).sum().float(),
-            torch.linalg.vector_norm(p.detach(), dtype=torch.float32),
+            torch.linalg.vector_norm(w, dtype=torch.float32) ** 2, torch.ones_like(absmax),
         ])
 
     def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -60,13 +65,15 @@ class GradientCapture:
             for group in opt.param_groups:
                 for p in group["params"]:
                     if id(p) in ours and p.grad is not None:
-                        self._before[id(p)] = p.detach().clone()
+                        self._before[id(p)] = local_tensor(p).detach().clone()
 
         def after(_opt: torch.optim.Optimizer, *_: Any) -> None:
+            by_id = {id(q): q for _, q in self.params}
             for pid, w0 in self._before.items():
-                p = next(q for _, q in self.params if id(q) == pid)
-                diff = torch.linalg.vector_norm((p.detach() - w0).float())
-                self._ratio[pid] = diff / torch.linalg.vector_norm(w0.float()).clamp_min(1e-30)
+                diff = local_tensor(by_id[pid]).detach().float() - w0.float()
+                # [||w1 - w0||^2, ||w0||^2] of this shard; reduced across shards and divided in finish()
+                self._ratio[pid] = torch.stack([torch.linalg.vector_norm(diff) ** 2,
+                                                torch.linalg.vector_norm(w0.float()) ** 2])
             self._before.clear()
 
         self._handles.append(optimizer.register_step_pre_hook(before))
@@ -79,22 +86,40 @@ class GradientCapture:
         self._before.clear()
 
     def finish(self) -> list[ParamGradRecord]:
-        """Records for every parameter (one host copy per device)."""
-        ids = [id(p) for _, p in self.params]
-        host = _to_host({i: self._grad[i] for i in ids if i in self._grad})
-        ratios = _to_host({i: self._ratio[i].reshape(1) for i in ids if i in self._ratio})
+        """Records for every parameter (one host copy per device). Sharded parameters' statistics
+        are reduced over their shard groups first (a collective: every rank must finish its trace)."""
+        rows, ratios = self._reduced_rows()
+        host, host_ratio = _to_host(rows), _to_host(ratios)
         out = []
         for name, p in self.params:
-            vals = host.get(id(p))
-            ratio = ratios.get(id(p))
+            vals = host[id(p)]
+            got = vals[5] > 0  # some rank's shard received a gradient
+            ratio = host_ratio.get(id(p))
             out.append(ParamGradRecord(
                 name=name, module=_owner(name), shape=list(p.shape), numel=p.numel(),
-                grad_norm=vals[0] if vals else None, grad_absmax=vals[1] if vals else None,
-                grad_nan=int(vals[2]) if vals else 0, grad_inf=int(vals[3]) if vals else 0,
-                weight_norm=vals[4] if vals else float(torch.linalg.vector_norm(p.detach().float())),
-                update_ratio=ratio[0] if ratio else None,
+                grad_norm=math.sqrt(vals[0]) if got else None, grad_absmax=vals[1] if got else None,
+                grad_nan=int(vals[2]), grad_inf=int(vals[3]), weight_norm=math.sqrt(vals[4]),
+                update_ratio=math.sqrt(ratio[0]) / max(math.sqrt(ratio[1]), 1e-30) if ratio else None,
             ))
         return out
+
+    def _reduced_rows(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        rows, ratios, groups = {}, {}, {}
+        for _, p in self.params:
+            if self.final_grads and p.grad is not None and id(p) in self._grad:
+                self._on_grad(p)  # the averaged gradient, not this rank's local one
+            w = local_tensor(p).detach()
+            rows[id(p)] = self._grad.get(id(p), torch.zeros(6, device=w.device)).clone()
+            if id(p) not in self._grad:  # no gradient: weight norm only
+                rows[id(p)][4] = torch.linalg.vector_norm(w, dtype=torch.float32) ** 2
+            groups[id(p)] = shard_groups(p)
+            if id(p) in self._ratio:
+                ratios[id(p)] = self._ratio[id(p)].clone()
+        ids = list(rows)
+        reduce_rows([rows[i] for i in ids], [groups[i] for i in ids], max_cols=(1,))
+        if any(groups[i] for i in ratios):
+            reduce_rows([ratios[i] for i in ratios], [groups[i] for i in ratios])
+        return rows, ratios
 
 
 def _to_host(tensors: dict[int, torch.Tensor]) -> dict[int, list[float]]:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributed.shards import local_tensor
 from ..errors import CaptureError
 from ..model.layers import HookPoint
 from . import attention as attn
@@ -229,7 +230,7 @@ class Recorder:
         self._handles.append(nn.modules.module.register_module_forward_hook(
             self._post, with_kwargs=True, always_call=True))
         if self.opt.memory:
-            ptrs = {p.untyped_storage().data_ptr() for p in params}
+            ptrs = {local_tensor(p).untyped_storage().data_ptr() for p in params}
             self.saved = SavedTensorsMeter(lambda: self._rec_stack[-1][0] if self._rec_stack else None, ptrs)
             self.saved.__enter__()
 

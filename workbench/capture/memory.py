@@ -3,7 +3,7 @@
 Saved bytes are attributed to the innermost recorded module call that is running when autograd
 saves the tensor. A tensor is counted by its storage, once per call, so three views of one fused
 QKV buffer count once. Parameter tensors are reported apart (`saved_param_bytes`): they are resident
-anyway and saving them costs nothing extra.
+anyway and saving them costs nothing extra (FSDP2's all-gathered weights, views of nn.Parameters, too).
 
 `torch.cuda.memory_allocated()` builds a stats dict on every call (it costs 2.7-3.9x a forward
 when called per module), so allocator deltas and peaks are read only for "layer" modules: the
@@ -40,7 +40,9 @@ class SavedTensorsMeter:
             key = storage_key(t)
         except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. some subclasses)
             return t
-        is_param = key[0] in self._param_ptrs
+        # A view of an nn.Parameter is a weight too: FSDP2 all-gathers unsharded parameters into
+        # fresh storages during forward, so their pointers are not in _param_ptrs.
+        is_param = key[0] in self._param_ptrs or isinstance(t, nn.Parameter) or isinstance(t._base, nn.Parameter)
         self.all_storages.setdefault(key, is_param)
         rec = self._current()
         if rec is None:

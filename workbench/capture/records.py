@@ -88,6 +88,7 @@ class ModuleRecord:
     samples: list[float] | None = None  # evenly strided values of the output, for histograms
     finished: bool = False  # False when the forward raised before returning
     end_index: int = -1  # position in order of completion (children finish before parents)
+    rank: int = 0  # torch.distributed rank that recorded the call (0 outside torch.distributed)
 
     @property
     def nonfinite(self) -> bool:
@@ -144,6 +145,7 @@ class AttentionRecord:
     downsample: list[int] = field(default_factory=lambda: [1, 1])  # [query factor, key factor] applied
     stored: bool = True  # False when the map was skipped for the byte budget (metrics remain)
     metrics: dict[str, list[float]] = field(default_factory=dict)  # HEAD_METRICS -> one value per head
+    rank: int = 0  # torch.distributed rank that recorded it
     map: torch.Tensor | None = None  # (len(batch), len(heads), T', S') float16 on CPU
 
     @property
@@ -170,6 +172,7 @@ class ParamGradRecord:
     grad_inf: int  # Inf elements in .grad
     weight_norm: float  # L2 norm of the parameter after the last backward
     update_ratio: float | None = None  # ||w_after - w_before|| / ||w_before|| of the last optimizer step
+    rank: int = 0  # rank that reported it (norms of sharded parameters are already whole)
 
     @property
     def nonfinite(self) -> bool:

@@ -39,6 +39,7 @@ COLUMNS = {
     "out_mean/out_std/out_absmax/out_min/out_max/out_nan/out_inf": "stats of the first floating output",
     "nonfinite": "output holds NaN or Inf",
     "finished": "False when the forward raised before returning",
+    "rank": "torch.distributed rank that recorded the call (0 outside torch.distributed)",
 }
 
 
@@ -80,6 +81,7 @@ def _row(r: ModuleRecord) -> dict[str, Any]:
             row[f"{prefix}_{k}"] = getattr(st, k) if st is not None else None
     row["nonfinite"] = r.nonfinite
     row["finished"] = r.finished
+    row["rank"] = r.rank
     return row
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributed.env import unwrap
+from ..distributed.gather import gather_trace, rank_meta, trace_for_rank, trace_ranks
 from ..errors import CaptureError, CorruptFileError, LoadError
 from .attention import AttentionSelection
 from .gradients import GradientCapture, module_norms
@@ -63,9 +65,13 @@ def trace(
     (or call `tr.watch_optimizer`) for update/weight ratios.
     modules restricts which modules get records: a regex string, a list of exact names, or a
     predicate(name, module).
+    Under torch.distributed, trace on every rank: a DDP model is traced through its `.module` (names
+    without the "module." prefix, gradients read after DDP's all-reduce); FSDP2 gradient statistics
+    are reduced over the shards at exit (a collective). Records carry `rank`; see `gather`.
     """
     if not isinstance(module, nn.Module):
         raise CaptureError(f"trace() needs an nn.Module, got {type(module).__name__}; pass the model itself.")
+    module, wrapper = unwrap(module)
     if attention_budget_bytes < 0 or samples < 0:
         raise CaptureError("attention_budget_bytes and samples must be >= 0.")
     wants_attn = attention or any(
@@ -78,7 +84,7 @@ def trace(
     if not targets:
         raise CaptureError(f"modules={modules!r} matched no module; check model.named_modules().")
     tr = Trace(module, opts, modules, gradients, optimizer)
-    tr._targets = targets
+    tr._targets, tr._wrapper = targets, wrapper
     return tr
 
 
@@ -106,6 +112,7 @@ class Trace:
         self._recorder: Recorder | None = None
         self._targets: list[tuple[str, nn.Module]] | None = None
         self._grads: GradientCapture | None = None
+        self._wrapper: str | None = None  # "ddp", "fsdp2" or None (see workbench.distributed.unwrap)
         self._t0 = 0.0
 
     # --- context manager ------------------------------------------------------------------------
@@ -118,7 +125,7 @@ class Trace:
         self._recorder.attach()
         try:
             if self._want_grads:
-                self._grads = GradientCapture(self._model)
+                self._grads = GradientCapture(self._model, final_grads=self._wrapper == "ddp")
                 self._grads.attach()
                 for opt in self._optimizers:
                     self._grads.watch_optimizer(opt)
@@ -176,6 +183,9 @@ class Trace:
             "wall_ms": wall * 1e3,
             "torch": torch.__version__,
         }
+        self.meta.update(rank_meta(params, self.meta["saved_bytes"], self._wrapper))
+        for item in (*self.records, *self.attention, *self.gradients):
+            item.rank = self.meta["rank"]
         # Detach from the model so a finished trace holds no reference to it.
         self._model = None
 
@@ -244,7 +254,44 @@ class Trace:
         parts.append(f"first non-finite: {bad.display_name!r}" if bad else "all finite")
         return f"Trace({self.meta['model']}, {', '.join(parts)})"
 
+    # --- torch.distributed ----------------------------------------------------------------------
+    def gather(self, dst: int = 0, group: Any = None) -> Trace | None:
+        """Every rank's records on rank `dst` (torch.distributed.gather_object; call on every rank).
+        Returns the merged Trace on dst, None elsewhere, `self` outside torch.distributed."""
+        return gather_trace(self, dst, group)
+
+    @property
+    def ranks(self) -> list[int]:
+        """Ranks whose records this trace holds ([own rank] unless gathered)."""
+        return trace_ranks(self)
+
+    def for_rank(self, rank: int) -> Trace:
+        """The single-rank Trace that `rank` recorded (from a gathered trace)."""
+        return trace_for_rank(self, rank)
+
     # --- persistence ----------------------------------------------------------------------------
+    def _to_doc(self) -> dict[str, Any]:
+        return {
+            "meta": self.meta,
+            "records": [r.to_dict() for r in self.records],
+            "attention": [a.to_dict() for a in self.attention],
+            "gradients": [dataclasses.asdict(g) for g in self.gradients],
+        }
+
+    @classmethod
+    def _from_doc(cls, doc: dict[str, Any], maps: dict[Any, torch.Tensor]) -> Trace:
+        """Inverse of _to_doc; maps are keyed by attention index (int or "attention.<index>")."""
+        tr = cls()
+        tr.meta = doc["meta"]
+        tr.records = [ModuleRecord.from_dict(d) for d in doc["records"]]
+        tr.gradients = [ParamGradRecord(**d) for d in doc["gradients"]]
+        for d in doc["attention"]:
+            d.pop("map_shape", None)
+            a = AttentionRecord(**d)
+            a.map = maps.get(a.index, maps.get(f"attention.{a.index}"))
+            tr.attention.append(a)
+        return tr
+
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file: attention maps as tensors, everything else as JSON metadata."""
         from safetensors.torch import save_file
@@ -253,13 +300,7 @@ class Trace:
             raise CaptureError("Nothing to save yet: save a trace after its with block has exited.")
         path = Path(path)
         tensors = {f"attention.{a.index}": a.map.contiguous() for a in self.attention if a.map is not None}
-        doc = {
-            "meta": self.meta,
-            "records": [r.to_dict() for r in self.records],
-            "attention": [a.to_dict() for a in self.attention],
-            "gradients": [dataclasses.asdict(g) for g in self.gradients],
-        }
-        text = json.dumps(doc, default=_json_default, allow_nan=True)
+        text = json.dumps(self._to_doc(), default=_json_default, allow_nan=True)
         save_file(tensors, str(path), metadata={"format": FORMAT, "version": str(VERSION), "trace": text})
         return path
 
@@ -280,15 +321,7 @@ class Trace:
                     raise CorruptFileError(f"{path} was written by a newer workbench (format {meta['version']}).")
                 doc = json.loads(meta["trace"])
                 maps = {k: f.get_tensor(k) for k in f.keys()}
-            tr = cls()
-            tr.meta = doc["meta"]
-            tr.records = [ModuleRecord.from_dict(d) for d in doc["records"]]
-            tr.gradients = [ParamGradRecord(**d) for d in doc["gradients"]]
-            for d in doc["attention"]:
-                d.pop("map_shape", None)
-                a = AttentionRecord(**d)
-                a.map = maps.get(f"attention.{a.index}")
-                tr.attention.append(a)
+            tr = cls._from_doc(doc, maps)
         except CorruptFileError:
             raise
         except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as err:

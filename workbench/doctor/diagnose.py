@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed.env import is_distributed, run_on_main, unwrap
 from ..errors import DoctorError
 from . import checks_config, checks_generation, checks_masking, checks_numerics, checks_positions, checks_structure
 from .adapters import ModelAdapter
@@ -34,7 +35,7 @@ def diagnose(
     device: torch.device | str | None = None,
     seed: int = 0,
     progress: bool = True,
-) -> Report:
+) -> Report | None:
     """Run the doctor's checks on a causal LM and return a `Report` of findings.
 
     model: a workbench `TransformerLM`, a HF causal LM, or any module whose forward(input_ids (B, T),
@@ -45,10 +46,22 @@ def diagnose(
     The model runs in eval mode (train/eval flags of every module are restored afterwards); probes
     are small (B <= 3, T <= 16) and seeded by `seed`, so a report is reproducible; the global RNG
     state and existing `.grad` tensors are left as they were.
+    Under torch.distributed (torchrun), call it on every rank: the report is made once and returned
+    on rank 0, and every other rank returns None. A DDP model is probed through its `.module` on
+    rank 0 alone; an FSDP2 model on every rank (its forward all-gathers), showing progress on rank 0.
     """
     if not isinstance(model, nn.Module):
         raise DoctorError(f"diagnose needs a torch nn.Module, got {type(model).__name__}.")
     names = _select(checks)
+    if not is_distributed():
+        return _diagnose(model, tokenizer, names, device, seed, progress)
+    inner, wrapper = unwrap(model)
+    return run_on_main(lambda main: _diagnose(inner, tokenizer, names, device, seed, progress and main),
+                       every_rank=wrapper == "fsdp2")
+
+
+def _diagnose(model: nn.Module, tokenizer: Any, names: list[str], device: torch.device | str | None,
+              seed: int, progress: bool) -> Report:
     modes = [(m, m.training) for m in model.modules()]
     home = next(model.parameters(), torch.empty(0)).device
     moved = device is not None and torch.device(device) != home
