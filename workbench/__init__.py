@@ -3,7 +3,7 @@
 The public API is re-exported here; everything else is internal.
 """
 
-from . import doctor, models, viz, widgets
+from . import distributed, doctor, models, viz, widgets
 from .capture import GradientHistory, Trace, trace
 from .errors import (
     CaptureError,
@@ -67,6 +67,7 @@ __all__ = [
     "StepRecord",
     "generate",
     "Trace",
+    "distributed",
     "doctor",
     "load_gguf",
     "load_pretrained",
