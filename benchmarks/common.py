@@ -41,8 +41,9 @@ def smollm2_shaped_pair(device: str, dtype: torch.dtype, layers: int | None = No
     return ours, hf
 
 
-def timer(device: str) -> Callable[[Callable[[], object]], float]:
-    """Seconds for one call: CUDA events on GPU, perf_counter on CPU."""
+def timer(device: str, clock: str = "wall") -> Callable[[Callable[[], object]], float]:
+    """Seconds for one call: CUDA events on GPU; on CPU perf_counter, or process CPU time for clock="cpu"
+    (steadier than wall time on a shared machine, and capture overhead is CPU work either way)."""
 
     def run(fn: Callable[[], object]) -> float:
         if device == "cuda":
@@ -52,18 +53,19 @@ def timer(device: str) -> Callable[[Callable[[], object]], float]:
             end.record()
             torch.cuda.synchronize()
             return start.elapsed_time(end) / 1000
-        t0 = time.perf_counter()
+        now = time.process_time if clock == "cpu" else time.perf_counter
+        t0 = now()
         fn()
-        return time.perf_counter() - t0
+        return now() - t0
 
     return run
 
 
 def interleaved_medians(
-    fns: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int
+    fns: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int, clock: str = "wall"
 ) -> dict[str, float]:
     """Median seconds per function, alternating calls so drift hits every side alike."""
-    run = timer(device)
+    run = timer(device, clock)
     for _ in range(warmup):
         for fn in fns.values():
             fn()

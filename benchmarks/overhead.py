@@ -11,9 +11,7 @@ CUDA: python benchmarks/overhead.py --device cuda         (8x512 bf16; attention
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -62,24 +60,7 @@ def measure(model: torch.nn.Module, ids: torch.Tensor, device: str, settings: li
         return run
 
     fns = {"plain": plain, **{s: instrumented(SETTINGS[s]) for s in settings}}
-    if device == "cuda" or clock == "wall":
-        return interleaved_medians(fns, device, warmup, repeats)
-    return cpu_time_medians(fns, warmup, repeats)
-
-
-def cpu_time_medians(fns: dict, warmup: int, repeats: int) -> dict[str, float]:
-    """Median process CPU seconds per function, interleaved. On a shared machine the CPU time a
-    process consumes is far steadier than wall time, and the overhead is CPU work either way."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.process_time()
-            fn()
-            samples[name].append(time.process_time() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return interleaved_medians(fns, device, warmup, repeats, clock="wall" if device == "cuda" else clock)
 
 
 def extra_memory(model: torch.nn.Module, ids: torch.Tensor, budget: int) -> tuple[int, int]:
