@@ -38,6 +38,30 @@ def _sized_plots(view) -> int:
     }).length""")
 
 
+def _clipped(view) -> list[str]:
+    """What a user would see cut off: plots reaching past the view's right edge or past a clipping
+    ancestor, and table rows wider than their list box."""
+    return view.evaluate("""(el) => {
+        const out = [], right = el.getBoundingClientRect().right + 1;
+        for (const gd of el.querySelectorAll('.js-plotly-plot')) {
+            const r = gd.getBoundingClientRect(), name = String((gd.layout && gd.layout.title &&
+                gd.layout.title.text) || 'untitled plot');
+            if (r.width < 1) continue;  // in a hidden tab
+            if (r.right > right) out.push(`${name}: right edge ${r.right.toFixed(0)} > view ${right.toFixed(0)}`);
+            for (let p = gd.parentElement; p && p !== el; p = p.parentElement) {
+                const s = getComputedStyle(p), b = p.getBoundingClientRect();
+                if ((s.overflowX === 'hidden' || s.overflow === 'hidden') && r.right > b.right + 1) {
+                    out.push(`${name}: clipped by a box ${b.width.toFixed(0)} px wide`); break; }
+            }
+        }
+        for (const sel of el.querySelectorAll('.wb-table select')) {
+            if (sel.getBoundingClientRect().width > 0 && sel.scrollWidth > sel.clientWidth + 1)
+                out.push(`table rows ${sel.scrollWidth} px wide in a ${sel.clientWidth} px list`);
+        }
+        return out;
+    }""")
+
+
 def test_gallery_renders_every_widget(gallery):
     lab = gallery
     assert lab.unexecuted_cells() == [], "Run All left cells unexecuted"
@@ -49,6 +73,7 @@ def test_gallery_renders_every_widget(gallery):
         assert view.count() == 1, f"no view titled {title!r} in the gallery"
         view.scroll_into_view_if_needed()
         assert _sized_plots(view) >= 1, f"{title}: no rendered plotly plot"
+        assert _clipped(view) == [], f"{title}: {_clipped(view)}"
         lab.shot(f"view-{title.replace(' ', '_')}", view)
 
     inspector = lab.views("Layer inspector").first
@@ -158,4 +183,5 @@ def test_dashboard_tabs_each_show_their_view(gallery):
                 const r = gd.getBoundingClientRect(); return r.width > 50 && r.height > 50 && gd._fullLayout; })""",
             arg=view.element_handle(), timeout=15_000)
         lab.shot(f"dashboard-{tab}", dashboard)
+        assert _clipped(dashboard) == [], f"dashboard tab {tab}: {_clipped(dashboard)}"
     assert lab.problems() == []

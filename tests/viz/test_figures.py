@@ -172,3 +172,24 @@ def test_text_html_highlights_newest_token():
     assert "&lt;a&gt;" in out  # escaped
     newest = out.split("<span")[-1]
     assert " c" in newest and "FFE08A" in newest and "p=0.250" in newest
+
+
+def test_memory_breakdown_counts_recomputed_blocks_once():
+    """Gradient checkpointing calls every block twice (forward, then recompute in backward): its
+    parameters must still be counted once, and its activations are no longer saved inside the block."""
+    import torch.nn.functional as F
+
+    import workbench as wb
+    from workbench.capture import trace
+
+    torch.manual_seed(0)
+    model = wb.TransformerLM(wb.ModelConfig.preset("tiny")).train()
+    model.gradient_checkpointing = True
+    ids = torch.randint(0, 256, (1, 12))
+    with trace(model, memory=True, gradients=True) as tr:
+        logits = model(ids)  # (1, T, V)
+        F.cross_entropy(logits[0, :-1], ids[0, 1:]).backward()
+    assert len(tr.find("blocks.0")) == 2  # the recompute is recorded as a second call
+    rows = memory_breakdown(tr, model=model)
+    assert sum(r["params"] for r in rows.values()) == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert rows["blocks.0"]["saved"] == 0

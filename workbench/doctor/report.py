@@ -10,6 +10,7 @@ from typing import Any
 STATUSES = ("pass", "warn", "fail", "n/a")
 _COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "n/a": "#6e7781"}
 _BACKGROUNDS = {"pass": "#dafbe1", "warn": "#fff8c5", "fail": "#ffebe9", "n/a": "#f6f8fa"}
+_LEFT = "text-align:left;vertical-align:top"
 
 
 def format_value(value: Any) -> str:
@@ -120,10 +121,10 @@ class Report:
             evidence = "<br>".join(f"<code>{html.escape(k)}</code> = {html.escape(format_value(v))}"
                                    for k, v in f.evidence.items())
             fix = html.escape(f.fix) if f.status in ("warn", "fail") else ""
-            rows.append(
-                f'<tr class="doctor-{f.status.replace("/", "")}"><td><b>{html.escape(f.check)}</b></td>{status}'
-                f"<td>{html.escape(f.summary)}<br><small>{html.escape(f.pitfall)}</small></td>"
-                f"<td style='font-size:smaller'>{evidence}</td><td>{fix}</td></tr>"
+            rows.append(  # cells aligned left explicitly: JupyterLab right-aligns table cells by default
+                f'<tr class="doctor-{f.status.replace("/", "")}"><td style="{_LEFT}"><b>{html.escape(f.check)}</b>'
+                f"</td>{status}<td style='{_LEFT}'>{html.escape(f.summary)}<br><small>{html.escape(f.pitfall)}"
+                f"</small></td><td style='{_LEFT};font-size:smaller'>{evidence}</td><td style='{_LEFT}'>{fix}</td></tr>"
             )
         return (
             f"<div class='workbench-doctor'><p><b>{html.escape(self.headline())}</b></p>"

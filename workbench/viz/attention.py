@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 
 from ..capture.records import HEAD_METRICS, AttentionRecord
 from ..errors import InputError
-from .style import ATTN_SCALE, COLORS, base_layout, message_figure, token_labels
+from .style import ATTN_SCALE, COLORS, HALF_WIDTH, base_layout, int_dtick, message_figure, token_labels
 
 MAX_CELLS = 256  # largest window side shipped for one head
 GRID_SIDE = 48  # side of each pooled small multiple
@@ -161,7 +161,8 @@ def pooled(maps: np.ndarray, side: int = GRID_SIDE) -> tuple[np.ndarray, int]:
 
 
 def heads_grid(rec: AttentionRecord | None, tokens: Sequence[str] | None = None, *, side: int = GRID_SIDE,
-               cols: int | None = None, maps: np.ndarray | None = None, height: int | None = None) -> go.Figure:
+               cols: int | None = None, maps: np.ndarray | None = None, height: int | None = None,
+               width: int | None = None) -> go.Figure:
     """Small multiples of every stored head of one layer (pooled to side x side), one shared colour bar."""
     if rec is None:
         return message_figure(NO_ATTENTION, title="All heads")
@@ -180,7 +181,7 @@ def heads_grid(rec: AttentionRecord | None, tokens: Sequence[str] | None = None,
     fig.update_xaxes(showticklabels=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed")
     pool = f" · pooled {f}×{f}" if f > 1 else ""
-    base_layout(fig, f"Layer {rec.layer}: all heads{pool}", height=height or 150 * rows + 70)
+    base_layout(fig, f"Layer {rec.layer}: all heads{pool}", height=height or 150 * rows + 70, width=width)
     fig.update_layout(coloraxis=dict(colorscale=ATTN_SCALE, cmin=0, colorbar=dict(thickness=10, title="w")))
     fig.update_annotations(font_size=11)
     return fig
@@ -211,23 +212,28 @@ def metric_matrix(records: Sequence[AttentionRecord], metric: str = "entropy", *
 
 def token_attention_layers(attention: torch.Tensor | None, tokens: Sequence[str] | None = None, *,
                            head: int | None = None, max_keys: int = MAX_CELLS,
-                           height: int = 300) -> go.Figure:
-    """The newest token's attention (L, H, S) as a layers x keys heatmap (mean over heads, or one head)."""
+                           height: int = 300, width: int | None = None) -> go.Figure:
+    """The newest token's attention (L, H, S) as a layers x keys heatmap (mean over heads, or one head).
+
+    Layers get integer ticks; every key is labelled while labels fit (else plotly thins them)."""
     if attention is None:
         return message_figure("No per-step attention: create the session with capture_attention=True.",
-                              title="New token's attention across layers")
+                              title="New token's attention across layers", height=height, width=width)
     a = attention.float()
     z = (a.mean(1) if head is None else a[:, head]).numpy()  # (L, S)
-    S = z.shape[1]
+    L, S = z.shape
     ks = slice(max(0, S - max_keys), S)
     x = token_labels(tokens, list(range(S))[ks])
-    fig = go.Figure(go.Heatmap(z=z[:, ks], x=x, y=list(range(z.shape[0])), colorscale=ATTN_SCALE, zmin=0,
+    fig = go.Figure(go.Heatmap(z=z[:, ks], x=x, y=list(range(L)), colorscale=ATTN_SCALE, zmin=0,
                                colorbar=dict(thickness=10, title="w"),
                                hovertemplate="layer %{y}<br>key %{x}<br>weight %{z:.4f}<extra></extra>"))
-    fig.update_xaxes(type="category", tickangle=-60, tickfont=dict(size=10), title="key")
-    fig.update_yaxes(title="layer", autorange="reversed")
+    plot_w, plot_h = (width or HALF_WIDTH) - 150, height - 150  # minus margins and colour bar
+    fig.update_xaxes(type="category", tickangle=-60, tickfont=dict(size=10), title="key", automargin=True,
+                     dtick=1 if plot_w / max(len(x), 1) >= 11 else None)
+    fig.update_yaxes(title="layer", autorange="reversed", tick0=0, dtick=int_dtick(L, plot_h, 13),
+                     tickfont=dict(size=10))
     which = "mean over heads" if head is None else f"head {head}"
-    return base_layout(fig, f"New token's attention across layers ({which})", height=height)
+    return base_layout(fig, f"New token's attention across layers ({which})", height=height, width=width)
 
 
 def attention_heatmap_mpl(rec: AttentionRecord, head: int = 0, tokens: Sequence[str] | None = None, *,

@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..capture.gradients import GradientHistory
-from .style import COLORS, GRAD_SCALE, base_layout, log_ticks, message_figure
+from .style import COLORS, GRAD_SCALE, base_layout, int_dtick, log_ticks, message_figure
 
 NO_GRADIENTS = ("No gradients recorded. Trace a backward pass with "
                 "`with workbench.trace(model, gradients=True) as tr: loss.backward()`, or call "
@@ -99,7 +99,9 @@ def grad_heatmap(history: GradientHistory, *, max_steps: int = MAX_STEPS_SHOWN, 
         colorbar=dict(title=dict(text="‖grad‖", side="right"), tickvals=vals, ticktext=text, thickness=12),
         hovertemplate="%{y}<br>step %{x}<br>log10 ‖grad‖ = %{z:.2f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=9), type="category")
-    fig.update_xaxes(title="step" + (f" (every {d['stride']}th)" if d["stride"] > 1 else ""))
+    span = (d["x"][-1] - d["x"][0] + 1) if d["x"] else 1
+    fig.update_xaxes(title="step" + (f" (every {d['stride']}th)" if d["stride"] > 1 else ""), tick0=0,
+                     dtick=int_dtick(span, 600, 40))  # steps are integers: never a "0.5" tick
     return base_layout(fig, "Gradient norms over steps (log scale)",
                        height=height or min(900, max(280, 12 * len(d["y"]) + 110)))
 

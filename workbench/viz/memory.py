@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import torch
 from torch import nn
 
-from .style import COLORS, base_layout, format_bytes, message_figure
+from .style import COLORS, HALF_WIDTH, base_layout, format_bytes, int_dtick, legend_on_top, message_figure
 
 KINDS = ("params", "grads", "saved", "optimizer", "kv")
 LABELS = {"params": "parameters", "grads": "gradients", "saved": "saved activations",
@@ -39,12 +39,14 @@ def memory_breakdown(trace: Any = None, *, model: nn.Module | None = None,
     (needs `model` to name them, else one unattributed bar); kv: `cache.layer_bytes_used()`.
     """
     rows: dict[str, dict[str, int]] = {}
+    seen: set[str] = set()  # a module called twice (checkpoint recompute, decode steps) owns its params once
     for r in getattr(trace, "records", []) if trace is not None else []:
         group = layer_group(r.name)
         if r.name == "" and r.params_counted == 0 and r.saved_bytes == 0:
             continue
         elem = r.param_bytes // r.params if r.params else 4
-        _add(rows, group, "params", r.params_counted * elem)
+        _add(rows, group, "params", 0 if r.name in seen else r.params_counted * elem)
+        seen.add(r.name)
         _add(rows, group, "saved", r.saved_bytes)
     grads = getattr(trace, "gradients", None) or []
     elem = {r.name: r.param_bytes // r.params for r in getattr(trace, "records", []) if r.params}
@@ -79,30 +81,34 @@ def _add_cache(rows: dict[str, dict[str, int]], per_layer: Sequence[int]) -> Non
 
 
 def memory_bars(rows: dict[str, dict[str, int]], *, title: str = "Memory per layer",
-                note: str | None = None, height: int = 380) -> go.Figure:
-    """Stacked bars, one per layer group, one colour per kind (always five traces, in KINDS order)."""
+                note: str | None = None, height: int = 380, width: int | None = None) -> go.Figure:
+    """Stacked bars, one per layer group, one colour per kind (always five traces, in KINDS order).
+
+    The legend sits at the right, top to bottom in stacking order, and lists only kinds present."""
     if not rows:
         return message_figure("No memory data. Trace with `workbench.trace(model, memory=True)` "
-                              "(and run backward inside it for gradients/saved activations).", title=title)
+                              "(and run backward inside it for gradients/saved activations).", title=title,
+                              width=width)
     groups = list(rows)
     fig = go.Figure()
     for kind in KINDS:
         y = [rows[g][kind] for g in groups]
         fig.add_trace(go.Bar(
-            x=groups, y=y, name=LABELS[kind], marker_color=COLORS[kind if kind != "saved" else "saved"],
+            x=groups, y=y, name=LABELS[kind], marker_color=COLORS[kind], showlegend=any(y),
             customdata=[format_bytes(v) for v in y],
             hovertemplate="%{x}<br>" + LABELS[kind] + ": %{customdata}<extra></extra>"))
     total = sum(sum(v.values()) for v in rows.values())
-    fig.update_layout(barmode="stack", legend=dict(orientation="h", y=1.0, x=1, xanchor="right", yanchor="bottom"))
+    fig.update_layout(barmode="stack", legend=dict(traceorder="reversed", x=1.01, xanchor="left", y=1,
+                                                   yanchor="top", font=dict(size=11)))
     fig.update_yaxes(title="bytes", tickformat="~s", ticksuffix="B")
-    fig.update_xaxes(tickangle=-60, tickfont=dict(size=9), type="category")
+    fig.update_xaxes(tickangle=-60 if len(groups) > 6 else 0, tickfont=dict(size=9 if len(groups) > 6 else 11),
+                     type="category", automargin=True)
     full = f"{title} · total {format_bytes(total)}" + (f" · {note}" if note else "")
-    base_layout(fig, full, height=height)
-    fig.update_layout(margin=dict(t=84))
-    return fig
+    return base_layout(fig, full, height=height, width=width)
 
 
-def kv_growth(steps: Sequence[Any], *, prompt_bytes: int | None = None, height: int = 300) -> go.Figure:
+def kv_growth(steps: Sequence[Any], *, prompt_bytes: int | None = None, height: int = 300,
+              width: int | None = None) -> go.Figure:
     """KV cache bytes (used and allocated, all layers) after each generation step. Trace 0 = used."""
     fig = go.Figure([
         go.Scatter(x=[s.step for s in steps], y=[s.cache_total_used for s in steps], mode="lines+markers",
@@ -114,13 +120,16 @@ def kv_growth(steps: Sequence[Any], *, prompt_bytes: int | None = None, height: 
                    customdata=[format_bytes(s.cache_total_allocated) for s in steps],
                    hovertemplate="step %{x}<br>allocated %{customdata}<extra></extra>"),
     ])
-    fig.update_yaxes(title="KV cache", tickformat="~s", ticksuffix="B", rangemode="tozero")
-    fig.update_xaxes(title="generation step", rangemode="tozero")
+    last = max((s.step for s in steps), default=0)
+    fig.update_yaxes(title="KV cache", tickformat="~s", ticksuffix="B", rangemode="tozero", showticklabels=bool(steps))
+    fig.update_xaxes(title="generation step", tick0=0, dtick=int_dtick(last + 1, (width or HALF_WIDTH) - 100, 40),
+                     range=[-0.3, max(last, 4) + 0.3])
     sub = f" · {format_bytes(steps[-1].cache_total_used)} used" if steps else " · no steps yet"
-    fig.update_layout(legend=dict(orientation="h", y=1.0, x=1, xanchor="right", yanchor="bottom"))
-    base_layout(fig, "KV cache growth" + sub, height=height)
-    fig.update_layout(margin=dict(t=84))
-    return fig
+    if not steps:
+        fig.add_annotation(text="Each step adds one point.", x=0.5, y=0.5, xref="paper", yref="paper",
+                           showarrow=False, font=dict(size=13, color=COLORS["muted"]))
+    base_layout(fig, "KV cache growth" + sub, height=height, width=width)
+    return legend_on_top(fig)
 
 
 def cuda_peak_note(trace: Any = None) -> str | None:

@@ -87,14 +87,16 @@ def detail_html(r: ModuleRecord) -> str:
     return "<div style='line-height:1.5;font-size:12px'>" + "<br>".join(lines) + "</div>"
 
 
-def activation_histogram(r: ModuleRecord | None, *, bins: int = 60, height: int = 260) -> go.Figure:
+def activation_histogram(r: ModuleRecord | None, *, bins: int = 60, height: int = 260,
+                         width: int | None = None) -> go.Figure:
     """Histogram of the evenly strided output samples of one call (trace with samples=N)."""
     if r is None:
-        return message_figure("Select a module to see its activations.", title="Activations", height=height)
+        return message_figure("Select a module to see its activations.", title="Activations", height=height,
+                              width=width)
     if not r.samples:
         return message_figure("No activation samples for this call. Trace with "
                               "`workbench.trace(model, samples=512)` to keep values for histograms.",
-                              title=f"Activations of {r.display_name}", height=height)
+                              title=f"Activations of {r.display_name}", height=height, width=width)
     x = np.asarray(r.samples, dtype=np.float64)
     finite = x[np.isfinite(x)]
     fig = go.Figure(go.Histogram(x=finite, nbinsx=bins, marker_color=COLORS["params"],
@@ -103,7 +105,7 @@ def activation_histogram(r: ModuleRecord | None, *, bins: int = 60, height: int 
     fig.update_yaxes(title="count")
     bad = x.size - finite.size
     title = f"Output values of {r.display_name} ({x.size} samples" + (f", {bad} non-finite)" if bad else ")")
-    return base_layout(fig, title, height=height, bargap=0.02)
+    return base_layout(fig, title, height=height, width=width, bargap=0.02)
 
 
 def time_bars(records: Sequence[ModuleRecord], *, top: int = 20, height: int = 380) -> go.Figure:

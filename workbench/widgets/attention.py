@@ -11,8 +11,10 @@ import numpy as np
 
 from ..capture.records import HEAD_METRICS, AttentionRecord
 from ..viz import attention as va
+from ..viz.style import FULL_WIDTH
 from .base import View, figure_widget, header, notice, row
 
+HEATMAP_WIDTH = 520  # the single-head map; the metric matrix takes the rest of FULL_WIDTH
 CACHE_LAYERS = 8  # float32 layer maps kept in memory (SmolLM2, 256 tokens: 2.4 MB each)
 
 
@@ -56,10 +58,10 @@ class AttentionView(View):
         rec = self.records[first]
         self.heatmap = figure_widget(va.attention_heatmap(rec, self.head.value, tokens, max_cells=max_cells,
                                                           maps=self._layer_maps(first)))
-        self.grid = figure_widget(va.heads_grid(rec, tokens, maps=self._layer_maps(first)))
+        self.grid = figure_widget(va.heads_grid(rec, tokens, maps=self._layer_maps(first)), width=FULL_WIDTH)
         self.matrix = figure_widget(va.metric_matrix(records, metric, height=max(300, 18 * len(self.records) + 110)))
         self.matrix.data[0].on_click(self._on_cell)
-        self.heatmap.layout.width, self.matrix.layout.width = 540, 380  # fits a 1000 px notebook column
+        self.heatmap.layout.width, self.matrix.layout.width = HEATMAP_WIDTH, FULL_WIDTH - HEATMAP_WIDTH
         self._sync_sliders()
         self._mark_cell()
         self._update_summary()
@@ -71,7 +73,7 @@ class AttentionView(View):
         self.children = [
             header(self.title, f"{len(self.records)} layers × {H} heads · {T} queries × {S} keys"),
             controls, W.HBox([self.q_start, self.k_start]),
-            row(self.heatmap, W.VBox([self.matrix, self.summary]), widths=("58%", "38%")),
+            row(W.VBox([self.heatmap, self.summary]), self.matrix),
             self.grid,
         ]
 
@@ -168,6 +170,7 @@ class AttentionView(View):
             fig = va.heads_grid(rec, self.tokens, maps=maps)
             self.grid.data = []
             self.grid.layout = fig.layout
+            self.grid.layout.width = FULL_WIDTH
             self.grid.add_traces(list(fig.data))
             return
         small, f = va.pooled(maps)
@@ -183,13 +186,16 @@ class AttentionView(View):
 
     def _update_summary(self) -> None:
         rec, h = self.records[self.layer.value], self.head.value
-        cells = "".join(f"<tr><td>{va.METRIC_INFO[m][0]}</td><td style='text-align:right'><b>{rec.metrics[m][h]:.4g}"
-                        "</b></td></tr>" for m in HEAD_METRICS if m in rec.metrics)
+        td, num = "<td style='padding:1px 0'>", "<td style='padding:1px 0 1px 16px;text-align:right'>"
+        cells = "".join(f"<tr>{td}{va.METRIC_INFO[m][0]}</td>{num}<b>{rec.metrics[m][h]:.4g}</b></td></tr>"
+                        for m in HEAD_METRICS if m in rec.metrics)
         leak = rec.metrics.get("future_max", [0.0] * (h + 1))[h] > 1e-6
         warn = ("<div style='color:#C44E52;font-weight:600'>This head attends to future positions: "
                 "the causal mask leaks.</div>" if leak else "")
-        self.summary.value = (f"<div style='font-size:12px'><b>Layer {rec.layer}, head {h}</b> "
-                              f"<span style='color:#888'>({rec.source})</span>{warn}<table>{cells}</table></div>")
+        self.summary.value = (f"<div style='font-size:12px;line-height:1.6;padding-left:60px'>"
+                              f"<b>Layer {rec.layer}, head {h}</b> "
+                              f"<span style='color:#888'>({rec.source})</span>{warn}"
+                              f"<table style='border-collapse:collapse'>{cells}</table></div>")
 
     def static_figure(self) -> Any:
         return va.attention_heatmap_mpl(self.records[self.layer.value], self.head.value, self.tokens,

@@ -10,12 +10,13 @@ import ipywidgets as W
 import plotly.graph_objects as go
 
 from ..viz.export import save_png, write_html
+from ..viz.style import FULL_WIDTH
 
 CSS = """<style>
 .wb-view { font-family: Inter, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; }
 .wb-title { font-size: 16px; font-weight: 600; color: #222; }
 .wb-mono select, .wb-mono .widget-label, .wb-mono { font-family: ui-monospace, Menlo, Consolas, monospace !important;
-  font-size: 12px !important; }
+  font-size: 11.5px !important; }
 .wb-table select { height: 320px !important; white-space: pre; }
 .wb-notice { background: #F4F7FB; border-left: 4px solid #4C72B0; padding: 8px 12px; color: #333;
   font-size: 13px; border-radius: 3px; }
@@ -39,9 +40,16 @@ def header(title: str, subtitle: str = "") -> W.HTML:
     return W.HTML(f"{CSS}<div class='wb-title'>{html.escape(title)}{sub}</div>")
 
 
-def figure_widget(fig: go.Figure) -> go.FigureWidget:
-    """A FigureWidget from a viz figure (plotly needs anywidget for this)."""
-    return go.FigureWidget(fig)
+def figure_widget(fig: go.Figure, width: int | None = None, height: int | None = None) -> go.FigureWidget:
+    """A FigureWidget from a viz figure, with a fixed pixel size (plotly needs anywidget for this).
+
+    The size is fixed because the widget's autosize does not follow the notebook column; the width
+    sticks across `replace_figure` redraws."""
+    w = go.FigureWidget(fig)
+    w.layout.width = width or fig.layout.width or FULL_WIDTH
+    if height:
+        w.layout.height = height
+    return w
 
 
 class View(W.VBox):
@@ -112,10 +120,9 @@ def _set_layout(target: go.FigureWidget, fig: go.Figure) -> None:
     target.layout.width = width
 
 
-def row(*items: W.Widget, widths: tuple[str, ...] | None = None) -> W.HBox:
-    """Side-by-side panels that share the width (plotly autosizes inside each box)."""
-    boxes = []
-    for i, item in enumerate(items):
-        basis = widths[i] if widths else "0"
-        boxes.append(W.Box([item], layout=W.Layout(flex=f"1 1 {basis}", min_width="0", overflow="hidden")))
-    return W.HBox(boxes, layout=W.Layout(width="100%"))
+def row(*items: W.Widget) -> W.HBox:
+    """Side-by-side panels of fixed width (figures carry their own width, see viz.style.FULL_WIDTH).
+
+    The row wraps: in a column narrower than the panels they stack instead of being clipped."""
+    boxes = [W.Box([item], layout=W.Layout(flex="0 0 auto", max_width="100%", overflow="visible")) for item in items]
+    return W.HBox(boxes, layout=W.Layout(width="100%", flex_flow="row wrap", align_items="flex-start"))

@@ -9,6 +9,7 @@ import ipywidgets as W
 
 from ..capture.gradients import GradientHistory
 from ..viz import gradients as vg
+from ..viz.style import FULL_WIDTH
 from .base import View, figure_widget, header, notice, replace_figure
 
 
@@ -33,8 +34,8 @@ class GradientFlow(View):
         self.flags = W.HTML()
         self.step = W.IntSlider(0, 0, 0, description="Step", continuous_update=False, layout=W.Layout(width="420px"))
         self.follow = W.Checkbox(value=True, description="follow latest", indent=False)
-        self.bars = figure_widget(vg.grad_norm_bars(self.history))
-        self.heatmap = figure_widget(vg.grad_heatmap(self.history))
+        self.bars = figure_widget(vg.grad_norm_bars(self.history), width=FULL_WIDTH)
+        self.heatmap = figure_widget(vg.grad_heatmap(self.history), width=FULL_WIDTH)
         self.step.observe(self._on_step, names="value")
         self._unsubscribe = self.history.on_append(self._on_append)
         self.children = [header(self.title), self.notice, W.HBox([self.step, self.follow]), self.flags,

@@ -8,11 +8,13 @@ from typing import Any
 import ipywidgets as W
 
 from ..viz.modules import COLUMNS, SORT_KEYS, activation_histogram, detail_html, filter_records, module_row
-from ..viz.style import format_bytes, format_count, format_ms
+from ..viz.style import FULL_WIDTH, format_bytes, format_count, format_ms
 from .base import View, figure_widget, header, notice, replace_figure, row
 
-WIDTHS = {"module": 34, "type": 14, "out shape": 19, "params": 8, "time": 9, "memory": 10, "mean": 9,
-          "std": 9, "absmax": 9, "NaN": 4}
+# characters per column: 127 in all, about 850 px at 11.5 px monospace, inside a 900 px notebook column
+WIDTHS = {"module": 31, "type": 14, "out shape": 18, "params": 8, "time": 9, "memory": 9, "mean": 9,
+          "std": 8, "absmax": 8, "NaN": 4}
+HIST_WIDTH = 540  # the activation histogram; the detail panel takes the rest of FULL_WIDTH
 NBSP = "\u00a0"  # option labels collapse ordinary spaces; non-breaking ones keep the columns aligned
 NO_RECORDS = "No module records. Run the model inside `with workbench.trace(model) as tr:` and pass `tr`."
 
@@ -44,30 +46,35 @@ class LayerInspector(View):
             return
         self._by_index = {r.index: r for r in records}
         max_depth = max(r.depth for r in records)
-        self.filter = W.Text(placeholder="filter: name or type (e.g. attn, Linear)", layout=W.Layout(width="280px"))
+        self.filter = W.Text(placeholder="filter: name or type (e.g. attn, Linear)", layout=W.Layout(width="270px"))
         self.sort = W.Dropdown(options=list(SORT_KEYS), value="order", description="Sort",
-                               layout=W.Layout(width="180px"))
+                               layout=W.Layout(width="160px"))
+        self.sort.style.description_width = "36px"
         self.depth = W.IntSlider(value=max_depth, min=0, max=max_depth, description="Max depth",
-                                 layout=W.Layout(width="260px"))
+                                 layout=W.Layout(width="230px"))
+        self.depth.style.description_width = "70px"
         self.nonfinite = W.Checkbox(value=False, description="only NaN/Inf", indent=False,
                                     layout=W.Layout(width="120px"))
-        self.table = W.Select(options=[], rows=18, layout=W.Layout(width="100%"))
+        self.table = W.Select(options=[], rows=18, layout=W.Layout(width=f"{FULL_WIDTH}px", max_width="100%"))
         self.table.add_class("wb-mono")
         self.table.add_class("wb-table")
         self.count = W.HTML()
-        self.columns = W.HTML("<div class='wb-mono' style='color:#555;font-weight:600;white-space:pre'>"
+        self.columns = W.HTML("<div class='wb-mono' style='color:#555;font-weight:600;white-space:pre;"
+                              "padding-left:4px'>"
                               + html.escape(row_text({c: c for c in COLUMNS})).replace(NBSP, "&nbsp;") + "</div>")
         self.detail = W.HTML("<i style='color:#888'>Select a row to inspect it.</i>")
-        self.histogram = figure_widget(activation_histogram(None))
+        self.histogram = figure_widget(activation_histogram(None, width=HIST_WIDTH), width=HIST_WIDTH)
         for w in (self.filter, self.sort, self.depth, self.nonfinite):
             w.observe(self._refresh, names="value")
         self.table.observe(self._on_select, names="value")
         self._refresh()
         self.children = [
             header(self.title, self._subtitle(records)),
-            W.HBox([self.filter, self.sort, self.depth, self.nonfinite, self.count]),
+            W.HBox([self.filter, self.sort, self.depth, self.nonfinite, self.count],
+                   layout=W.Layout(flex_flow="row wrap", align_items="center")),
             self.columns, self.table,
-            row(W.Box([self.detail], layout=W.Layout(padding="6px")), self.histogram, widths=("40%", "55%")),
+            row(W.Box([self.detail], layout=W.Layout(padding="6px", width=f"{FULL_WIDTH - HIST_WIDTH}px")),
+                self.histogram),
         ]
 
     def _subtitle(self, records: list) -> str:
@@ -88,7 +95,8 @@ class LayerInspector(View):
                                max_depth=self.depth.value, only_nonfinite=self.nonfinite.value)
         self.table.options = [(row_text(module_row(r)), r.index) for r in shown[: self.max_rows]]
         more = f" (first {self.max_rows})" if len(shown) > self.max_rows else ""
-        self.count.value = f"<span style='color:#666'>{len(shown)} of {len(self._by_index)} rows{more}</span>"
+        self.count.value = (f"<span style='color:#666;white-space:nowrap'>{len(shown)} of {len(self._by_index)} "
+                            f"rows{more}</span>")
 
     def _on_select(self, change: Any) -> None:
         if change["new"] is None:
@@ -99,7 +107,7 @@ class LayerInspector(View):
         """Open the detail panel of the call with this record index."""
         r = self._by_index[index]
         self.detail.value = detail_html(r)
-        replace_figure(self.histogram, activation_histogram(r))
+        replace_figure(self.histogram, activation_histogram(r, width=HIST_WIDTH))
         if self.table.value != index and index in [i for _, i in self.table.options]:
             self.table.value = index
 

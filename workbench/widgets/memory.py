@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..viz import memory as vm
+from ..viz.style import FULL_WIDTH
 from .base import View, figure_widget, header, notice, replace_figure
 
 
@@ -30,8 +31,8 @@ class MemoryPanel(View):
         self.model = self.session.model if self.session is not None else model
         self.optimizer, self._cache = optimizer, cache
         self.hints = W.VBox()
-        self.bars = figure_widget(vm.memory_bars({}))
-        self.growth = figure_widget(vm.kv_growth([]))
+        self.bars = figure_widget(vm.memory_bars({}, width=FULL_WIDTH))
+        self.growth = figure_widget(vm.kv_growth([], width=FULL_WIDTH))
         self.children = [header(self.title), self.hints, self.bars] + ([self.growth] if self.session else [])
         self.update()
 
@@ -46,9 +47,9 @@ class MemoryPanel(View):
     def update(self) -> None:
         """Recompute from the current state (optimizer state, cache, session steps) and redraw."""
         rows = self.breakdown()
-        replace_figure(self.bars, vm.memory_bars(rows, note=vm.cuda_peak_note(self.trace)))
+        replace_figure(self.bars, vm.memory_bars(rows, note=vm.cuda_peak_note(self.trace), width=FULL_WIDTH))
         if self.session is not None:
-            replace_figure(self.growth, vm.kv_growth(self.session.history))
+            replace_figure(self.growth, vm.kv_growth(self.session.history, width=FULL_WIDTH))
         self.hints.children = [notice(t) for t in self._hints(rows)]
 
     def _hints(self, rows: dict[str, dict[str, int]]) -> list[str]:

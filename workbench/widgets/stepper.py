@@ -13,8 +13,10 @@ from ..generation.session import GenerationSession
 from ..viz import generation as vgen
 from ..viz.attention import token_attention_layers
 from ..viz.memory import kv_growth
-from ..viz.style import format_bytes
+from ..viz.style import HALF_WIDTH, format_bytes
 from .base import View, figure_widget, header, notice, replace_figure, row
+
+H = 320  # height of each of the four plots
 
 
 class GenerationStepper(View):
@@ -34,19 +36,20 @@ class GenerationStepper(View):
         self.step_button = W.Button(description="Step", button_style="primary", icon="step-forward",
                                     tooltip="generate one token")
         self.run_button = W.Button(description="Run N", icon="forward", tooltip="generate N tokens")
-        self.n = W.BoundedIntText(value=run_n, min=1, max=4096, description="N", layout=W.Layout(width="130px"))
+        self.n = W.BoundedIntText(value=run_n, min=1, max=4096, description="N", layout=W.Layout(width="96px"))
+        self.n.style.description_width = "20px"
         self.reset_button = W.Button(description="Reset", icon="undo", tooltip="back to the prompt")
         self.head = W.Dropdown(options=[("mean of heads", -1)], value=-1, description="Attention",
                                layout=W.Layout(width="230px"))
+        self.head.style.description_width = "64px"
         self.status = W.HTML()
         self.messages = W.VBox()
         self.text = W.HTML()
-        self.topk = figure_widget(vgen.topk_bars(None))
-        self.cache_bars = figure_widget(vgen.cache_layer_bars(None))
-        self.growth = figure_widget(kv_growth([]))
-        self.attention = figure_widget(token_attention_layers(None))
-        for fig in (self.topk, self.cache_bars, self.growth, self.attention):
-            fig.layout.height, fig.layout.width = 300, 470  # two per row in a 1000 px notebook column
+        size = dict(width=HALF_WIDTH, height=H)  # two per row in a notebook column
+        self.topk = figure_widget(vgen.topk_bars(None, **size))
+        self.cache_bars = figure_widget(vgen.cache_layer_bars(None, **size))
+        self.growth = figure_widget(kv_growth([], **size))
+        self.attention = figure_widget(token_attention_layers(None, **size))
         self.session: GenerationSession | None = None
         self._top_k = top_k
         self._start(prompt)
@@ -56,7 +59,8 @@ class GenerationStepper(View):
         self.head.observe(lambda _c: self._draw_attention(), names="value")
         self.children = [
             header(self.title), self.prompt,
-            W.HBox([self.step_button, self.run_button, self.n, self.reset_button, self.head]),
+            W.HBox([self.step_button, self.run_button, self.n, self.reset_button, self.head],
+                   layout=W.Layout(flex_flow="row wrap", align_items="center")),
             self.status, self.messages, self.text,
             row(self.topk, self.cache_bars), row(self.attention, self.growth),
         ]
@@ -122,9 +126,9 @@ class GenerationStepper(View):
                              f"{len(s.generated_ids)} · cache {s.cache.length} positions "
                              f"({format_bytes(s.cache.bytes_used)} used) · last step {ms}{end}</span>")
         self.step_button.disabled = self.run_button.disabled = s.finished
-        replace_figure(self.topk, vgen.topk_bars(last, height=300))
-        replace_figure(self.cache_bars, vgen.cache_layer_bars(last, height=300))
-        replace_figure(self.growth, kv_growth(s.history, height=300))
+        replace_figure(self.topk, vgen.topk_bars(last, height=H, width=HALF_WIDTH))
+        replace_figure(self.cache_bars, vgen.cache_layer_bars(last, height=H, width=HALF_WIDTH))
+        replace_figure(self.growth, kv_growth(s.history, height=H, width=HALF_WIDTH))
         self._draw_attention()
 
     def _draw_attention(self) -> None:
@@ -134,7 +138,7 @@ class GenerationStepper(View):
         last = s.history[-1] if s.history else None
         att = last.attention if last is not None else s.prompt_attention
         head = None if self.head.value < 0 else self.head.value
-        fig = token_attention_layers(att, s.token_texts, head=head, height=300)
+        fig = token_attention_layers(att, s.token_texts, head=head, height=H, width=HALF_WIDTH)
         if last is None and att is not None:
             fig.layout.title.text = fig.layout.title.text.replace("New token", "Last prompt token")
         replace_figure(self.attention, fig)
