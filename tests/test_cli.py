@@ -58,3 +58,14 @@ def test_report_writes_standalone_html(tmp_path, capsys):
     assert "plotly" in html.lower() and "blocks.1.attn" in html
     assert re.search(r"<script[^>]+src=\"https?:", html) is None  # plotly.js inline, no CDN
     assert str(out) in capsys.readouterr().out
+
+
+def test_lab_starts_jupyterlab_on_loopback(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("workbench.cli.subprocess.call", lambda cmd: calls.append(cmd) or 0)
+    assert main(["lab", "--dir", str(tmp_path), "--port", "8899"]) == 0
+    (cmd,) = calls
+    assert cmd[1] == "lab" and "--ip=127.0.0.1" in cmd and "--port=8899" in cmd and "--no-browser" in cmd
+    assert f"--ServerApp.root_dir={tmp_path.resolve()}" in cmd
+    assert main(["lab", "--dir", str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
