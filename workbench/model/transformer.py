@@ -118,7 +118,7 @@ class TransformerLM(nn.Module):
         x = self.drop(self.hook_embed(x))
         rope = self.rotary(positions, x.dtype) if self.rotary is not None else None
         for block in self.blocks:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None:
                 x = checkpoint(block, x, rope, mask, cache, use_reentrant=False)
             else:
                 x = block(x, rope, mask, cache)
