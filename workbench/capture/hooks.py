@@ -82,11 +82,24 @@ def flatten_tensors(obj: Any, path: str, out: list[tuple[str, torch.Tensor]], de
             flatten_tensors(v, f"{path}.{k}", out, depth + 1)
     elif isinstance(obj, (tuple, list)):
         for i, v in enumerate(obj):
-            flatten_tensors(v, f"{path}.{i}", out, depth + 1)
+            if isinstance(v, torch.Tensor) and len(out) < MAX_TENSORS:  # common case, no recursion
+                out.append((f"{path}.{i}", v))
+            else:
+                flatten_tensors(v, f"{path}.{i}", out, depth + 1)
+
+
+_NAMES: dict[Any, str] = {}  # torch.dtype / torch.device -> its text, e.g. "float32", "cuda:0"
+
+
+def _name(key: Any, text: str) -> str:
+    _NAMES[key] = text
+    return text
 
 
 def tensor_meta(path: str, t: torch.Tensor) -> TensorMeta:
-    return TensorMeta(path, list(t.shape), str(t.dtype)[6:], str(t.device), t.numel() * t.element_size())
+    dt, dev = t.dtype, t.device
+    return TensorMeta(path, list(t.shape), _NAMES.get(dt) or _name(dt, str(dt)[6:]),
+                      _NAMES.get(dev) or _name(dev, str(dev)), t.numel() * t.element_size())
 
 
 def _first_float_in(values: tuple) -> torch.Tensor | None:

@@ -14,36 +14,48 @@ import torch
 
 from .records import ActStats
 
+_WIDE = (torch.float32, torch.float64)  # dtypes whose own accumulation is already float32 or better
+
 
 def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum and L2 norm in float32. torch.std_mean is ~50x slower on CPU (Welford), so the std is
     formed on the host from these two: var = (sum_sq - n mean^2) / (n - 1)."""
+    if x.dtype in _WIDE:  # sum(dtype=float32) of a float32 tensor takes a slower path (measured ~2x)
+        return x.sum(), torch.linalg.vector_norm(x)
     return x.sum(dtype=torch.float32), torch.linalg.vector_norm(x, dtype=torch.float32)
 
 
-def _finish(n: int, total: float, norm: float) -> tuple[float, float]:
+def _finish(n: int, total: float, sq: float) -> tuple[float, float]:
+    """(mean, unbiased std) from the sum and the sum of squares, in float64 on the host."""
     mean = total / n
-    var = (norm * norm - n * mean * mean) / max(n - 1, 1)
+    var = (sq - n * mean * mean) / max(n - 1, 1)
     return mean, math.sqrt(max(var, 0.0)) if math.isfinite(var) else float("nan")
 
 
 def _device_stats(x: torch.Tensor) -> torch.Tensor:
     """[sum, norm, min, max, nan, inf, neginf] as one float32 tensor on x's device, no host sync."""
     total, norm = _moments(x)
-    mn, mx = x.amin(), x.amax()
+    mn, mx = torch.aminmax(x)  # one kernel on accelerators; propagates NaN like amin/amax
     parts = [total, norm, mn, mx, torch.isnan(x).sum(), torch.isinf(x).sum(), torch.isneginf(x).sum()]
     return torch.stack([p.to(torch.float32) for p in parts])
 
 
 def _cpu_stats(x: torch.Tensor) -> ActStats:
-    total, norm = _moments(x)
-    mn, mx = x.amin(), x.amax()  # two vectorised passes beat aminmax on CPU; both propagate NaN
+    """Three reductions: sum, sum of squares and a fused min/max (measured in a SmolLM2 forward:
+    ~20% less than sum + vector_norm + amin + amax, ~35% less on the 1x128x49152 logits)."""
+    if x.dtype in _WIDE and x.is_contiguous():
+        v = x.view(-1)  # (N,)
+        total, sq = float(v.sum()), float(torch.dot(v, v))  # BLAS dot: faster than vector_norm
+    else:
+        t, nrm = _moments(x)
+        total, sq = float(t), float(nrm) ** 2
+    mn, mx = torch.aminmax(x)  # propagates NaN, like amin/amax
     lo, hi = float(mn), float(mx)
     nan = inf = neginf = 0
-    if not (math.isfinite(lo) and math.isfinite(hi)):  # amin/amax propagate NaN, so this catches both
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or +-Inf somewhere: count them exactly
         nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
         neginf = int(torch.isneginf(x).sum())
-    mean, std = _finish(x.numel(), float(total), float(norm))
+    mean, std = _finish(x.numel(), total, sq)
     return ActStats(
         numel=x.numel(), mean=mean, std=std, absmax=max(abs(lo), abs(hi)),
         min=lo, max=hi, nan=nan, inf=inf, neginf=neginf,
@@ -106,7 +118,7 @@ class StatsBuffer:
             host = torch.stack([self._pending[i][1] for i in idxs]).cpu().tolist()
             for i, (total, norm, mn, mx, nan, inf, neginf) in zip(idxs, host):
                 st = self._pending[i][0]
-                st.mean, st.std = _finish(st.numel, total, norm)
+                st.mean, st.std = _finish(st.numel, total, norm * norm)
                 st.min, st.max = mn, mx
                 st.absmax = max(abs(mn), abs(mx))
                 st.nan, st.inf, st.neginf = int(nan), int(inf), int(neginf)
