@@ -24,11 +24,11 @@ from ..errors import CaptureError
 from ..model.layers import HookPoint
 from . import attention as attn
 from .memory import CudaAllocatorMeter, SavedTensorsMeter, layer_module_names
-from .records import ModuleRecord, TensorMeta
+from .records import ModuleRecord
 from .stats import StatsBuffer
+from .walk import distinct_bytes, first_float, first_float_in, flatten_tensors, tensor_meta
 
 ModuleFilter = str | re.Pattern | Iterable[str] | Callable[[str, nn.Module], bool] | None
-MAX_TENSORS = 32  # tensors listed per input/output structure (a KV cache can hold hundreds)
 
 _ACTIVE: dict[int, Recorder] = {}  # id(module) -> the recorder attached to it (cleared on detach)
 
@@ -69,57 +69,6 @@ def select_modules(model: nn.Module, modules: ModuleFilter) -> list[tuple[str, n
 
 def _switches_path(name: str, module: nn.Module) -> bool:
     return isinstance(module, HookPoint) and name.endswith(("hook_scores", "hook_pattern"))
-
-
-def flatten_tensors(obj: Any, path: str, out: list[tuple[str, torch.Tensor]], depth: int = 0) -> None:
-    """Tensors inside tuples, lists and dicts (HF ModelOutput is a dict), in order, with their paths."""
-    if len(out) >= MAX_TENSORS or depth > 6:
-        return
-    if isinstance(obj, torch.Tensor):
-        out.append((path, obj))
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            flatten_tensors(v, f"{path}.{k}", out, depth + 1)
-    elif isinstance(obj, (tuple, list)):
-        for i, v in enumerate(obj):
-            if isinstance(v, torch.Tensor) and len(out) < MAX_TENSORS:  # common case, no recursion
-                out.append((f"{path}.{i}", v))
-            else:
-                flatten_tensors(v, f"{path}.{i}", out, depth + 1)
-
-
-_NAMES: dict[Any, str] = {}  # torch.dtype / torch.device -> its text, e.g. "float32", "cuda:0"
-
-
-def _name(key: Any, text: str) -> str:
-    _NAMES[key] = text
-    return text
-
-
-def tensor_meta(path: str, t: torch.Tensor) -> TensorMeta:
-    dt, dev = t.dtype, t.device
-    return TensorMeta(path, list(t.shape), _NAMES.get(dt) or _name(dt, str(dt)[6:]),
-                      _NAMES.get(dev) or _name(dev, str(dev)), t.numel() * t.element_size())
-
-
-def _first_float_in(values: tuple) -> torch.Tensor | None:
-    """First floating tensor among positional values, looking one level into tuples/lists."""
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            if v.is_floating_point():
-                return v
-        elif isinstance(v, (tuple, list)):
-            for t in v:
-                if isinstance(t, torch.Tensor) and t.is_floating_point():
-                    return t
-    return None
-
-
-def _first_float(tensors: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
-    for _, t in tensors:
-        if t.is_floating_point():
-            return t
-    return None
 
 
 def module_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -310,7 +259,7 @@ class Recorder:
                            stack[-1][0].index if stack else -1, **info)
         self.records.append(rec)
         if self.opt.stats:  # positional inputs now, before an in-place forward can change them
-            x = _first_float_in(args)
+            x = first_float_in(args)
             if x is not None:
                 rec.in_stats = self.stats.measure(x)
         if self._cuda is not None and name in self._mem_layers:
@@ -352,7 +301,7 @@ class Recorder:
             flatten_tensors(kwargs, "kwargs", flat)
             rec.inputs = [tensor_meta(p, t) for p, t in flat]
         if opt.stats and rec.in_stats is None and kwargs:  # keyword-only inputs (HF layers)
-            x = _first_float_in(tuple(kwargs.values()))
+            x = first_float_in(tuple(kwargs.values()))
             if x is not None:
                 rec.in_stats = self.stats.measure(x)
         if opt.shapes or opt.stats or opt.memory:
@@ -361,9 +310,9 @@ class Recorder:
             if opt.shapes:
                 rec.outputs = [tensor_meta(p, t) for p, t in flat]
             if opt.memory:
-                rec.output_bytes = _distinct_bytes(t for _, t in flat)
+                rec.output_bytes = distinct_bytes(t for _, t in flat)
             if opt.stats:
-                x = _first_float(flat)
+                x = first_float(flat)
                 if x is not None:
                     rec.out_stats = self.stats.measure(x)
                     self.stats.sample(rec, x)
@@ -416,17 +365,6 @@ class Recorder:
         if grad_bytes:
             for rec in self.records:
                 rec.grad_bytes = sum(grad_bytes.get(id(p), 0) for p in self._members.get(rec.name, ()))
-
-
-def _distinct_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    seen: set[int] = set()
-    total = 0
-    for t in tensors:
-        ptr = t.data_ptr()
-        if ptr not in seen:
-            seen.add(ptr)
-            total += t.numel() * t.element_size()
-    return total
 
 
 def detach_all(model: nn.Module) -> int:
