@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -67,5 +68,6 @@ def test_lab_starts_jupyterlab_on_loopback(tmp_path, monkeypatch, capsys):
     (cmd,) = calls
     assert cmd[1] == "lab" and "--ip=127.0.0.1" in cmd and "--port=8899" in cmd and "--no-browser" in cmd
     assert f"--ServerApp.root_dir={tmp_path.resolve()}" in cmd
+    assert ("--allow-root" in cmd) == (os.geteuid() == 0)  # jupyter refuses to start as root without it
     assert main(["lab", "--dir", str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err

@@ -20,6 +20,8 @@ def _lab(args: argparse.Namespace) -> int:
         print("workbench lab: JupyterLab is not installed; run `make lab` or pip install jupyterlab.", file=sys.stderr)
         return 2
     cmd = [jupyter, "lab", "--ip=127.0.0.1", f"--port={args.port}", "--no-browser", f"--ServerApp.root_dir={notebooks}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI machines often run as root
+        cmd.append("--allow-root")
     print(f"Starting JupyterLab on {notebooks} (127.0.0.1:{args.port}); open the URL printed below.", flush=True)
     return subprocess.call(cmd)
 
