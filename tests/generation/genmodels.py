@@ -9,18 +9,6 @@ import torch
 import workbench as wb
 
 
-class CharTokenizer:
-    """Token id i is the character chr(32 + i); enough to test text, stop strings and labels."""
-
-    eos_token_id = None
-
-    def encode(self, text: str) -> list[int]:
-        return [ord(c) - 32 for c in text]
-
-    def decode(self, ids) -> str:
-        return "".join(chr(32 + int(i)) for i in ids)
-
-
 def tiny_model(preset: str = "tiny", seed: int = 0, init_std: float = 0.3, **changes) -> wb.TransformerLM:
     """A random tiny model; init_std 0.3 makes next-token distributions peaked, so argmax is stable."""
     torch.manual_seed(seed)

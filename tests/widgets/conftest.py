@@ -1,4 +1,4 @@
-"""Fixtures for the widget tests: the random tiny preset traced once per module, and a char tokenizer."""
+"""Fixtures for the widget tests: the random tiny preset traced once per module (`chars` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,6 @@ import torch.nn.functional as F
 
 import workbench as wb
 from workbench.capture import trace
-
-
-class Chars:
-    """Token id i is chr(32 + i): text in, text out, no special tokens."""
-
-    eos_token_id = None
-
-    def encode(self, text: str) -> list[int]:
-        return [ord(c) - 32 for c in text]
-
-    def decode(self, ids) -> str:
-        return "".join(chr(32 + int(i)) for i in ids)
-
-
-@pytest.fixture(scope="module")
-def chars() -> Chars:
-    return Chars()
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import DoctorError
 from .adapters import cache_bytes, cache_tensors
 from .registry import Context, Result, check, na
 
 NEW_TOKENS = 6
 
 
-def _style(ctx: Context) -> str | None:
+def _style(ctx: Context) -> str:
+    """How to drive generation: the workbench cache contract or HF `generate`; n/a (DoctorError) otherwise."""
     m = ctx.model
     if callable(getattr(m, "new_cache", None)) and hasattr(getattr(m, "config", None), "max_seq_len"):
         return "workbench"
     if ctx.adapter.kind == "hf" and callable(getattr(m, "generate", None)):
         return "hf"
-    return None
+    raise DoctorError("the model has no generate entry point (workbench cache contract or HF generate).")
 
 
 def _hf_generate(model: Any, ids: torch.Tensor, **kwargs: Any) -> Any:
@@ -44,8 +46,6 @@ def _hf_generate(model: Any, ids: torch.Tensor, **kwargs: Any) -> Any:
 def generation_memory(ctx: Context) -> Result:
     ctx.require_deterministic()
     style = _style(ctx)
-    if style is None:
-        return na("the model has no generate entry point (workbench cache contract or HF generate).")
     sizes: list[int] = []
     refs: list[weakref.ref] = []
 
@@ -105,8 +105,6 @@ def _sequence_logprob(ctx: Context, seq: torch.Tensor, prompt_len: int, count: i
 def beam_search(ctx: Context) -> Result:
     ctx.require_deterministic()
     style = _style(ctx)
-    if style is None:
-        return na("the model has no generate entry point (workbench cache contract or HF generate).")
     ids = ctx.ids(1, 5, salt=17)
     P = ids.shape[1]
     if style == "workbench":

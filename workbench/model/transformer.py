@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ConfigError
 from .attention import IMPLS, Attention
 from .cache import KVCache
 from .config import ModelConfig
@@ -136,8 +137,6 @@ class TransformerLM(nn.Module):
     def set_attention_impl(self, impl: str) -> None:
         """Choose the attention path for every layer: "auto", "sdpa" or "eager" (see attention.py)."""
         if impl not in IMPLS:
-            from ..errors import ConfigError
-
             raise ConfigError(f"attention impl={impl!r} is unknown; use one of {IMPLS}.")
         for block in self.blocks:
             block.attn.impl = impl
