@@ -184,3 +184,34 @@ def test_stats_handle_integer_and_empty_outputs():
         emb(torch.tensor([[1, 2]]))
     assert tr.records[0].in_stats is None  # integer ids carry no activation stats
     assert math.isfinite(tr.records[0].out_stats.std)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "strided view", "expanded", "offset slice", "bfloat16 transposed"])
+def test_stats_of_non_contiguous_outputs_match_torch(layout):
+    """Permuted dense tensors are reduced as their flat buffer; gappy views take the general path.
+    Both must give the statistics of the tensor's own elements, not of its storage."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(2, 16, 30, generator=g) * 3 + 1
+    base[0, 0, 0] = 50.0  # the abs-max sits in the first storage element, outside some views
+    views = {
+        "transposed": lambda t: t.view(2, 16, 5, 6).transpose(1, 2),  # (B, H, T, D) from (B, T, H, D)
+        "strided view": lambda t: t[..., 12:].view(2, 16, 3, 6).transpose(1, 2),  # a slice of a fused buffer
+        "expanded": lambda t: t[:, :1].expand(2, 4, 30),
+        "offset slice": lambda t: t[1, 3:],
+        "bfloat16 transposed": lambda t: t.to(torch.bfloat16).view(2, 16, 5, 6).transpose(1, 2),
+    }
+
+    class View(nn.Module):
+        def forward(self, t):
+            return views[layout](t)
+
+    mod = View()
+    with trace(mod) as tr:
+        y = mod(base)
+    st = tr.records[0].out_stats
+    ref = y.double()
+    assert st.numel == y.numel()
+    assert st.mean == pytest.approx(ref.mean().item(), rel=1e-5, abs=1e-5)
+    assert st.std == pytest.approx(ref.std().item(), rel=1e-4)
+    assert (st.min, st.max) == (pytest.approx(ref.min().item()), pytest.approx(ref.max().item()))
+    assert st.absmax == pytest.approx(ref.abs().max().item())

@@ -44,12 +44,14 @@ class CaptureOptions:
     attention_source: str = "auto"  # "auto", "hooks" (workbench hook_pattern) or "intercept"
 
 
-def select_modules(model: nn.Module, modules: ModuleFilter) -> list[tuple[str, nn.Module]]:
+def select_modules(model: nn.Module, modules: ModuleFilter,
+                   named: list[tuple[str, nn.Module]] | None = None) -> list[tuple[str, nn.Module]]:
     """(name, module) pairs to record. str/Pattern: regex searched in the name; iterable of str:
     exact names; callable: predicate(name, module); None: every module including the root (""),
     except workbench `hook_scores`/`hook_pattern` sites, since hooking them switches attention to the
-    slower eager path (select them by name to record them anyway)."""
-    named = list(model.named_modules())
+    slower eager path (select them by name to record them anyway). `named` reuses a
+    `list(model.named_modules())` the caller already has."""
+    named = list(model.named_modules()) if named is None else named
     if modules is None:
         return [(n, m) for n, m in named if not _switches_path(n, m)]
     if isinstance(modules, (str, re.Pattern)):
@@ -65,6 +67,18 @@ def select_modules(model: nn.Module, modules: ModuleFilter) -> list[tuple[str, n
             "use names from model.named_modules(), a regex string, or a predicate(name, module)."
         )
     return [(n, m) for n, m in named if n in wanted]
+
+
+def _parameters(named: list[tuple[str, nn.Module]]) -> list[nn.Parameter]:
+    """model.parameters() from a named_modules() list, without walking the tree again."""
+    seen: set[int] = set()
+    out = []
+    for _, m in named:
+        for p in m._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
 
 
 def _switches_path(name: str, module: nn.Module) -> bool:
@@ -97,7 +111,7 @@ def static_param_info(model: nn.Module, members: dict[str, list[nn.Parameter]]) 
             params_counted=counted,
             trainable_params=sum(p.numel() for p in uniq if p.requires_grad),
             param_bytes=sum(p.numel() * p.element_size() for p in uniq),
-        )
+        )  # keys in ModuleRecord field order: the hot path passes the values positionally
     return info
 
 
@@ -129,9 +143,11 @@ class Recorder:
     """
 
     def __init__(self, model: nn.Module, options: CaptureOptions, modules: ModuleFilter = None,
-                 targets: list[tuple[str, nn.Module]] | None = None) -> None:
+                 targets: list[tuple[str, nn.Module]] | None = None,
+                 named: list[tuple[str, nn.Module]] | None = None) -> None:
         self.model, self.opt = model, options
-        self.targets = targets if targets is not None else select_modules(model, modules)
+        self._named = named  # list(model.named_modules()) taken by trace(), or None to take it at attach
+        self.targets = targets if targets is not None else select_modules(model, modules, named)
         if not self.targets:
             raise CaptureError(f"modules={modules!r} matched no module; check model.named_modules().")
         self.records: list[ModuleRecord] = []
@@ -158,7 +174,7 @@ class Recorder:
 
     # --- attach / detach ------------------------------------------------------------------------
     def attach(self) -> None:
-        named = list(self.model.named_modules())
+        named = self._named if self._named is not None else list(self.model.named_modules())
         busy = [n for n, m in named if id(m) in _ACTIVE]
         if busy:
             raise CaptureError(
@@ -166,7 +182,7 @@ class Recorder:
                 "on the same modules are not supported: finish the outer `with workbench.trace(...)` first, "
                 "or call workbench.capture.detach_all(model) to clear a trace left open by hand."
             )
-        self.params = params = list(self.model.parameters())
+        self.params = params = _parameters(named)
         self._modes = [(m, m.training) for _, m in named]
         self._flags = [(p, p.requires_grad) for p in params]
         try:
@@ -187,13 +203,14 @@ class Recorder:
         self._setup_attention(named)
         if self.attention_mode == "intercept":  # attention is attributed to the innermost module
             self._static = {id(m): name for name, m in named}
-        self._static.update({id(m): (name, type(m).__name__, info[name]) for name, m in self.targets})
+        self._static.update({id(m): (name, type(m).__name__, tuple(info[name].values()))
+                             for name, m in self.targets})
         self._handles.append(nn.modules.module.register_module_forward_pre_hook(self._pre))
         self._handles.append(nn.modules.module.register_module_forward_hook(
             self._post, with_kwargs=True, always_call=True))
         if self.opt.memory:
-            ptrs = {local_tensor(p).untyped_storage().data_ptr() for p in params}
-            self.saved = SavedTensorsMeter(lambda: self._rec_stack[-1][0] if self._rec_stack else None, ptrs)
+            self.saved = SavedTensorsMeter(lambda: self._rec_stack[-1][0] if self._rec_stack else None,
+                                           lambda: {local_tensor(p).untyped_storage().data_ptr() for p in params})
             self.saved.__enter__()
 
     def _setup_attention(self, named: list[tuple[str, nn.Module]]) -> None:
@@ -256,7 +273,7 @@ class Recorder:
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         rec = ModuleRecord(len(self.records), name, typ, call, len(stack),
-                           stack[-1][0].index if stack else -1, **info)
+                           stack[-1][0].index if stack else -1, [], [], *info)
         self.records.append(rec)
         if self.opt.stats:  # positional inputs now, before an in-place forward can change them
             x = first_float_in(args)
@@ -296,26 +313,33 @@ class Recorder:
             else:
                 rec.time_ms = (time.perf_counter() - frame[1]) * 1e3
         if opt.shapes:
-            flat: list[tuple[str, torch.Tensor]] = []
-            flatten_tensors(args, "args", flat)
-            flatten_tensors(kwargs, "kwargs", flat)
-            rec.inputs = [tensor_meta(p, t) for p, t in flat]
+            inputs: list[tuple[str, torch.Tensor]] = []
+            flatten_tensors(args, "args", inputs)
+            if kwargs:
+                flatten_tensors(kwargs, "kwargs", inputs)
+            rec.inputs = [tensor_meta(p, t) for p, t in inputs]
         if opt.stats and rec.in_stats is None and kwargs:  # keyword-only inputs (HF layers)
             x = first_float_in(tuple(kwargs.values()))
             if x is not None:
                 rec.in_stats = self.stats.measure(x)
         if opt.shapes or opt.stats or opt.memory:
-            flat = []
-            flatten_tensors(output, "out", flat)
-            if opt.shapes:
-                rec.outputs = [tensor_meta(p, t) for p, t in flat]
-            if opt.memory:
-                rec.output_bytes = distinct_bytes(t for _, t in flat)
-            if opt.stats:
+            if isinstance(output, torch.Tensor):  # the common case: no walk
+                if opt.shapes:
+                    rec.outputs = [tensor_meta("out", output)]
+                if opt.memory:
+                    rec.output_bytes = output.nbytes
+                x = output if output.is_floating_point() else None
+            else:
+                flat: list[tuple[str, torch.Tensor]] = []
+                flatten_tensors(output, "out", flat)
+                if opt.shapes:
+                    rec.outputs = [tensor_meta(p, t) for p, t in flat]
+                if opt.memory:
+                    rec.output_bytes = distinct_bytes(t for _, t in flat)
                 x = first_float(flat)
-                if x is not None:
-                    rec.out_stats = self.stats.measure(x)
-                    self.stats.sample(rec, x)
+            if opt.stats and x is not None:
+                rec.out_stats = self.stats.measure(x)
+                self.stats.sample(rec, x)
         if self._cuda is not None and rec.name in self._mem_layers:
             self._cuda.exit(rec)
         rec.finished = len(rest) == 2

@@ -27,9 +27,10 @@ def storage_key(t: torch.Tensor) -> tuple[int, int]:
 class SavedTensorsMeter:
     """A `saved_tensors_hooks` pair that charges each saved tensor to the current call."""
 
-    def __init__(self, current: Callable[[], object | None], param_ptrs: set[int]) -> None:
+    def __init__(self, current: Callable[[], object | None], param_ptrs: Callable[[], set[int]]) -> None:
         self._current = current  # returns the record of the innermost running call (or None)
-        self._param_ptrs = param_ptrs
+        self._param_ptrs_fn = param_ptrs  # called on the first save: a no-grad forward never pays for it
+        self._param_ptrs: set[int] | None = None
         self._seen: dict[int, set[tuple[int, int]]] = {}  # record id -> storages already counted
         self.orphan_bytes = 0  # saved outside any recorded call
         self.all_storages: dict[tuple[int, int], bool] = {}  # every storage saved, True = parameter
@@ -40,6 +41,8 @@ class SavedTensorsMeter:
             key = storage_key(t)
         except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. some subclasses)
             return t
+        if self._param_ptrs is None:
+            self._param_ptrs = self._param_ptrs_fn()
         # A view of an nn.Parameter is a weight too: FSDP2 all-gathers unsharded parameters into
         # fresh storages during forward, so their pointers are not in _param_ptrs.
         is_param = key[0] in self._param_ptrs or isinstance(t, nn.Parameter) or isinstance(t._base, nn.Parameter)

@@ -18,7 +18,7 @@ DTYPE_SHORT = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorMeta:
     """Shape, dtype and device of one tensor in a module's inputs or outputs."""
 
@@ -33,7 +33,7 @@ class TensorMeta:
         return f"({', '.join(map(str, self.shape))}) {DTYPE_SHORT.get(self.dtype, self.dtype)}"
 
 
-@dataclass
+@dataclass(slots=True)
 class ActStats:
     """Statistics of one activation tensor, computed on its device and synchronised once at exit."""
 
@@ -57,7 +57,7 @@ class ActStats:
         return self.nan == 0 and self.inf > 0 and self.inf == self.neginf
 
 
-@dataclass
+@dataclass(slots=True)
 class ModuleRecord:
     """One call of one module. A module called N times gives N records, in execution order."""
 

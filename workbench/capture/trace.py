@@ -80,11 +80,12 @@ def trace(
     sel = AttentionSelection(attention_layers, attention_heads, attention_queries, attention_batch,
                              attention_budget_bytes) if wants_attn else None
     opts = CaptureOptions(shapes, timing, memory, stats, samples, sel, attention_source)
-    targets = select_modules(module, modules)  # fail here, not later inside the with statement
+    named = list(module.named_modules())
+    targets = select_modules(module, modules, named)  # fail here, not later inside the with statement
     if not targets:
         raise CaptureError(f"modules={modules!r} matched no module; check model.named_modules().")
     tr = Trace(module, opts, modules, gradients, optimizer)
-    tr._targets, tr._wrapper = targets, wrapper
+    tr._targets, tr._named, tr._wrapper = targets, named, wrapper
     return tr
 
 
@@ -111,6 +112,7 @@ class Trace:
         self._optimizers = [optimizer] if optimizer is not None else []
         self._recorder: Recorder | None = None
         self._targets: list[tuple[str, nn.Module]] | None = None
+        self._named: list[tuple[str, nn.Module]] | None = None
         self._grads: GradientCapture | None = None
         self._wrapper: str | None = None  # "ddp", "fsdp2" or None (see workbench.distributed.unwrap)
         self._t0 = 0.0
@@ -121,7 +123,7 @@ class Trace:
             raise CaptureError("This Trace was already used; call workbench.trace(model) again for a new one.")
         if self._model is None or self._options is None:
             raise CaptureError("This Trace was loaded from disk; start a new one with workbench.trace(model).")
-        self._recorder = Recorder(self._model, self._options, self._modules, self._targets)
+        self._recorder = Recorder(self._model, self._options, self._modules, self._targets, self._named)
         self._recorder.attach()
         try:
             if self._want_grads:

@@ -40,7 +40,7 @@ def _name(key: Any, text: str) -> str:
 def tensor_meta(path: str, t: torch.Tensor) -> TensorMeta:
     dt, dev = t.dtype, t.device
     return TensorMeta(path, list(t.shape), _NAMES.get(dt) or _name(dt, str(dt)[6:]),
-                      _NAMES.get(dev) or _name(dev, str(dev)), t.numel() * t.element_size())
+                      _NAMES.get(dev) or _name(dev, str(dev)), t.nbytes)
 
 
 def first_float_in(values: tuple) -> torch.Tensor | None:

@@ -73,6 +73,10 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, str | None]:
 
     if isinstance(model, DistributedDataParallel):
         return model.module, "ddp"
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):  # fully_shard needs a process group
+        return model, None
     if any(is_dtensor(p) for p in model.parameters()):
         return model, "fsdp2"
     return model, None

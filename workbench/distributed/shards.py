@@ -14,14 +14,23 @@ from typing import Any
 
 import torch
 
+_DTENSOR: list[type | None] = []  # the DTensor class, looked up once (None without torch.distributed)
+
+
+def _dtensor_type() -> type | None:
+    if not _DTENSOR:
+        try:
+            from torch.distributed.tensor import DTensor
+        except ImportError:  # torch built without distributed support
+            DTensor = None  # noqa: N806
+        _DTENSOR.append(DTensor)
+    return _DTENSOR[0]
+
 
 def is_dtensor(t: object) -> bool:
     """True for a torch.distributed DTensor (FSDP2 parameters and their gradients)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed support
-        return False
-    return isinstance(t, DTensor)
+    cls = _dtensor_type()
+    return cls is not None and isinstance(t, cls)
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
