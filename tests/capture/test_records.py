@@ -215,3 +215,30 @@ def test_stats_of_non_contiguous_outputs_match_torch(layout):
     assert st.std == pytest.approx(ref.std().item(), rel=1e-4)
     assert (st.min, st.max) == (pytest.approx(ref.min().item()), pytest.approx(ref.max().item()))
     assert st.absmax == pytest.approx(ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_deferred_device_stats_equal_immediate_stats(dtype):
+    """The accelerator path (out= reductions into preallocated rows, one read-back at flush) runs here
+    on the CPU and must agree with the immediate CPU path, including exact NaN/Inf/-Inf counts."""
+    from workbench.capture.stats import StatsBuffer, _DeviceRows
+
+    g = torch.Generator().manual_seed(1)
+    clean = (torch.randn(4, 33, 7, generator=g) * 5).to(dtype)
+    dirty = clean.clone()
+    dirty[0, :3, 0] = float("nan")
+    dirty[1, 5, :2] = float("inf")
+    dirty[2, 7, :4] = float("-inf")
+    tensors = [clean, clean.transpose(0, 2), dirty, clean[:, ::3], torch.ones(1, dtype=dtype)]
+    tensors += [torch.randn(5, generator=g).to(dtype) for _ in range(_DeviceRows.CHUNK)]  # crosses a chunk
+    now, later = StatsBuffer(), StatsBuffer(defer_cpu=True)
+    expected = [now.measure(t) for t in tensors]
+    deferred = [later.measure(t) for t in tensors]
+    assert math.isnan(deferred[0].mean)  # nothing is read back before flush
+    later.flush()
+    for e, d in zip(expected, deferred):
+        assert (d.numel, d.nan, d.inf, d.neginf) == (e.numel, e.nan, e.inf, e.neginf)
+        for field in ("mean", "std", "absmax", "min", "max"):
+            a, b = getattr(d, field), getattr(e, field)
+            assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-4, abs=1e-5), field
+    assert (deferred[2].nan, deferred[2].inf, deferred[2].neginf) == (3, 6, 4)

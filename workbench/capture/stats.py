@@ -32,12 +32,46 @@ def _finish(n: int, total: float, sq: float) -> tuple[float, float]:
     return mean, math.sqrt(max(var, 0.0)) if math.isfinite(var) else float("nan")
 
 
-def _device_stats(x: torch.Tensor) -> torch.Tensor:
-    """[sum, norm, min, max, nan, inf, neginf] as one float32 tensor on x's device, no host sync."""
-    total, norm = _moments(x)
-    mn, mx = torch.aminmax(x)  # one kernel on accelerators; propagates NaN like amin/amax
-    parts = [total, norm, mn, mx, torch.isnan(x).sum(), torch.isinf(x).sum(), torch.isneginf(x).sum()]
-    return torch.stack([p.to(torch.float32) for p in parts])
+class _DeviceRows:
+    """Preallocated result rows on one device, filled with `out=` reductions and read back at once.
+
+    Per tensor: sum and L2 norm (float32 accumulation), min and max (one fused kernel), and the NaN,
+    Inf and -Inf counts (int64, exact at any size): 9 kernels and no host synchronisation."""
+
+    CHUNK = 256
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.floats: list[torch.Tensor] = []  # (CHUNK, 4): sum, norm, min, max
+        self.counts: list[torch.Tensor] = []  # (CHUNK, 3): nan, inf, neginf
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> int:
+        i = self.n % self.CHUNK
+        if i == 0:
+            self.floats.append(torch.empty(self.CHUNK, 4, device=self.device, dtype=torch.float32))
+            self.counts.append(torch.empty(self.CHUNK, 3, device=self.device, dtype=torch.int64))
+        f, c = self.floats[-1][i], self.counts[-1][i]
+        acc = None if x.dtype == torch.float32 else torch.float32  # float32 sums itself faster without dtype=
+        torch.sum(x, dim=None, dtype=acc, out=f[0])
+        torch.linalg.vector_norm(x if x.dtype != torch.float64 else x.float(), dtype=acc, out=f[1])
+        if x.dtype == torch.float32:
+            torch.aminmax(x, out=(f[2], f[3]))  # propagates NaN, like amin/amax
+        else:
+            mn, mx = torch.aminmax(x)
+            f[2].copy_(mn)
+            f[3].copy_(mx)
+        torch.sum(torch.isnan(x), dim=None, out=c[0])
+        torch.sum(torch.isinf(x), dim=None, out=c[1])
+        torch.sum(torch.isneginf(x), dim=None, out=c[2])
+        self.n += 1
+        return self.n - 1
+
+    def host(self) -> tuple[list[list[float]], list[list[int]]]:
+        """Every filled row on the host: one transfer per buffer kind (the first one synchronises)."""
+        floats = torch.cat(self.floats)[: self.n].cpu().tolist()
+        counts = torch.cat(self.counts)[: self.n].cpu().tolist()
+        return floats, counts
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor | None:
@@ -82,9 +116,11 @@ class StatsBuffer:
     input that is the previous module's output is not reduced twice.
     """
 
-    def __init__(self, samples: int = 0) -> None:
+    def __init__(self, samples: int = 0, *, defer_cpu: bool = False) -> None:
         self.samples = samples
-        self._pending: list[tuple[ActStats, torch.Tensor]] = []
+        self.defer_cpu = defer_cpu  # take the accelerator path for CPU tensors too (tests of that path)
+        self._rows: dict[torch.device, _DeviceRows] = {}
+        self._pending: list[tuple[ActStats, _DeviceRows, int]] = []
         self._pending_samples: list[tuple[object, torch.Tensor]] = []
         self._seen: dict[int, tuple[weakref.ref, int, ActStats]] = {}
 
@@ -97,12 +133,15 @@ class StatsBuffer:
         if hit is not None and hit[0]() is x and hit[1] == x._version:
             return hit[2]
         d = x.detach() if x.requires_grad else x  # reductions of a detached view record no graph
-        if d.device.type == "cpu":
+        if d.device.type == "cpu" and not self.defer_cpu:
             st = _cpu_stats(d)
         else:
             nan = float("nan")
             st = ActStats(numel=d.numel(), mean=nan, std=nan, absmax=nan, min=nan, max=nan, nan=0, inf=0)
-            self._pending.append((st, _device_stats(d)))
+            rows = self._rows.get(d.device)
+            if rows is None:
+                rows = self._rows[d.device] = _DeviceRows(d.device)
+            self._pending.append((st, rows, rows.add(d)))
         try:
             self._seen[id(x)] = (weakref.ref(x), x._version, st)
         except TypeError:  # some tensor subclasses refuse weak references
@@ -124,17 +163,14 @@ class StatsBuffer:
 
     def flush(self) -> None:
         """Copy every pending device value to the host: one transfer per device."""
-        by_device: dict[torch.device, list[int]] = {}
-        for i, (_, t) in enumerate(self._pending):
-            by_device.setdefault(t.device, []).append(i)
-        for idxs in by_device.values():
-            host = torch.stack([self._pending[i][1] for i in idxs]).cpu().tolist()
-            for i, (total, norm, mn, mx, nan, inf, neginf) in zip(idxs, host):
-                st = self._pending[i][0]
-                st.mean, st.std = _finish(st.numel, total, norm * norm)
-                st.min, st.max = mn, mx
-                st.absmax = max(abs(mn), abs(mx))
-                st.nan, st.inf, st.neginf = int(nan), int(inf), int(neginf)
+        host = {id(rows): rows.host() for rows in self._rows.values()}
+        for st, rows, i in self._pending:
+            floats, counts = host[id(rows)]
+            total, norm, mn, mx = floats[i]
+            st.mean, st.std = _finish(st.numel, total, norm * norm)
+            st.min, st.max = mn, mx
+            st.absmax = max(abs(mn), abs(mx))
+            st.nan, st.inf, st.neginf = counts[i]
         if self._pending_samples:
             flat = torch.cat([v.to(self._pending_samples[0][1].device) for _, v in self._pending_samples])
             host = flat.cpu().tolist()
@@ -143,5 +179,6 @@ class StatsBuffer:
                 rec.samples = host[start : start + vals.numel()]  # type: ignore[attr-defined]
                 start += vals.numel()
         self._pending.clear()
+        self._rows.clear()
         self._pending_samples.clear()
         self._seen.clear()
