@@ -61,19 +61,35 @@ def timer(device: str, clock: str = "wall") -> Callable[[Callable[[], object]], 
     return run
 
 
-def interleaved_medians(
+def interleaved_samples(
     fns: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int, clock: str = "wall"
-) -> dict[str, float]:
-    """Median seconds per function, alternating calls so drift hits every side alike."""
+) -> dict[str, list[float]]:
+    """Seconds per call for each function, `repeats` rounds. Every round calls each function once,
+    starting one position later than the round before, so drift and order effects hit every side alike."""
     run = timer(device, clock)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    names = list(fns)
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            samples[name].append(run(fn))
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            samples[name].append(run(fns[name]))
+    return samples
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], device: str, warmup: int, repeats: int, clock: str = "wall"
+) -> dict[str, float]:
+    """Median seconds per function over interleaved rounds (see interleaved_samples)."""
+    samples = interleaved_samples(fns, device, warmup, repeats, clock)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def paired_ratio(samples: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over rounds of t(name) / t(base) from the same round: a slow stretch of a shared
+    machine then inflates both sides of each ratio instead of one side of a ratio of medians."""
+    return statistics.median(a / b for a, b in zip(samples[name], samples[base]))
 
 
 def environment(device: str) -> str:

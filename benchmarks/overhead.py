@@ -2,7 +2,8 @@
 
 Settings: shapes only; full (shapes + timing + memory + stats); all-layer attention capture.
 The timed unit is the whole `with workbench.capture.trace(...)` block (attach, forward, detach,
-one sync), so the ratio is what a notebook user pays.
+one sync), so the ratio is what a notebook user pays. Each ratio is the median over rounds of
+instrumented/plain from the same round (paired); the ratio of the fastest runs is shown beside it.
 
 CPU:  python benchmarks/overhead.py                       (SmolLM2 1x128, workbench + HF Llama)
 CUDA: python benchmarks/overhead.py --device cuda         (8x512 bf16; attention at 4x2048)
@@ -11,6 +12,7 @@ CUDA: python benchmarks/overhead.py --device cuda         (8x512 bf16; attention
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, interleaved_medians, smollm2_shaped_pair  # noqa: E402
+from common import environment, interleaved_samples, paired_ratio, smollm2_shaped_pair  # noqa: E402
 
 from workbench.capture import trace  # noqa: E402
 
@@ -46,7 +48,7 @@ def models(device: str, dtype: torch.dtype, real: bool) -> dict[str, torch.nn.Mo
 
 
 def measure(model: torch.nn.Module, ids: torch.Tensor, device: str, settings: list[str],
-            warmup: int, repeats: int, budget: int, clock: str) -> dict[str, float]:
+            warmup: int, repeats: int, budget: int, clock: str) -> dict[str, list[float]]:
     def plain() -> None:
         with torch.no_grad():
             model(ids)
@@ -60,7 +62,7 @@ def measure(model: torch.nn.Module, ids: torch.Tensor, device: str, settings: li
         return run
 
     fns = {"plain": plain, **{s: instrumented(SETTINGS[s]) for s in settings}}
-    return interleaved_medians(fns, device, warmup, repeats, clock="wall" if device == "cuda" else clock)
+    return interleaved_samples(fns, device, warmup, repeats, clock="wall" if device == "cuda" else clock)
 
 
 def extra_memory(model: torch.nn.Module, ids: torch.Tensor, budget: int) -> tuple[int, int]:
@@ -101,10 +103,14 @@ def main() -> None:
             shapes = [((1, 128), ["shapes", "full", "attention"])]
         for (B, T), settings in shapes:
             ids = torch.randint(0, vocab, (B, T), device=device)
-            med = measure(model, ids, device, settings, args.warmup, args.repeats, args.budget, args.clock)
-            ratios = ", ".join(f"{s} {med[s] / med['plain']:.3f}x" for s in settings)
+            samples = measure(model, ids, device, settings, args.warmup, args.repeats, args.budget, args.clock)
+            plain = statistics.median(samples["plain"])
+            ratios = ", ".join(
+                f"{s} {paired_ratio(samples, s, 'plain'):.3f}x (min {min(samples[s]) / min(samples['plain']):.3f}x)"
+                for s in settings
+            )
             clock = "CUDA events" if device == "cuda" else f"{args.clock} clock"
-            print(f"{name} | {B}x{T} {str(dtype)[6:]} | plain {med['plain'] * 1e3:.2f} ms ({clock}) | {ratios}")
+            print(f"{name} | {B}x{T} {str(dtype)[6:]} | plain {plain * 1e3:.2f} ms ({clock}) | {ratios}")
             if device == "cuda" and "attention" in settings:
                 plain, traced = extra_memory(model, ids, args.budget)
                 print(f"  attention peak extra GPU memory: {(traced - plain) / 2**20:.1f} MiB "

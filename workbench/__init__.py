@@ -25,7 +25,7 @@ from .io.gguf_tokenizer import tokenizer_from_gguf
 from .io.load import load_pretrained
 from .io.report import LoadReport
 from .io.tokenizer import Tokenizer, load_tokenizer
-from .model import PRESETS, HookPoint, KVCache, ModelConfig, TransformerLM
+from .model import PRESETS, CompiledModel, FastDecoder, HookPoint, KVCache, ModelConfig, TransformerLM, compile_model
 from .viz import report_html, save_html, save_png
 from .widgets import AttentionView, Dashboard, GenerationStepper, GradientFlow, LayerInspector, MemoryPanel, show
 
@@ -45,6 +45,9 @@ __all__ = [
     "viz",
     "widgets",
     "PRESETS",
+    "CompiledModel",
+    "FastDecoder",
+    "compile_model",
     "CaptureError",
     "ConfigError",
     "CorruptFileError",

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import GenerationError
 from .beam import beam_search
+from .fast import decode_stepper, resolve_fast
 from .records import REASONS, GenerationOutput
 from .sampling import CACHE_MODES, Strategy, as_eos_tuple, choose
 from .stopping import StopStrings
@@ -47,6 +48,7 @@ def generate(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     cache_mode: str = "static",
+    fast: bool | None = None,
 ) -> GenerationOutput:
     """Continue `input_ids` (B, T) (or (T,)) by up to `max_new_tokens` tokens per row.
 
@@ -55,6 +57,9 @@ def generate(
     Beam search keeps `num_beams` hypotheses per prompt and ranks finished ones by
     sum(log p) / n_new ** length_penalty. Rows stop at EOS, at a stop string (needs `tokenizer`), or
     after max_new_tokens. The model runs in eval mode under no_grad; its mode is restored afterwards.
+    fast: the fixed-shape decode step (a CUDA graph per step on CUDA); None = on for a TransformerLM
+    on CUDA with the static cache and no beam search, True = force it (eager off CUDA), False = off.
+    Greedy tokens are the same either way; see `workbench.generation.fast`.
     """
     if eos_token_id is None and tokenizer is not None:
         eos_token_id = getattr(tokenizer, "eos_token_id", None)
@@ -72,9 +77,10 @@ def generate(
     if pad_token_id is None:
         pad_token_id = strategy.eos_token_ids[0] if strategy.eos_token_ids else 0
     generator = generator if generator is not None else strategy.new_generator(input_ids.device)
+    use_fast = resolve_fast(model, fast, cache_mode, num_beams)
     args = (model, input_ids, attention_mask, strategy, max_new_tokens, cache_mode, pad_token_id, stop)
     with eval_no_grad(model):
-        return beam_search(*args) if num_beams > 1 else _decode(*args, generator)
+        return beam_search(*args) if num_beams > 1 else _decode(*args, generator, use_fast)
 
 
 def check_request(
@@ -129,6 +135,7 @@ def _decode(
     pad: int,
     stop: StopStrings | None,
     generator: torch.Generator | None,
+    fast: bool = False,
 ) -> GenerationOutput:
     """Greedy or sampled decoding, one token per row per forward."""
     n = strategy.num_return_sequences
@@ -139,6 +146,7 @@ def _decode(
     device = input_ids.device
     cache = model.new_cache(B, T + max_new_tokens, mode=cache_mode)
     logits = model(input_ids, attention_mask=attention_mask, cache=cache)[:, -1]  # (B, V)
+    step_fn = decode_stepper(model, cache, fast)
     new = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)  # (B, N)
     reason = torch.zeros(B, dtype=torch.long, device=device)  # index into REASONS; 0 while running
     counts = torch.zeros(B, dtype=torch.long, device=device)
@@ -158,7 +166,7 @@ def _decode(
             steps = step + 1
             break
         if step + 1 < max_new_tokens:
-            logits = model(token[:, None], cache=cache, validate=False)[:, -1]  # (B, V)
+            logits = step_fn(token[:, None])[:, -1]  # (B, V)
     return GenerationOutput(
         sequences=torch.cat((input_ids, new[:, :steps]), dim=1),
         prompt_length=T,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import GenerationError
+from .fast import decode_stepper, resolve_fast
 from .generate import eval_no_grad
 from .records import StepRecord
 from .sampling import CACHE_MODES, Strategy, as_eos_tuple, choose, entropy
@@ -30,6 +31,9 @@ class GenerationSession:
     strategy: do_sample, temperature, top_k, top_p, seed, eos_token_id (default: the tokenizer's;
     None disables EOS), stop_strings. With capture_attention=True each record carries the new
     token's attention (L, H, S); the hooks that capture it exist only during a step.
+    fast: decode with the fixed-shape step (see `workbench.generation.fast`); None = on for a
+    TransformerLM on CUDA with a static cache. Records (tokens, cache statistics) are the same; a
+    step with attention capture on runs the plain forward, since its hooks must fire.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class GenerationSession:
         top_k_candidates: int = 10,
         cache_mode: str = "static",
         reserve: int = 64,
+        fast: bool | None = None,
         **strategy: Any,
     ) -> None:
         unknown = sorted(set(strategy) - set(_STRATEGY_KEYS))
@@ -63,6 +68,7 @@ class GenerationSession:
         self.model, self.tokenizer = model, tokenizer
         self.capture_attention, self.top_k_candidates = capture_attention, top_k_candidates
         self.cache_mode, self.reserve = cache_mode, max(1, int(reserve))
+        self.fast = resolve_fast(model, fast, cache_mode)
         self._stop = StopStrings(tokenizer, stops) if stops else None
         self._hook_sites = _pattern_sites(model) if capture_attention else []
         self._start(prompt)
@@ -157,6 +163,7 @@ class GenerationSession:
         self.prompt_ids, self.prompt_length = ids, len(ids)
         self._cache = None  # free the old cache before allocating the new one
         self._cache = self.model.new_cache(1, min(max_seq_len, len(ids) + self.reserve), mode=self.cache_mode)
+        self._step_fn = decode_stepper(self.model, self._cache, self.fast)
         device = next(self.model.parameters()).device
         with eval_no_grad(self.model):
             self._logits, attention = self._forward(torch.tensor([ids], device=device), validate=True)
@@ -174,7 +181,10 @@ class GenerationSession:
         try:
             for i, site in enumerate(self._hook_sites):
                 handles.append(site.register_forward_hook(_keep_last_row(rows, i)))
-            logits = self.model(ids, cache=self._cache, validate=validate)[:, -1]  # (1, V)
+            if validate:  # the prompt: the plain forward checks it
+                logits = self.model(ids, cache=self._cache, validate=True)[:, -1]  # (1, V)
+            else:
+                logits = self._step_fn(ids)[:, -1]  # (1, V)
         finally:
             for h in handles:
                 h.remove()

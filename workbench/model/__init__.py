@@ -1,8 +1,12 @@
 """The transformer the workbench instruments: config, layers, attention, cache and model."""
 
 from .cache import KVCache
+from .compile import CompiledModel, compile_model
 from .config import PRESETS, ModelConfig
+from .fast import FastDecoder
 from .layers import HookPoint
 from .transformer import TransformerLM
 
-__all__ = ["PRESETS", "HookPoint", "KVCache", "ModelConfig", "TransformerLM"]
+__all__ = [
+    "PRESETS", "CompiledModel", "FastDecoder", "HookPoint", "KVCache", "ModelConfig", "TransformerLM", "compile_model",
+]

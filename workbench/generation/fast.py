@@ -1,0 +1,51 @@
+"""The `fast=` option of `generate` and `GenerationSession`: which decode step feeds each new token.
+
+fast=None (auto) turns the fixed-shape decode step (`workbench.model.fast`) on only where it pays
+and is safe: a workbench `TransformerLM` on CUDA, a static cache, no beam search. There it replays
+a CUDA graph per step. fast=True forces the step (eagerly off CUDA, which is what the CPU tests
+run); fast=False always uses the plain forward. Either way, while a hook or a trace listens a step
+runs the plain forward, so nothing a user attached is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..errors import GenerationError
+from ..model.fast import FastDecoder, supports_fast_decode
+
+Step = Callable[[torch.Tensor], torch.Tensor]  # ids (B, 1) -> logits (B, 1, V); the cache grows by one
+
+
+def resolve_fast(model: nn.Module, fast: bool | None, cache_mode: str, num_beams: int = 1) -> bool:
+    """Whether to decode with the fixed-shape step; explicit fast=True that cannot be honoured raises."""
+    if fast is not None and not isinstance(fast, bool):
+        raise GenerationError(f"fast must be True, False or None (auto), got {fast!r}.")
+    if fast is None:
+        device = next(model.parameters()).device if supports_fast_decode(model) else torch.device("cpu")
+        return device.type == "cuda" and cache_mode == "static" and num_beams == 1
+    if not fast:
+        return False
+    if not supports_fast_decode(model):
+        raise GenerationError(
+            f"fast=True needs a workbench TransformerLM, got {type(model).__name__}; pass fast=False or None."
+        )
+    if cache_mode != "static":
+        raise GenerationError(
+            f"fast=True decodes into a preallocated cache; got cache_mode={cache_mode!r}, use cache_mode='static'."
+        )
+    if num_beams > 1:
+        raise GenerationError(
+            "fast=True does not support beam search (it reorders the cache every step); pass fast=None or False."
+        )
+    return True
+
+
+def decode_stepper(model: nn.Module, cache, fast: bool) -> Step:
+    """The function that feeds one token per row into `cache`: the fast decoder or the plain forward."""
+    if fast:
+        return FastDecoder(model, cache)
+    return lambda ids: model(ids, cache=cache, validate=False)

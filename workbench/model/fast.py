@@ -1,0 +1,173 @@
+"""A fixed-shape one-token decode step over a static `KVCache`, and `FastDecoder`, which runs it.
+
+`TransformerLM.forward` with a cache slices the filled keys (`keys[:, :, :L+1]`), so its shapes
+change every step and a Python int (the cache length) picks the slice. `decode_step` instead
+keeps every shape fixed for a given (batch, max_len):
+- the new key/value is written with `index_copy_` at a write position held in a DEVICE tensor;
+- attention runs over all Smax preallocated keys, with a mask built on the device from the
+  cache's key mask and that position (empty slots are masked out, so the result is the same);
+- RoPE / learned positions are counted on the device from the same mask.
+Nothing in it reads a tensor back to the host, so it can be captured in a CUDA graph
+(`workbench.model.graphs`) or compiled with `torch.compile(..., fullgraph=True)`.
+
+`FastDecoder` owns the routing: the CUDA graph on CUDA, the same step eagerly elsewhere, and the
+plain `model(...)` forward whenever a hook or a trace listens (a captured graph would skip them).
+It keeps the cache's Python bookkeeping (length, key mask) exactly as the plain path does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from .cache import KVCache
+
+ROUTES = ("plain", "eager", "graph")  # what a FastDecoder call ran, in `FastDecoder.last_route`
+
+
+class StaticSlots:
+    """A static cache's buffers seen through a device write position: the `cache` argument of the blocks.
+
+    The blocks call `update(layer, k, v)` exactly as they call `KVCache.update`; here the new
+    (B, K, 1, D) entries land at `write_pos` and the whole (B, K, Smax, D) buffers come back.
+    Holding the buffers also keeps them alive, so a replaced buffer never reuses their address.
+    """
+
+    def __init__(self, cache: KVCache) -> None:
+        if cache.mode != "static":
+            raise InputError(
+                f"the fixed-shape decode step needs a static cache, got mode={cache.mode!r}; "
+                "create it with model.new_cache(batch, max_len, mode='static')."
+            )
+        self.keys, self.values = list(cache.keys), list(cache.values)
+        self.key_mask = cache.key_mask  # (B, Smax) bool, True = a real token (or not yet written)
+        self.batch_size, self.max_len = cache.batch_size, cache.max_len
+        self.key_pos = torch.arange(cache.max_len, device=cache.device)  # (Smax,)
+        self.write_pos = torch.zeros(1, dtype=torch.long, device=cache.device)  # (1,) next free slot
+
+    def matches(self, cache: KVCache) -> bool:
+        """False once the cache reallocated (resize, reorder): these slots would write stale buffers."""
+        return (
+            cache.key_mask is self.key_mask
+            and all(a is b for a, b in zip(cache.keys, self.keys))
+            and all(a is b for a, b in zip(cache.values, self.values))
+        )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, K, 1, D) at `write_pos`; return all keys and values (B, K, Smax, D)."""
+        self.keys[layer].index_copy_(2, self.write_pos, k)
+        self.values[layer].index_copy_(2, self.write_pos, v)
+        return self.keys[layer], self.values[layer]
+
+
+def decode_step(model: nn.Module, token: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
+    """Logits (B, 1, V) for one new token per row (B, 1), written at `slots.write_pos`.
+
+    The same arithmetic as `TransformerLM.forward` with a cache, in fixed shapes: the mask is
+    (key valid and key <= new position) or key == new position, exactly `build_mask` for T=1.
+    """
+    w = slots.write_pos  # (1,)
+    slots.key_mask.index_fill_(1, w, True)  # the new token is a real key (plain path: write_mask)
+    valid = slots.key_mask & (slots.key_pos <= w)  # (B, Smax)
+    positions = valid.sum(-1, keepdim=True) - 1  # (B, 1): valid keys before it, as resolve_positions counts
+    mask = valid[:, None, None, :]  # (B, 1, 1, Smax); the new key is valid, so no row is empty
+    x = model.embed(token)  # (B, 1, C)
+    if model.pos_embed is not None:
+        x = x + model.pos_embed(positions)
+    x = model.drop(model.hook_embed(x))
+    rope = model.rotary(positions, x.dtype) if model.rotary is not None else None
+    for block in model.blocks:
+        x = block(x, rope, mask, slots)
+    x = model.hook_final(model.ln_f(x))
+    return model.hook_logits(model.lm_head(x))  # (B, 1, V)
+
+
+def hook_tables(model: nn.Module) -> list[dict]:
+    """The forward (pre-)hook dicts of every submodule. Registering or removing a hook edits these
+    dicts in place, so a list built once answers `hooks_attached` in microseconds per step."""
+    return [table for m in model.modules() for table in (m._forward_hooks, m._forward_pre_hooks)]
+
+
+def hooks_attached(model: nn.Module, tables: list[dict] | None = None) -> bool:
+    """True when anything would observe a forward: module hooks (global or on any submodule, which a
+    workbench trace registers) or patched attention functions (a trace intercepting SDPA/softmax).
+
+    A captured CUDA graph or a compiled region would run without calling them, so callers fall
+    back to the plain forward while this is True. `tables` may pass a cached `hook_tables(model)`.
+    """
+    mod = nn.modules.module
+    if mod._global_forward_hooks or mod._global_forward_pre_hooks:
+        return True
+    if F.scaled_dot_product_attention is not torch._C._nn.scaled_dot_product_attention:
+        return True
+    return any(tables if tables is not None else hook_tables(model))
+
+
+def supports_fast_decode(model: nn.Module) -> bool:
+    """True for models `decode_step` understands (a workbench `TransformerLM`)."""
+    from .transformer import TransformerLM
+
+    return isinstance(model, TransformerLM)
+
+
+class FastDecoder:
+    """Feeds one token per row through `decode_step`, keeping `cache` consistent with the plain path.
+
+    graphs: None = capture a CUDA graph when the cache lives on CUDA; False = run the step
+    eagerly (what the CPU tests exercise); True = require CUDA graphs. Falls back to the plain
+    forward while hooks listen or the model is in training mode with dropout.
+    """
+
+    def __init__(self, model: nn.Module, cache: KVCache, *, graphs: bool | None = None) -> None:
+        if not supports_fast_decode(model):
+            raise InputError(
+                f"the fast decode step needs a workbench TransformerLM, got {type(model).__name__}; "
+                "use the plain forward (fast=False) for other models."
+            )
+        StaticSlots(cache)  # validates the mode before any work
+        on_cuda = cache.device.type == "cuda"
+        if graphs and not on_cuda:
+            raise InputError("CUDA graphs need the model and cache on a CUDA device; pass graphs=False or None.")
+        self.model, self.cache = model, cache
+        self.graphs = on_cuda if graphs is None else graphs
+        self._tables = hook_tables(model)  # submodules added later are not watched
+        self._slots: StaticSlots | None = None
+        self._graph = None  # a graphs.GraphedDecodeStep for the current slots
+        self.captures = 0  # CUDA graphs captured so far (a new one per (batch, max_len) and reallocation)
+        self.last_route = "plain"
+
+    def route(self) -> str:
+        """What the next call will run ("plain", "eager" or "graph"), given hooks, mode and grad mode."""
+        if hooks_attached(self.model, self._tables) or (self.model.training and self.model.config.dropout > 0):
+            return "plain"
+        if self.graphs and not torch.is_grad_enabled():
+            return "graph"
+        return "eager"
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1, V) for `token` (B, 1); the cache grows by one position."""
+        route = self.route()
+        self.last_route = route
+        cache = self.cache
+        if route == "plain":
+            return self.model(token, cache=cache, validate=False)
+        cache.check_room(1)
+        if self._slots is None or not self._slots.matches(cache):
+            self._slots, self._graph = StaticSlots(cache), None  # reallocated: new buffers, new graph
+        if route == "graph":
+            logits = self._graphed().replay(token, cache.length)
+        else:
+            self._slots.write_pos.fill_(cache.length)
+            logits = decode_step(self.model, token, self._slots)
+        cache.advance(1)
+        return logits
+
+    def _graphed(self):
+        if self._graph is None or not self._graph.current():
+            from .graphs import GraphedDecodeStep
+
+            self._graph = GraphedDecodeStep(self.model, self._slots, start=self.cache.length)
+            self.captures += 1
+        return self._graph
