@@ -39,7 +39,7 @@ test: install chromium
 	$(BIN)/python -m pytest -q --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 bench: install
-	$(BIN)/python benchmarks/forward.py
+	$(BIN)/python benchmarks/fast.py --overhead
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts
