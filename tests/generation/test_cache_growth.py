@@ -134,3 +134,25 @@ def test_generate_restores_train_mode_and_records_no_graph():
     assert not out.sequences.requires_grad
     again = generate(model, torch.tensor([[1, 2, 3]]), max_new_tokens=5)
     assert torch.equal(out.sequences, again.sequences)  # eval mode inside: dropout off, deterministic
+
+
+def test_generate_and_session_restore_each_module_mode_exactly(chars):
+    """A mixed-mode model (trained, one block frozen in eval) runs fully in eval mode inside generate
+    and a session step, and comes back module by module as it was, not flattened to the root's mode."""
+    from workbench.generation import GenerationSession
+
+    model = tiny_model("tiny", dropout=0.1).train()
+    model.blocks[0].eval()
+    before = {name: m.training for name, m in model.named_modules()}
+    seen: list[bool] = []
+    handle = model.blocks[1].drop.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    try:
+        generate(model, torch.tensor([[1, 2, 3]]), max_new_tokens=3)
+        session = GenerationSession(model, chars, "ab", eos_token_id=None)
+        assert {name: m.training for name, m in model.named_modules()} == before
+        session.step()
+    finally:
+        handle.remove()
+    assert seen and not any(seen)  # dropout ran in eval mode every time
+    assert {name: m.training for name, m in model.named_modules()} == before
+    assert model.training and not model.blocks[0].training and model.blocks[1].training

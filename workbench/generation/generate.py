@@ -114,15 +114,23 @@ def check_request(
 
 
 @contextlib.contextmanager
-def eval_no_grad(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd for the duration; the previous mode is restored."""
-    was_training = model.training
-    model.eval()
+def eval_no_grad(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> Iterator[None]:
+    """Eval mode (no dropout) and no autograd for the duration.
+
+    Only the modules that are in training mode are switched, and exactly those are switched back,
+    so a model already in eval mode costs one scan of its modules (`modules`, a cached
+    `list(model.modules())`, saves the tree walk), not two recursive `train()` calls (~2 ms per
+    step for SmolLM2's 670 modules), and a mixed-mode model comes back exactly as it was.
+    """
+    switched = [m for m in (model.modules() if modules is None else modules) if m.training]
+    for m in switched:
+        m.training = False
     try:
         with torch.no_grad():
             yield
     finally:
-        model.train(was_training)
+        for m in switched:
+            m.training = True
 
 
 def _decode(

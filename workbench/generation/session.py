@@ -69,6 +69,7 @@ class GenerationSession:
         self.capture_attention, self.top_k_candidates = capture_attention, top_k_candidates
         self.cache_mode, self.reserve = cache_mode, max(1, int(reserve))
         self.fast = resolve_fast(model, fast, cache_mode)
+        self._module_list = list(model.modules())  # scanned for training mode at every step
         self._stop = StopStrings(tokenizer, stops) if stops else None
         self._hook_sites = _pattern_sites(model) if capture_attention else []
         self._start(prompt)
@@ -117,7 +118,7 @@ class GenerationSession:
         self._make_room()
         device = self._logits.device
         start = time.perf_counter()
-        with eval_no_grad(self.model):
+        with eval_no_grad(self.model, self._module_list):
             logits = self._logits  # (1, V)
             token = choose(logits, self.strategy, self._generator)  # (1,)
             probs = torch.softmax(logits.float(), dim=-1)[0]  # (V,)
@@ -165,7 +166,7 @@ class GenerationSession:
         self._cache = self.model.new_cache(1, min(max_seq_len, len(ids) + self.reserve), mode=self.cache_mode)
         self._step_fn = decode_stepper(self.model, self._cache, self.fast)
         device = next(self.model.parameters()).device
-        with eval_no_grad(self.model):
+        with eval_no_grad(self.model, self._module_list):
             self._logits, attention = self._forward(torch.tensor([ids], device=device), validate=True)
         # (L, H, T): the last prompt token's attention over the prompt (the full (T, T) maps would
         # cost L*H*T*T floats; trace the prompt with workbench.trace for those)
