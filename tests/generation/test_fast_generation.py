@@ -9,7 +9,7 @@ from genmodels import bigram_model
 
 from workbench import GenerationError
 from workbench.generation import GenerationSession, generate
-from workbench.generation.fast import resolve_fast
+from workbench.generation.fast import MIN_GRAPH_TOKENS, auto_fast, resolve_fast
 from workbench.model import fast as fast_mod
 
 PROMPTS = ["Once upon a time, in a small village by the sea,", "def fibonacci(n):"]
@@ -97,6 +97,10 @@ def test_sampled_generate_with_seed_is_identical(tiny, step_count):
 
 def test_auto_is_off_on_cpu_and_explicit_requests_are_checked(tiny):
     assert resolve_fast(tiny, None, "static") is False  # no CUDA here: auto keeps the plain path
+    assert auto_fast("cuda", "static") and auto_fast("cuda", "static", 1, MIN_GRAPH_TOKENS)
+    assert not auto_fast("cuda", "static", 1, MIN_GRAPH_TOKENS - 1)  # too short to repay a capture
+    assert not auto_fast("cuda", "growing") and not auto_fast("cuda", "static", num_beams=2)
+    assert not auto_fast("cpu", "static", 1, 1000)
     assert resolve_fast(tiny, True, "static") is True
     with pytest.raises(GenerationError, match="cache_mode='static'"):
         generate(tiny, torch.tensor([[1, 2]]), max_new_tokens=2, fast=True, cache_mode="growing")

@@ -1,7 +1,8 @@
 """The `fast=` option of `generate` and `GenerationSession`: which decode step feeds each new token.
 
 fast=None (auto) turns the fixed-shape decode step (`workbench.model.fast`) on only where it pays
-and is safe: a workbench `TransformerLM` on CUDA, a static cache, no beam search. There it replays
+and is safe: a workbench `TransformerLM` on CUDA, a static cache, no beam search, and for `generate`
+at least MIN_GRAPH_TOKENS new tokens (each call captures its own graph). There it replays
 a CUDA graph per step. fast=True forces the step (eagerly off CUDA, which is what the CPU tests
 run); fast=False always uses the plain forward. Either way, while a hook or a trace listens a step
 runs the plain forward, so nothing a user attached is skipped.
@@ -20,13 +21,24 @@ from ..model.fast import FastDecoder, supports_fast_decode
 Step = Callable[[torch.Tensor], torch.Tensor]  # ids (B, 1) -> logits (B, 1, V); the cache grows by one
 
 
-def resolve_fast(model: nn.Module, fast: bool | None, cache_mode: str, num_beams: int = 1) -> bool:
+MIN_GRAPH_TOKENS = 16  # auto mode: a graph costs ~4 eager steps to capture (warm-up + capture) per generate call
+
+
+def auto_fast(device_type: str, cache_mode: str, num_beams: int = 1, new_tokens: int | None = None) -> bool:
+    """What fast=None means: CUDA, a static cache, no beams, and (for `generate`, which captures a new
+    graph per call) enough new tokens to repay the capture; a session captures once, so None there."""
+    worth_it = new_tokens is None or new_tokens >= MIN_GRAPH_TOKENS
+    return device_type == "cuda" and cache_mode == "static" and num_beams == 1 and worth_it
+
+
+def resolve_fast(model: nn.Module, fast: bool | None, cache_mode: str, num_beams: int = 1,
+                 new_tokens: int | None = None) -> bool:
     """Whether to decode with the fixed-shape step; explicit fast=True that cannot be honoured raises."""
     if fast is not None and not isinstance(fast, bool):
         raise GenerationError(f"fast must be True, False or None (auto), got {fast!r}.")
     if fast is None:
         device = next(model.parameters()).device if supports_fast_decode(model) else torch.device("cpu")
-        return device.type == "cuda" and cache_mode == "static" and num_beams == 1
+        return auto_fast(device.type, cache_mode, num_beams, new_tokens)
     if not fast:
         return False
     if not supports_fast_decode(model):

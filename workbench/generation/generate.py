@@ -58,7 +58,8 @@ def generate(
     sum(log p) / n_new ** length_penalty. Rows stop at EOS, at a stop string (needs `tokenizer`), or
     after max_new_tokens. The model runs in eval mode under no_grad; its mode is restored afterwards.
     fast: the fixed-shape decode step (a CUDA graph per step on CUDA); None = on for a TransformerLM
-    on CUDA with the static cache and no beam search, True = force it (eager off CUDA), False = off.
+    on CUDA with the static cache, no beam search and max_new_tokens >= 16 (capturing the graph costs
+    a few steps), True = force it (eager off CUDA), False = off.
     Greedy tokens are the same either way; see `workbench.generation.fast`.
     """
     if eos_token_id is None and tokenizer is not None:
@@ -77,7 +78,7 @@ def generate(
     if pad_token_id is None:
         pad_token_id = strategy.eos_token_ids[0] if strategy.eos_token_ids else 0
     generator = generator if generator is not None else strategy.new_generator(input_ids.device)
-    use_fast = resolve_fast(model, fast, cache_mode, num_beams)
+    use_fast = resolve_fast(model, fast, cache_mode, num_beams, max_new_tokens)
     args = (model, input_ids, attention_mask, strategy, max_new_tokens, cache_mode, pad_token_id, stop)
     with eval_no_grad(model):
         return beam_search(*args) if num_beams > 1 else _decode(*args, generator, use_fast)
