@@ -242,3 +242,41 @@ def test_deferred_device_stats_equal_immediate_stats(dtype):
             a, b = getattr(d, field), getattr(e, field)
             assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-4, abs=1e-5), field
     assert (deferred[2].nan, deferred[2].inf, deferred[2].neginf) == (3, 6, 4)
+
+
+def test_cuda_event_timing_reuses_pooled_events(monkeypatch, mlp):
+    """The CUDA timing branch, run on the CPU with stand-in events: times come from the events (read
+    after the single sync at exit), and a second trace records into the first trace's events."""
+    import time as _time
+
+    from workbench.capture import hooks, timing
+
+    class StandInEvent:
+        def __init__(self, enable_timing: bool = False) -> None:
+            assert enable_timing
+            self.at: float | None = None
+
+        def record(self) -> None:
+            self.at = _time.perf_counter()
+
+        def elapsed_time(self, end: StandInEvent) -> float:
+            return (end.at - self.at) * 1e3
+
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "Event", StandInEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: syncs.append(1))
+    monkeypatch.setattr(hooks, "uses_cuda_events", lambda device: True)
+    monkeypatch.setattr(timing, "_POOLS", {})
+    x = torch.randn(4, 8)
+    with trace(mlp, stats=False) as first:
+        mlp(x)
+    pool = timing.event_pool(next(mlp.parameters()).device)
+    assert pool.created == 2 * len(first.records) == 8 and len(syncs) == 1
+    with trace(mlp, stats=False) as second:
+        mlp(x)
+        mlp(x)
+    assert pool.created == 2 * len(second.records) == 16  # 8 reused from the first trace, 8 new
+    for tr in (first, second):
+        root = tr.records[0]
+        assert all(r.time_ms is not None and r.time_ms >= 0 for r in tr.records)
+        assert root.time_ms >= sum(r.time_ms for r in tr.records if r.parent == 0)

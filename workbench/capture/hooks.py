@@ -26,6 +26,7 @@ from . import attention as attn
 from .memory import CudaAllocatorMeter, SavedTensorsMeter, layer_module_names
 from .records import ModuleRecord
 from .stats import StatsBuffer
+from .timing import EventPool, event_pool, uses_cuda_events
 from .walk import distinct_bytes, first_float, first_float_in, flatten_tensors, tensor_meta
 
 ModuleFilter = str | re.Pattern | Iterable[str] | Callable[[str, nn.Module], bool] | None
@@ -169,7 +170,7 @@ class Recorder:
         self._modes: list[tuple[nn.Module, bool]] = []
         self._flags: list[tuple[torch.Tensor, bool]] = []
         self._listening = False
-        self._cuda_events = False
+        self._events_pool: EventPool | None = None  # CUDA timing events (None: perf_counter)
         self.attached = False
 
     # --- attach / detach ------------------------------------------------------------------------
@@ -197,7 +198,7 @@ class Recorder:
     def _attach_hooks(self, named: list[tuple[str, nn.Module]], params: list[nn.Parameter]) -> None:
         self._members, info = _static_cached(self.model, named, params)
         device = params[0].device if params else torch.device("cpu")
-        self._cuda_events = device.type == "cuda"  # CUDA events, read after one sync at exit
+        self._events_pool = event_pool(device) if uses_cuda_events(device) else None  # read at exit
         if self.opt.memory and device.type == "cuda":
             self._cuda, self._mem_layers = CudaAllocatorMeter(device), layer_module_names(self.model)
         self._setup_attention(named)
@@ -284,8 +285,8 @@ class Recorder:
         self._name_stack.append(name)
         frame = [rec, 0.0, None]
         if self.opt.timing:
-            if self._cuda_events:
-                ev = torch.cuda.Event(enable_timing=True)
+            if self._events_pool is not None:
+                ev = self._events_pool.get()
                 ev.record()
                 frame[2] = ev
             else:
@@ -307,7 +308,7 @@ class Recorder:
         opt = self.opt
         if opt.timing:
             if frame[2] is not None:
-                end = torch.cuda.Event(enable_timing=True)
+                end = self._events_pool.get()
                 end.record()
                 self._events.append((rec, frame[2], end))
             else:
@@ -370,6 +371,7 @@ class Recorder:
             torch.cuda.synchronize()
             for rec, start, end in self._events:
                 rec.time_ms = start.elapsed_time(end)
+            self._events_pool.put(ev for _, start, end in self._events for ev in (start, end))
             self._events.clear()
         self.stats.flush()
         if self.collector is not None:
