@@ -280,3 +280,47 @@ def test_cuda_event_timing_reuses_pooled_events(monkeypatch, mlp):
         root = tr.records[0]
         assert all(r.time_ms is not None and r.time_ms >= 0 for r in tr.records)
         assert root.time_ms >= sum(r.time_ms for r in tr.records if r.parent == 0)
+
+
+def test_cuda_allocator_deltas_and_peaks_under_nesting(monkeypatch):
+    """The per-layer allocator meter, run on the CPU against a simulated caching allocator: each layer
+    call gets its own delta and the peak over its whole duration, even when a nested call resets
+    the allocator's peak counter."""
+    from workbench.capture import hooks
+
+    class Allocator:
+        current = peak = 0
+
+        def alloc(self, n: int) -> None:
+            self.current += n
+            self.peak = max(self.peak, self.current)
+
+        def stats(self, device: object) -> dict:
+            return {"allocated_bytes": {"all": {"current": self.current, "peak": self.peak}}}
+
+        def reset_peak(self, device: object) -> None:
+            self.peak = self.current
+
+    mem = Allocator()
+
+    class Step(nn.Module):
+        def __init__(self, spike: int, keep: int) -> None:
+            super().__init__()
+            self.spike, self.keep = spike, keep
+
+        def forward(self, x):
+            mem.alloc(self.spike)  # a temporary...
+            mem.alloc(-self.spike)  # ...freed again
+            mem.alloc(self.keep)  # and what the call leaves allocated
+            return x
+
+    model = nn.Sequential(nn.Sequential(Step(500, 10), Step(50, 20)), Step(5, -30))
+    mem.alloc(1000)  # resident before the forward (weights)
+    monkeypatch.setattr(torch.cuda, "memory_stats_as_nested_dict", mem.stats)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", mem.reset_peak)
+    monkeypatch.setattr(hooks, "uses_allocator", lambda device: True)
+    with trace(model, memory=True, stats=False, shapes=False) as tr:
+        model(torch.zeros(1))
+    by_name = {r.name: r for r in tr.records}
+    assert {n: r.cuda_delta for n, r in by_name.items()} == {"": 0, "0": 30, "0.0": 10, "0.1": 20, "1": -30}
+    assert {n: r.cuda_peak for n, r in by_name.items()} == {"": 1500, "0": 1500, "0.0": 1500, "0.1": 1060, "1": 1035}

@@ -23,7 +23,7 @@ from ..distributed.shards import local_tensor
 from ..errors import CaptureError
 from ..model.layers import HookPoint
 from . import attention as attn
-from .memory import CudaAllocatorMeter, SavedTensorsMeter, layer_module_names
+from .memory import CudaAllocatorMeter, SavedTensorsMeter, layer_module_names, uses_allocator
 from .records import ModuleRecord
 from .stats import StatsBuffer
 from .timing import EventPool, event_pool, uses_cuda_events
@@ -199,7 +199,7 @@ class Recorder:
         self._members, info = _static_cached(self.model, named, params)
         device = params[0].device if params else torch.device("cpu")
         self._events_pool = event_pool(device) if uses_cuda_events(device) else None  # read at exit
-        if self.opt.memory and device.type == "cuda":
+        if self.opt.memory and uses_allocator(device):
             self._cuda, self._mem_layers = CudaAllocatorMeter(device), layer_module_names(self.model)
         self._setup_attention(named)
         if self.attention_mode == "intercept":  # attention is attributed to the innermost module
