@@ -256,16 +256,23 @@ def test_cuda_event_timing_reuses_pooled_events(monkeypatch, mlp):
             assert enable_timing
             self.at: float | None = None
 
-        def record(self) -> None:
+        def record(self, stream: object) -> None:
+            assert stream is model_stream
             self.at = _time.perf_counter()
 
         def elapsed_time(self, end: StandInEvent) -> float:
             return (end.at - self.at) * 1e3
 
     syncs = []
+
+    class StandInStream:
+        def synchronize(self) -> None:
+            syncs.append(1)
+
+    model_stream = StandInStream()
     monkeypatch.setattr(torch.cuda, "Event", StandInEvent)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: syncs.append(1))
     monkeypatch.setattr(hooks, "uses_cuda_events", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: model_stream)
     monkeypatch.setattr(timing, "_POOLS", {})
     x = torch.randn(4, 8)
     with trace(mlp, stats=False) as first:

@@ -171,6 +171,7 @@ class Recorder:
         self._flags: list[tuple[torch.Tensor, bool]] = []
         self._listening = False
         self._events_pool: EventPool | None = None  # CUDA timing events (None: perf_counter)
+        self._stream: Any = None  # the stream they are recorded on (the model device's current stream)
         self.attached = False
 
     # --- attach / detach ------------------------------------------------------------------------
@@ -198,7 +199,8 @@ class Recorder:
     def _attach_hooks(self, named: list[tuple[str, nn.Module]], params: list[nn.Parameter]) -> None:
         self._members, info = _static_cached(self.model, named, params)
         device = params[0].device if params else torch.device("cpu")
-        self._events_pool = event_pool(device) if uses_cuda_events(device) else None  # read at exit
+        if uses_cuda_events(device):  # events on the model device's stream, read after one sync at exit
+            self._events_pool, self._stream = event_pool(device), torch.cuda.current_stream(device)
         if self.opt.memory and uses_allocator(device):
             self._cuda, self._mem_layers = CudaAllocatorMeter(device), layer_module_names(self.model)
         self._setup_attention(named)
@@ -287,7 +289,7 @@ class Recorder:
         if self.opt.timing:
             if self._events_pool is not None:
                 ev = self._events_pool.get()
-                ev.record()
+                ev.record(self._stream)
                 frame[2] = ev
             else:
                 frame[1] = time.perf_counter()
@@ -309,7 +311,7 @@ class Recorder:
         if opt.timing:
             if frame[2] is not None:
                 end = self._events_pool.get()
-                end.record()
+                end.record(self._stream)
                 self._events.append((rec, frame[2], end))
             else:
                 rec.time_ms = (time.perf_counter() - frame[1]) * 1e3
@@ -368,7 +370,7 @@ class Recorder:
     def finish(self) -> None:
         """Single host synchronisation: CUDA event times, device stats, attention metrics."""
         if self._events:
-            torch.cuda.synchronize()
+            self._stream.synchronize()  # the model device's stream, not the current device's
             for rec, start, end in self._events:
                 rec.time_ms = start.elapsed_time(end)
             self._events_pool.put(ev for _, start, end in self._events for ev in (start, end))
