@@ -1,9 +1,14 @@
 """workbench: an interactive debugging workbench for transformer implementations in PyTorch.
 
-The public API is re-exported here; everything else is internal.
+The public API is re-exported here; everything else is internal. The figure and widget layers
+(`viz`, `widgets`, and the names they export) load on first use, so scripts that only build, trace or
+generate (a training job, a GPU benchmark) never import plotly or ipywidgets.
 """
 
-from . import distributed, doctor, models, viz, widgets
+import importlib
+from typing import Any
+
+from . import distributed, doctor, models
 from .capture import GradientHistory, Trace, trace
 from .errors import (
     CaptureError,
@@ -26,10 +31,35 @@ from .io.load import load_pretrained
 from .io.report import LoadReport
 from .io.tokenizer import Tokenizer, load_tokenizer
 from .model import PRESETS, CompiledModel, FastDecoder, HookPoint, KVCache, ModelConfig, TransformerLM, compile_model
-from .viz import report_html, save_html, save_png
-from .widgets import AttentionView, Dashboard, GenerationStepper, GradientFlow, LayerInspector, MemoryPanel, show
 
 __version__ = "0.1.0"
+
+_LAZY = {  # public name -> (module, attribute or None for the module itself)
+    "viz": ("workbench.viz", None),
+    "widgets": ("workbench.widgets", None),
+    **{name: ("workbench.viz", name) for name in ("report_html", "save_html", "save_png")},
+    **{
+        name: ("workbench.widgets", name)
+        for name in ("AttentionView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
+                     "MemoryPanel", "show")
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load `viz` / `widgets` names on first access (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    value = value if attr is None else getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AttentionView",
