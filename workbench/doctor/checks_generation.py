@@ -1,7 +1,9 @@
 """Generation checks: KV-cache memory growth and release, beam-search sanity.
 
 Models that follow the workbench generation contract (`new_cache` + `config.max_seq_len`) are driven
-through `workbench.generation`; HF models through their own `generate`; others are not applicable.
+through `workbench.generation` with fast=False, so the model's own cached forward is what gets
+diagnosed, never the fixed-shape fast path; HF models through their own `generate`; others are not
+applicable.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def generation_memory(ctx: Context) -> Result:
         if style == "workbench":
             from ..generation import generate
 
-            generate(ctx.model, ids, max_new_tokens=NEW_TOKENS)
+            generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, fast=False)
         else:
             _hf_generate(ctx.model, ids)
     finally:
@@ -112,7 +114,7 @@ def beam_search(ctx: Context) -> Result:
         from ..generation.beam import beam_search as run_beams
         from ..generation.sampling import Strategy
 
-        greedy = generate(ctx.model, ids, max_new_tokens=NEW_TOKENS).sequences[0]
+        greedy = generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, fast=False).sequences[0]
         with torch.no_grad():
             width1 = run_beams(ctx.model, ids, None, Strategy(num_beams=1), NEW_TOKENS, "static", 0, None)
         width1 = width1.sequences[0]
