@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from ..errors import CaptureError
 from ..model.layers import HookPoint
 from . import attention as attn
 from .memory import CudaAllocatorMeter, SavedTensorsMeter, layer_module_names, uses_allocator
+from .params import parameters_of, static_cached
 from .records import ModuleRecord
 from .stats import StatsBuffer
 from .timing import EventPool, event_pool, uses_cuda_events
@@ -70,68 +70,8 @@ def select_modules(model: nn.Module, modules: ModuleFilter,
     return [(n, m) for n, m in named if n in wanted]
 
 
-def _parameters(named: list[tuple[str, nn.Module]]) -> list[nn.Parameter]:
-    """model.parameters() from a named_modules() list, without walking the tree again."""
-    seen: set[int] = set()
-    out = []
-    for _, m in named:
-        for p in m._parameters.values():
-            if p is not None and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out
-
-
 def _switches_path(name: str, module: nn.Module) -> bool:
     return isinstance(module, HookPoint) and name.endswith(("hook_scores", "hook_pattern"))
-
-
-def module_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Module path -> its parameters incl. children, each once (a tied parameter appears under
-    every module that holds it, but once per module). One pass over parameter names."""
-    members: dict[str, dict[int, nn.Parameter]] = {name: {} for name, _ in model.named_modules()}
-    for pname, p in model.named_parameters(remove_duplicate=False):
-        parts = pname.split(".")[:-1]
-        for i in range(len(parts) + 1):
-            members[".".join(parts[:i])][id(p)] = p
-    return {name: list(ps.values()) for name, ps in members.items()}
-
-
-def static_param_info(model: nn.Module, members: dict[str, list[nn.Parameter]]) -> dict[str, dict[str, int]]:
-    """Per-module parameter counts, bytes and trainable counts, tied parameters counted once."""
-    owner: set[int] = set()
-    info = {}
-    for name, m in model.named_modules():
-        uniq = members[name]
-        own = list(m.parameters(recurse=False))
-        counted = sum(p.numel() for p in own if id(p) not in owner)
-        owner.update(id(p) for p in own)
-        info[name] = dict(
-            params=sum(p.numel() for p in uniq),
-            params_own=sum(p.numel() for p in own),
-            params_counted=counted,
-            trainable_params=sum(p.numel() for p in uniq if p.requires_grad),
-            param_bytes=sum(p.numel() * p.element_size() for p in uniq),
-        )  # keys in ModuleRecord field order: the hot path passes the values positionally
-    return info
-
-
-_STATIC: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
-
-
-def _static_cached(model: nn.Module, named: list[tuple[str, nn.Module]], params: list[nn.Parameter],
-                   ) -> tuple[dict[str, list[nn.Parameter]], dict[str, dict[str, int]]]:
-    """module_parameters + static_param_info, reused while the module tree and parameters are unchanged
-    (re-tracing the same model in a loop then costs one fingerprint pass)."""
-    key = (tuple(id(m) for _, m in named), tuple(map(id, params)),
-           tuple((p.requires_grad, p.dtype, p.shape) for p in params))
-    hit = _STATIC.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1], hit[2]
-    members = module_parameters(model)
-    info = static_param_info(model, members)
-    _STATIC[model] = (key, members, info)
-    return members, info
 
 
 class Recorder:
@@ -184,7 +124,7 @@ class Recorder:
                 "on the same modules are not supported: finish the outer `with workbench.trace(...)` first, "
                 "or call workbench.capture.detach_all(model) to clear a trace left open by hand."
             )
-        self.params = params = _parameters(named)
+        self.params = params = parameters_of(named)
         self._modes = [(m, m.training) for _, m in named]
         self._flags = [(p, p.requires_grad) for p in params]
         try:
@@ -197,7 +137,7 @@ class Recorder:
         self.attached = True
 
     def _attach_hooks(self, named: list[tuple[str, nn.Module]], params: list[nn.Parameter]) -> None:
-        self._members, info = _static_cached(self.model, named, params)
+        self._members, info = static_cached(self.model, named, params)
         device = params[0].device if params else torch.device("cpu")
         if uses_cuda_events(device):  # events on the model device's stream, read after one sync at exit
             self._events_pool, self._stream = event_pool(device), torch.cuda.current_stream(device)
@@ -206,8 +146,7 @@ class Recorder:
         self._setup_attention(named)
         if self.attention_mode == "intercept":  # attention is attributed to the innermost module
             self._static = {id(m): name for name, m in named}
-        self._static.update({id(m): (name, type(m).__name__, tuple(info[name].values()))
-                             for name, m in self.targets})
+        self._static.update({id(m): (name, type(m).__name__, info[name]) for name, m in self.targets})
         self._handles.append(nn.modules.module.register_module_forward_pre_hook(self._pre))
         self._handles.append(nn.modules.module.register_module_forward_hook(
             self._post, with_kwargs=True, always_call=True))

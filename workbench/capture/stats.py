@@ -1,8 +1,9 @@
 """Activation statistics computed on the tensor's own device, synchronised once at trace exit.
 
 On the CPU there is no device to wait for, so values are read at once and NaN/Inf counting runs
-only when the abs-max shows a non-finite value. On an accelerator every value stays a device tensor
-until `StatsBuffer.flush()` copies all of them with one transfer per device.
+only when the abs-max shows a non-finite value. On an accelerator the results are written into
+preallocated device rows (`_DeviceRows`) and `StatsBuffer.flush()` reads them back at exit, with
+one transfer per buffer and device.
 """
 
 from __future__ import annotations
