@@ -1,6 +1,8 @@
 """Capture overhead: instrumented / plain forward time, measured interleaved in one run.
 
 Settings: shapes only; full (shapes + timing + memory + stats); all-layer attention capture.
+--breakdown adds timing, memory and stats each alone, and full capture of layer-level modules only
+(`blocks.N` / `model.layers.N`), to show where the time goes.
 The timed unit is the whole `with workbench.capture.trace(...)` block (attach, forward, detach,
 one sync), so the ratio is what a notebook user pays. Each ratio is the median over rounds of
 instrumented/plain from the same round (paired); the ratio of the fastest runs is shown beside it.
@@ -29,6 +31,13 @@ SETTINGS = {
     "full": dict(shapes=True, timing=True, memory=True, stats=True),
     "attention": dict(shapes=False, timing=False, memory=False, stats=False, attention=True),
 }
+BREAKDOWN = {  # each part of "full" on its own (--breakdown)
+    "timing": dict(shapes=False, timing=True, memory=False, stats=False),
+    "memory": dict(shapes=False, timing=False, memory=True, stats=False),
+    "stats": dict(shapes=False, timing=False, memory=False, stats=True),
+    "full-layers": dict(shapes=True, timing=True, memory=True, stats=True, modules=r"^(blocks|model\.layers)\.\d+$"),
+}
+SETTINGS_ALL = {**SETTINGS, **BREAKDOWN}
 
 
 def models(device: str, dtype: torch.dtype, real: bool) -> dict[str, torch.nn.Module]:
@@ -61,7 +70,7 @@ def measure(model: torch.nn.Module, ids: torch.Tensor, device: str, settings: li
                     model(ids)
         return run
 
-    fns = {"plain": plain, **{s: instrumented(SETTINGS[s]) for s in settings}}
+    fns = {"plain": plain, **{s: instrumented(SETTINGS_ALL[s]) for s in settings}}
     return interleaved_samples(fns, device, warmup, repeats, clock="wall" if device == "cuda" else clock)
 
 
@@ -89,6 +98,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=256 * 2**20, help="attention_budget_bytes")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="CPU runs: process CPU time or wall")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time timing, memory and stats alone, and full capture of layer-level modules only")
     args = ap.parse_args()
     device = args.device
     if args.threads:
@@ -97,10 +108,11 @@ def main() -> None:
     print(environment(device))
     for name, model in models(device, dtype, not args.no_real).items():
         vocab = model.config.vocab_size
+        extra = list(BREAKDOWN) if args.breakdown else []
         if device == "cuda":
-            shapes = [((8, 512), ["shapes", "full"]), ((4, 2048), ["attention"])]
+            shapes = [((8, 512), ["shapes", "full", *extra]), ((4, 2048), ["attention"])]
         else:
-            shapes = [((1, 128), ["shapes", "full", "attention"])]
+            shapes = [((1, 128), ["shapes", "full", "attention", *extra])]
         for (B, T), settings in shapes:
             ids = torch.randint(0, vocab, (B, T), device=device)
             samples = measure(model, ids, device, settings, args.warmup, args.repeats, args.budget, args.clock)

@@ -52,7 +52,9 @@ def generate(
 ) -> GenerationOutput:
     """Continue `input_ids` (B, T) (or (T,)) by up to `max_new_tokens` tokens per row.
 
-    attention_mask: (B, T), 1 = token, 0 = left padding. eos_token_id defaults to the tokenizer's.
+    attention_mask: (B, T), 1 = token, 0 = left padding. Both are moved to the model's device (a
+    tokenizer's CPU ids can go to a GPU model); the returned tokens live there.
+    eos_token_id defaults to the tokenizer's.
     Sampling is reproducible through `seed` (a private generator) or an explicit `generator`.
     Beam search keeps `num_beams` hypotheses per prompt and ranks finished ones by
     sum(log p) / n_new ** length_penalty. Rows stop at EOS, at a stop string (needs `tokenizer`), or
@@ -103,6 +105,11 @@ def check_request(
     if input_ids.dim() == 1:
         input_ids = input_ids[None]  # (1, T)
         attention_mask = attention_mask[None] if isinstance(attention_mask, torch.Tensor) else attention_mask
+    device = _model_device(model)
+    if device is not None and input_ids.device != device:  # a tokenizer's CPU ids for a GPU model
+        input_ids = input_ids.to(device)
+    if isinstance(attention_mask, torch.Tensor) and device is not None and attention_mask.device != device:
+        attention_mask = attention_mask.to(device)
     T = input_ids.shape[1]
     if T + max_new_tokens > config.max_seq_len:
         raise GenerationError(
@@ -112,6 +119,12 @@ def check_request(
     if attention_mask is not None and attention_mask.shape == input_ids.shape and bool(attention_mask.all()):
         attention_mask = None  # no padding: the plain causal path is faster and identical
     return input_ids, attention_mask
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    """Device of the model's first parameter (None for a parameterless module)."""
+    p = next(model.parameters(), None)
+    return None if p is None else p.device
 
 
 @contextlib.contextmanager

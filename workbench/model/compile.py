@@ -57,7 +57,9 @@ class CompiledModel:
             self.last_route = "eager"
             return self.model(input_ids, attention_mask, position_ids, cache, validate=validate)
         if validate:  # eagerly: its host sync would otherwise break the graph
-            attention_mask = check_inputs(self.model.config, input_ids, attention_mask, position_ids, None)
+            attention_mask = check_inputs(
+                self.model.config, input_ids, attention_mask, position_ids, None, self.model.embed.weight.device
+            )
         try:
             out = self._compiled(input_ids, attention_mask, position_ids)
         except WorkbenchError:

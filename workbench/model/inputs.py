@@ -21,10 +21,19 @@ def check_inputs(
     attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None,
     cache: KVCache | None,
+    device: torch.device | None = None,
 ) -> torch.Tensor | None:
-    """Validate the forward inputs; returns the attention mask as bool (or None)."""
+    """Validate the forward inputs; returns the attention mask as bool (or None). `device` is the
+    model's (its embedding's) device: inputs elsewhere are refused before any kernel runs."""
     if not isinstance(input_ids, torch.Tensor):
         raise InputError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}.")
+    if device is not None:
+        for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask), ("position_ids", position_ids)):
+            if isinstance(t, torch.Tensor) and t.device != device:
+                raise InputError(
+                    f"{name} is on {t.device} but the model is on {device}; move the inputs with "
+                    f"`{name}.to({str(device)!r})` (or the model with `model.to({str(t.device)!r})`)."
+                )
     if input_ids.dtype not in _INT_DTYPES:
         raise InputError(
             f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; "

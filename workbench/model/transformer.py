@@ -104,7 +104,9 @@ class TransformerLM(nn.Module):
         """
         past = cache.length if cache is not None else 0
         if validate:
-            attention_mask = check_inputs(self.config, input_ids, attention_mask, position_ids, cache)
+            attention_mask = check_inputs(
+                self.config, input_ids, attention_mask, position_ids, cache, self.embed.weight.device
+            )
         T = input_ids.shape[1]
         if cache is not None:
             cache.check_room(T)
