@@ -30,7 +30,17 @@ from .io.gguf_tokenizer import tokenizer_from_gguf
 from .io.load import load_pretrained
 from .io.report import LoadReport
 from .io.tokenizer import Tokenizer, load_tokenizer
-from .model import PRESETS, CompiledModel, FastDecoder, HookPoint, KVCache, ModelConfig, TransformerLM, compile_model
+from .model import (
+    PRESETS,
+    CompiledModel,
+    FastDecoder,
+    HookPoint,
+    KVCache,
+    ModelConfig,
+    RopeScaling,
+    TransformerLM,
+    compile_model,
+)
 
 __version__ = "0.1.0"
 
@@ -90,6 +100,7 @@ __all__ = [
     "LoadReport",
     "MissingDependencyError",
     "ModelConfig",
+    "RopeScaling",
     "Tokenizer",
     "TransformerLM",
     "UnsafeFormatError",

@@ -6,6 +6,7 @@ llama.cpp's converter (q/k rows permuted to pair order, ggml names), then read b
 
 from __future__ import annotations
 
+import math
 import struct
 
 import gguf
@@ -17,6 +18,7 @@ import workbench as wb
 from workbench.errors import CorruptFileError, LoadError, UnsupportedModelError, WeightMismatchError
 from workbench.io.gguf import check_gguf, load_gguf, read_gguf, unpermute_rope_rows
 from workbench.io.load import load_pretrained
+from workbench.model.config import RopeScaling
 
 TINY = wb.ModelConfig.preset("tiny").replace(n_kv_heads=2, rope_theta=5e4, norm_eps=1e-6)
 
@@ -50,8 +52,12 @@ def _gguf_tensors(model: wb.TransformerLM) -> dict[str, np.ndarray]:
     return {name: t.detach().numpy().copy() for name, t in out.items()}
 
 
-def write_gguf(path, model: wb.TransformerLM, *, arch: str = "llama", qtype=None, drop: tuple[str, ...] = ()):
-    """Write `model` as a llama.cpp-style GGUF; matrices quantized to `qtype` when given."""
+def write_gguf(
+    path, model: wb.TransformerLM, *, arch: str = "llama", qtype=None, drop: tuple[str, ...] = (), extra=None
+):
+    """Write `model` as a llama.cpp-style GGUF; matrices quantized to `qtype` when given.
+
+    extra: called with the writer before the header is written, to add metadata or tensors."""
     cfg = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(cfg.n_layers)
@@ -71,6 +77,8 @@ def write_gguf(path, model: wb.TransformerLM, *, arch: str = "llama", qtype=None
             w.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
         else:
             w.add_tensor(name, array)
+    if extra is not None:
+        extra(w)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -206,3 +214,102 @@ def test_absurd_counts_fail_fast_instead_of_looping(tmp_path):
     huge.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**40, 2**40) + b"\0" * 64)
     with pytest.raises(CorruptFileError):
         load_gguf(huge)
+
+
+# --- RoPE scaling --------------------------------------------------------------------------------
+def _llama3_rope_freqs(cfg: wb.ModelConfig, factor: float, low: float, high: float, L: int) -> np.ndarray:
+    """llama.cpp's converter for Llama 3.x: one float32 divisor of inv_freq per frequency (D/2,),
+    computed in float64 from each wavelength 2*pi*theta**(i/D)."""
+    out = []
+    for i in range(0, cfg.head_dim, 2):
+        wavelen = 2 * math.pi * cfg.rope_theta ** (i / cfg.head_dim)
+        if wavelen < L / high:
+            out.append(1.0)
+        elif wavelen > L / low:
+            out.append(factor)
+        else:
+            s = (L / wavelen - low) / (high - low)
+            out.append(1 / ((1 - s) / factor + s))
+    return np.array(out, dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "factor, low, high, L, with_original, exact",
+    [
+        (32.0, 1.0, 4.0, 8192, False, True),  # Llama 3.2's numbers; llama.cpp writes only the tensor
+        (8.0, 1.0, 8.0, 400, True, True),  # other low/high factors, fitted from the ramp band
+        (8.0, 1.0, 8.0, 400, False, False),  # no original context: another L, the same frequencies
+    ],
+)
+def test_rope_freqs_tensor_becomes_llama3_scaling(tmp_path, factor, low, high, L, with_original, exact):
+    scaling = RopeScaling("llama3", factor, low_freq_factor=low, high_freq_factor=high, original_max_seq_len=L)
+    model = _tiny(rope_scaling=scaling)
+    divisors = _llama3_rope_freqs(model.config, factor, low, high, L)
+    assert (divisors == 1).any() and (divisors == factor).any() and ((divisors > 1) & (divisors < factor)).any()
+
+    def extra(w):
+        w.add_tensor("rope_freqs.weight", divisors)
+        if with_original:
+            w.add_rope_scaling_orig_ctx_len(L)
+
+    loaded = load_gguf(write_gguf(tmp_path / "l3.gguf", model, extra=extra))
+    assert loaded.config.rope_scaling.kind == "llama3"
+    assert (loaded.config == model.config) == exact
+    torch.testing.assert_close(loaded.rotary.inv_freq, model.rotary.inv_freq, rtol=1e-6, atol=0)
+    plain = _tiny().rotary.inv_freq
+    assert (plain / loaded.rotary.inv_freq).max() > factor * 0.999  # the long waves really were slowed
+    report = loaded.load_report
+    assert report.ok and report.unexpected == [] and any("rope_freqs" in n for n in report.notes)
+    ids = torch.randint(0, TINY.vocab_size, (2, 100), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=1e-5)
+
+
+def test_linear_scaling_from_metadata(tmp_path):
+    model = _tiny(rope_scaling=RopeScaling("linear", 4.0))
+
+    def extra(w):
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(4.0)
+
+    loaded = load_gguf(write_gguf(tmp_path / "lin.gguf", model, extra=extra))
+    assert loaded.config == model.config
+    assert torch.equal(loaded.rotary.inv_freq, _tiny().rotary.inv_freq / 4.0)
+    ids = torch.randint(0, TINY.vocab_size, (2, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+
+
+def _with(**parts):
+    def extra(w):
+        if "kind" in parts:
+            w.add_rope_scaling_type(parts["kind"])
+            w.add_rope_scaling_factor(4.0)
+        if "freqs" in parts:
+            w.add_tensor("rope_freqs.weight", parts["freqs"])
+
+    return extra
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (_with(kind=gguf.RopeScalingType.YARN), UnsupportedModelError, "scaling.type='yarn' is not supported"),
+        (_with(kind=gguf.RopeScalingType.LONGROPE), UnsupportedModelError, "'longrope' is not supported"),
+        (
+            _with(freqs=np.array([1.0, 3.0, 1.5, 7.0, 2.0, 9.0, 4.0, 5.0], dtype=np.float32)),
+            UnsupportedModelError,
+            "is not a Llama 3 \\(llama3\\) RoPE scaling rule",
+        ),
+        (_with(freqs=np.ones(5, dtype=np.float32)), CorruptFileError, "must hold 8 positive finite divisors"),
+        (
+            _with(kind=gguf.RopeScalingType.LINEAR, freqs=_llama3_rope_freqs(TINY, 8.0, 1.0, 4.0, 8192)),
+            UnsupportedModelError,
+            "combines linear RoPE scaling",
+        ),
+    ],
+)
+def test_unsupported_rope_scaling_is_refused(tmp_path, extra, error, message):
+    path = write_gguf(tmp_path / "bad.gguf", _tiny(), extra=extra)
+    with pytest.raises(error, match=message):
+        load_gguf(path)

@@ -99,6 +99,23 @@ def test_half_precision_runs_finite_and_close(dtype):
     assert (half.float() - ref).abs().max() < 0.05
 
 
+def test_dtype_casts_keep_rope_frequencies_in_float32():
+    """bf16 has 8 mantissa bits: rounded inverse frequencies turn late positions by the wrong angle."""
+    model = wb.TransformerLM(wb.ModelConfig.preset("smollm2-135m").replace(n_layers=1, vocab_size=64))
+    exact = model.rotary.inv_freq.clone()
+    assert exact.dtype == torch.float32 and not torch.equal(exact.bfloat16().float(), exact)
+    model.to(torch.bfloat16)
+    assert model.embed.weight.dtype == torch.bfloat16
+    assert model.rotary.inv_freq.dtype == torch.float32 and torch.equal(model.rotary.inv_freq, exact)
+    model.half()
+    assert torch.equal(model.rotary.inv_freq, exact)
+    model.to("meta")  # device moves still apply
+    assert model.rotary.inv_freq.device.type == "meta" and model.rotary.inv_freq.dtype == torch.float32
+    cos, _ = wb.TransformerLM(model.config).to(torch.bfloat16).rotary(torch.tensor([[4000]]), torch.float32)
+    ref = torch.cat([4000 * exact.double()] * 2).cos()
+    assert float((cos.double().flatten() - ref).abs().max()) < 1e-3  # float32 angles at position 4,000
+
+
 def test_tied_embedding_is_shared_storage_and_counted_once():
     model = _model("llama-gqa")
     assert model.lm_head.weight is model.embed.weight

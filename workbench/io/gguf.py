@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import mmap
 import struct
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from ..errors import CorruptFileError, LoadError, MissingDependencyError, UnsupportedModelError
 from ..model.config import ModelConfig
 from ..model.transformer import TransformerLM
+from .gguf_rope import ROPE_FREQS, rope_scaling_from_gguf
 from .state import load_state
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,11 @@ def config_from_gguf(reader: Any) -> ModelConfig:
                 f"{key}={value} differs from embedding_length / head_count = {head_dim}; the workbench "
                 "needs head_dim = d_model / n_heads and rotary over the whole head."
             )
+    rope_theta = _float32(metadata(reader, "llama.rope.freq_base", 10000.0))
+    scaling_keys = ("type", "factor", "original_context_length")
+    scaling_meta = {k: metadata(reader, f"llama.rope.scaling.{k}") for k in scaling_keys}
+    scaling_meta["scale_linear"] = metadata(reader, "llama.rope.scale_linear")
+    rope_scaling = rope_scaling_from_gguf(scaling_meta, _rope_freqs(reader), head_dim, rope_theta)
     return ModelConfig(
         vocab_size=len(tokens) if tokens else int(_require(reader, "llama.vocab_size")),
         d_model=d_model,
@@ -250,9 +255,23 @@ def config_from_gguf(reader: Any) -> ModelConfig:
         d_ff=int(_require(reader, "llama.feed_forward_length")),
         max_seq_len=int(metadata(reader, "llama.context_length", 2048)),
         tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
-        rope_theta=_float32(metadata(reader, "llama.rope.freq_base", 10000.0)),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         norm_eps=_float32(metadata(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
     )
+
+
+def _rope_freqs(reader: Any) -> np.ndarray | None:
+    """llama.cpp's per-frequency RoPE divisors (D/2,) as float64, or None when the file has none."""
+    from gguf.quants import dequantize
+
+    tensor = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
+    if tensor is None:
+        return None
+    try:
+        return np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float64).reshape(-1)
+    except Exception as exc:  # as in _dequantize: exotic types or bad shapes
+        raise LoadError(f"cannot dequantize {ROPE_FREQS} ({tensor.tensor_type.name}): {exc}") from exc
 
 
 def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -317,13 +336,10 @@ def state_from_gguf(
     notes.append(f"undid llama.cpp's q/k row permutation in {config.n_layers} layers")
     if config.tie_embeddings:
         notes.append("no output.weight in the file: LM head tied to token_embd")
-    scaling = metadata(reader, "llama.rope.scaling.type")
-    if scaling not in (None, "none") or "rope_freqs.weight" in raw:
-        message = (
-            f"RoPE scaling ({scaling or 'rope_freqs'}) is not implemented; long-context logits will differ."
-        )
-        warnings.warn(message, stacklevel=3)
-        notes.append(message)
+    if state.pop(ROPE_FREQS, None) is not None:  # already folded into config.rope_scaling
+        notes.append(f"{ROPE_FREQS} read as RoPE scaling {config.rope_scaling}")
+    elif config.rope_scaling is not None:
+        notes.append(f"RoPE scaling from metadata: {config.rope_scaling}")
     return state, notes
 
 

@@ -2,11 +2,12 @@
 
 from .cache import KVCache
 from .compile import CompiledModel, compile_model
-from .config import PRESETS, ModelConfig
+from .config import PRESETS, ModelConfig, RopeScaling
 from .fast import FastDecoder
 from .layers import HookPoint
 from .transformer import TransformerLM
 
 __all__ = [
-    "PRESETS", "CompiledModel", "FastDecoder", "HookPoint", "KVCache", "ModelConfig", "TransformerLM", "compile_model",
+    "PRESETS", "CompiledModel", "FastDecoder", "HookPoint", "KVCache", "ModelConfig", "RopeScaling", "TransformerLM",
+    "compile_model",
 ]

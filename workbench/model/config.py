@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,49 @@ POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 PLACEMENTS = ("pre", "post")
 MLPS = ("gelu", "swiglu", "none")
+ROPE_SCALINGS = ("linear", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """How RoPE's inverse frequencies are stretched for contexts longer than pre-training.
+
+    Both kinds only rescale `inv_freq` (see `layers.scaled_inv_freq`), so every path that rotates
+    by the model's `Rotary` (forward, KV cache, fast decode) follows. Field names mirror HF's
+    `rope_scaling` keys, except `original_max_seq_len` (HF: original_max_position_embeddings).
+    """
+
+    kind: str  # "linear": every frequency / factor; "llama3": only long wavelengths / factor, a ramp between
+    factor: float  # how far the context was stretched (Llama 3.1: 8, Llama 3.2: 32)
+    low_freq_factor: float = 1.0  # llama3: wavelengths above original_max_seq_len / this are divided by factor
+    high_freq_factor: float = 4.0  # llama3: wavelengths below original_max_seq_len / this are kept as they are
+    original_max_seq_len: int = 8192  # llama3: the pre-training context that wavelengths are measured against
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROPE_SCALINGS:
+            raise ConfigError(f"rope_scaling kind={self.kind!r} is unknown; use one of {ROPE_SCALINGS} (or None).")
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ConfigError(f"rope_scaling {name} must be a positive finite number, got {value!r}.")
+        if self.kind == "llama3":
+            if self.high_freq_factor <= self.low_freq_factor:
+                raise ConfigError(
+                    f"llama3 rope_scaling needs high_freq_factor > low_freq_factor, got "
+                    f"{self.high_freq_factor} <= {self.low_freq_factor} (Llama 3.x uses 4.0 and 1.0)."
+                )
+            n = self.original_max_seq_len
+            if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+                raise ConfigError(f"rope_scaling original_max_seq_len must be a positive integer, got {n!r}.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RopeScaling:
+        """Build from `dataclasses.asdict` output (a saved config); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"Unknown rope_scaling fields {unknown}; known fields are {sorted(names)}.")
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -35,6 +79,7 @@ class ModelConfig:
     attn_bias: bool = False  # biases on q/k/v/o projections
     mlp_bias: bool = False  # biases on MLP projections
     rope_theta: float = 10000.0  # RoPE base frequency
+    rope_scaling: RopeScaling | None = None  # long-context rescaling of RoPE frequencies (Llama 3.x); None = plain
     norm_eps: float = 1e-5  # epsilon inside every norm
     dropout: float = 0.0  # dropout on embeddings, attention probabilities and residual branches
     init_std: float = 0.02  # std of the normal initialisation of weight matrices
@@ -69,6 +114,17 @@ class ModelConfig:
             raise ConfigError(
                 f"RoPE needs an even head_dim, but d_model={self.d_model} / n_heads={self.n_heads} = {self.head_dim}."
             )
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, RopeScaling):
+                raise ConfigError(
+                    f"rope_scaling must be a RopeScaling or None, got {type(self.rope_scaling).__name__}; "
+                    "build it with RopeScaling(kind, factor, ...) or RopeScaling.from_dict(d)."
+                )
+            if self.positions != "rope":
+                raise ConfigError(
+                    f"rope_scaling={self.rope_scaling} needs positions='rope', got positions={self.positions!r}; "
+                    "learned positions have no frequencies to scale."
+                )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
         if self.norm_eps <= 0 or self.rope_theta <= 0 or self.init_std <= 0:
@@ -97,6 +153,7 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready field values; `rope_scaling` becomes a nested dict (or None)."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -106,6 +163,9 @@ class ModelConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"Unknown config fields {unknown}; known fields are {sorted(names)}.")
+        scaling = data.get("rope_scaling")
+        if isinstance(scaling, dict):  # the one place a JSON dict turns into a RopeScaling
+            data = {**data, "rope_scaling": RopeScaling.from_dict(scaling)}
         return cls(**data)
 
     @classmethod

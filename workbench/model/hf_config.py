@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from .config import ModelConfig
+from .config import ModelConfig, RopeScaling
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -47,8 +48,7 @@ def _config_from_hf(hf: dict[str, Any]) -> ModelConfig:
             init_std=hf.get("initializer_range", 0.02),
         )
     if model_type == "llama":
-        if hf.get("rope_scaling"):
-            raise ConfigError(f"Llama rope_scaling={hf['rope_scaling']!r} is not supported; only plain RoPE is.")
+        rope_scaling = rope_scaling_from_hf(hf)  # first: an unsupported rope type is the real problem
         if hf.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"Llama hidden_act={hf['hidden_act']!r} is not supported; use 'silu'.")
         d, h = hf["hidden_size"], hf["num_attention_heads"]
@@ -57,7 +57,10 @@ def _config_from_hf(hf: dict[str, Any]) -> ModelConfig:
                 f"head_dim={hf['head_dim']} differs from hidden_size/num_attention_heads={d // h}; "
                 "a decoupled head_dim is not supported."
             )
-        rope_params = hf.get("rope_parameters") or {}
+        # transformers 4 writes rope_theta at the top level, 5 inside rope_parameters
+        nested = ((hf.get(key) or {}).get("rope_theta") for key in ("rope_parameters", "rope_scaling"))
+        thetas = (hf.get("rope_theta"), *nested)
+        theta = next((t for t in thetas if t is not None), 10000.0)
         return ModelConfig(
             vocab_size=hf["vocab_size"],
             d_model=d,
@@ -73,7 +76,8 @@ def _config_from_hf(hf: dict[str, Any]) -> ModelConfig:
             tie_embeddings=hf.get("tie_word_embeddings", False),
             attn_bias=hf.get("attention_bias", False),
             mlp_bias=hf.get("mlp_bias", False),
-            rope_theta=float(hf.get("rope_theta", rope_params.get("rope_theta", 10000.0))),
+            rope_theta=float(theta),
+            rope_scaling=rope_scaling,
             norm_eps=hf.get("rms_norm_eps", 1e-6),
             dropout=0.0,
             init_std=hf.get("initializer_range", 0.02),
@@ -81,6 +85,64 @@ def _config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     raise ConfigError(
         f"model_type={model_type!r} is not supported; supported HF model types are {SUPPORTED_MODEL_TYPES}."
     )
+
+
+def rope_scaling_from_hf(hf: dict[str, Any]) -> RopeScaling | None:
+    """The RopeScaling in a Llama config: `rope_scaling` (transformers 4) or `rope_parameters` (5).
+
+    Keys are read as transformers reads them: `rope_type` before the older `type`, and llama3's
+    original context from a top-level `original_max_position_embeddings`, then the dict, then
+    `max_position_embeddings`. Types that change more than inv_freq (dynamic, yarn, ...) are refused.
+    """
+    params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"rope_scaling / rope_parameters must be a JSON object, got {params!r}.")
+    kind = params.get("rope_type", params.get("type")) or "default"
+    if kind not in SUPPORTED_ROPE_TYPES:
+        raise ConfigError(
+            f"Llama rope_scaling type {kind!r} is not supported; only {SUPPORTED_ROPE_TYPES} RoPE types are "
+            f"(got rope_scaling={params!r}). Such configs are refused rather than approximated."
+        )
+    if params.get("partial_rotary_factor") not in (None, 1, 1.0):
+        raise ConfigError(
+            f"partial_rotary_factor={params['partial_rotary_factor']} is not supported; "
+            "the workbench rotates the whole head."
+        )
+    if kind == "default":
+        return None
+    needed = ("factor",) if kind == "linear" else ("factor", "low_freq_factor", "high_freq_factor")
+    missing = [key for key in needed if params.get(key) is None]
+    if missing:
+        raise ConfigError(f"{kind} rope_scaling lacks {missing} (got {params!r}); add them to config.json.")
+    original = hf.get("original_max_position_embeddings") or params.get("original_max_position_embeddings")
+    original = original or hf.get("max_position_embeddings", 2048)
+    try:
+        if kind == "linear":
+            return RopeScaling("linear", float(params["factor"]))
+        return RopeScaling(
+            "llama3",
+            float(params["factor"]),
+            low_freq_factor=float(params["low_freq_factor"]),
+            high_freq_factor=float(params["high_freq_factor"]),
+            original_max_seq_len=int(original),
+        )
+    except (TypeError, ValueError) as exc:  # ConfigError is a ValueError: keep its own message
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{kind} rope_scaling holds a non-numeric value ({exc}): {params!r}.") from None
+
+
+def rope_scaling_to_hf(scaling: RopeScaling) -> dict[str, Any]:
+    """The `rope_scaling` entry transformers (4.43+ and 5) reads back into the same inv_freq."""
+    if scaling.kind == "linear":
+        return {"rope_type": "linear", "factor": scaling.factor}
+    return {
+        "rope_type": "llama3",
+        "factor": scaling.factor,
+        "low_freq_factor": scaling.low_freq_factor,
+        "high_freq_factor": scaling.high_freq_factor,
+        "original_max_position_embeddings": scaling.original_max_seq_len,
+    }
 
 
 def hf_architecture(config: ModelConfig) -> str:
@@ -121,7 +183,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
             "embd_pdrop": config.dropout,
             "attn_pdrop": config.dropout,
         }
-    return {
+    out = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
         "vocab_size": config.vocab_size,
@@ -141,3 +203,6 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "initializer_range": config.init_std,
         "attention_dropout": config.dropout,
     }
+    if config.rope_scaling is not None:
+        out["rope_scaling"] = rope_scaling_to_hf(config.rope_scaling)
+    return out

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, RopeScaling
 
 
 class HookPoint(nn.Module):
@@ -69,14 +69,47 @@ class MLP(nn.Module):
         return self.down(self.hook_hidden(h))
 
 
+def scaled_inv_freq(inv_freq: torch.Tensor, scaling: RopeScaling | None) -> torch.Tensor:
+    """RoPE inverse frequencies (D/2,) after long-context `scaling`, in inv_freq's dtype.
+
+    "linear" slows every frequency by `factor`. "llama3" measures each frequency's wavelength
+    (positions per turn) against the pre-training context L: waves longer than L / low_freq_factor
+    are slowed by `factor`, waves shorter than L / high_freq_factor are kept (they never saw a
+    longer context than they resolve), and a ramp linear in L / wavelength blends the two between.
+    """
+    if scaling is None:
+        return inv_freq
+    if scaling.kind == "linear":
+        return inv_freq / scaling.factor
+    turns = scaling.original_max_seq_len / (2 * math.pi / inv_freq)  # (D/2,) turns within the old context
+    span = scaling.high_freq_factor - scaling.low_freq_factor
+    keep = ((turns - scaling.low_freq_factor) / span).clamp(0.0, 1.0)  # (D/2,) 0 = slow down, 1 = keep
+    return (1 - keep) * inv_freq / scaling.factor + keep * inv_freq
+
+
 class Rotary(nn.Module):
-    """Rotary position embedding in the half-split convention (HF Llama's `rotate_half`)."""
+    """Rotary position embedding in the half-split convention (HF Llama's `rotate_half`).
+
+    Scaling (`config.rope_scaling`) is folded into `inv_freq` once here, so every caller that asks
+    this module for cos/sin (plain forward, KV cache, `fast.decode_step`) rotates by the same angles.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         d = config.head_dim
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+        inv_freq = scaled_inv_freq(inv_freq, config.rope_scaling)
+        self._exact = inv_freq  # float32 on the CPU: what dtype casts restore (see _apply)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (torch's signature)
+        """Device moves apply as usual, but dtype casts (`model.to(torch.bfloat16)`, `.half()`) keep
+        the frequencies in float32: rounded to bf16 (8 bits) they would turn position 1,000 up to
+        about a radian too far. HF's `from_pretrained(dtype=...)` keeps them in float32 as well."""
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:
+            self.inv_freq = self._exact.to(self.inv_freq.device)
+        return self
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for `position_ids` (B, T), each (B, 1, T, D), in `dtype`."""
