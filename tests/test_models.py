@@ -104,3 +104,24 @@ def test_left_padded_batch_matches_unpadded_rows(smollm2):
             single = model(tok(text)["input_ids"])[0]  # (T_row, V)
             real = padded[row, -single.shape[0] :]
             assert (real - single).abs().max().item() <= 1e-4, text
+
+
+def test_bfloat16_matches_hf_loaded_in_bfloat16_at_long_positions(smollm2, smollm2_path):
+    """bf16 weights, float32 RoPE frequencies on both sides: positions up to 400 rotate identically."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    model, _ = smollm2
+    ours = copy.deepcopy(model).to(torch.bfloat16)
+    hf = AutoModelForCausalLM.from_pretrained(
+        smollm2_path.parent, gguf_file=smollm2_path.name, dtype=torch.bfloat16
+    ).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 400), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours(ids).double(), hf(ids).logits.double()
+        rounded = copy.deepcopy(ours)
+        rounded.rotary.inv_freq = rounded.rotary.inv_freq.bfloat16().float()  # what a naive cast would give
+        c = rounded(ids).double()
+    assert float((a - b).norm() / b.norm()) < 1e-3
+    assert float((c - b).norm() / b.norm()) > 3e-3  # rounded frequencies are visibly off at these positions
