@@ -25,6 +25,19 @@ DEVICES = [
 ]
 
 
+STATS_DEVICES = [*DEVICES[:1], "cpu-batched", *DEVICES[1:]]  # cpu-batched: the accelerator stats path on the CPU
+
+
+def _stats_device(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The device to run on; "cpu-batched" routes CPU statistics through the accelerator's batches."""
+    if name == "cpu-batched":
+        from workbench.capture import hooks, stats
+
+        monkeypatch.setattr(hooks, "StatsBuffer", lambda samples: stats.StatsBuffer(samples, defer_cpu=True))
+        return "cpu"
+    return name
+
+
 def _tiny(**changes) -> wb.TransformerLM:
     torch.manual_seed(0)
     config = wb.ModelConfig.preset("tiny").replace(n_kv_heads=2, init_std=0.3, **changes)  # GQA, RoPE
@@ -83,8 +96,9 @@ def test_inputs_on_another_device_are_refused_clearly(device):
         model(ids, torch.ones(1, 4, dtype=torch.long))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_trace_stats_timing_and_memory_on_device(device):
+@pytest.mark.parametrize("device", STATS_DEVICES)
+def test_trace_stats_timing_and_memory_on_device(device, monkeypatch):
+    device = _stats_device(device, monkeypatch)
     model = _tiny().to(device)
     ids, mask = _batch(model.config.vocab_size, device)
     outputs: dict[str, torch.Tensor] = {}
@@ -121,8 +135,9 @@ def test_trace_stats_timing_and_memory_on_device(device):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_first_nonfinite_counts_planted_nan_on_device(device):
+@pytest.mark.parametrize("device", STATS_DEVICES)
+def test_first_nonfinite_counts_planted_nan_on_device(device, monkeypatch):
+    device = _stats_device(device, monkeypatch)
     model = _tiny().to(device)
     with torch.no_grad():
         model.blocks[1].mlp.down.weight[5] = float("nan")  # one output channel of layer 1's MLP

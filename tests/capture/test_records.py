@@ -219,9 +219,11 @@ def test_stats_of_non_contiguous_outputs_match_torch(layout):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_deferred_device_stats_equal_immediate_stats(dtype):
-    """The accelerator path (out= reductions into preallocated rows, one read-back at flush) runs here
-    on the CPU and must agree with the immediate CPU path, including exact NaN/Inf/-Inf counts."""
-    from workbench.capture.stats import StatsBuffer, _DeviceRows
+    """The accelerator path (each tensor copied into a batch buffer, batches reduced along rows, one
+    read-back at flush) runs here on the CPU and must agree with the immediate CPU path, including
+    exact NaN/Inf/-Inf counts."""
+    from workbench.capture.devstats import ROWS
+    from workbench.capture.stats import StatsBuffer
 
     g = torch.Generator().manual_seed(1)
     clean = (torch.randn(4, 33, 7, generator=g) * 5).to(dtype)
@@ -230,7 +232,7 @@ def test_deferred_device_stats_equal_immediate_stats(dtype):
     dirty[1, 5, :2] = float("inf")
     dirty[2, 7, :4] = float("-inf")
     tensors = [clean, clean.transpose(0, 2), dirty, clean[:, ::3], torch.ones(1, dtype=dtype)]
-    tensors += [torch.randn(5, generator=g).to(dtype) for _ in range(_DeviceRows.CHUNK)]  # crosses a chunk
+    tensors += [torch.randn(5, generator=g).to(dtype) for _ in range(ROWS + 3)]  # fills one batch, starts another
     now, later = StatsBuffer(), StatsBuffer(defer_cpu=True)
     expected = [now.measure(t) for t in tensors]
     deferred = [later.measure(t) for t in tensors]
@@ -242,6 +244,30 @@ def test_deferred_device_stats_equal_immediate_stats(dtype):
             a, b = getattr(d, field), getattr(e, field)
             assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-4, abs=1e-5), field
     assert (deferred[2].nan, deferred[2].inf, deferred[2].neginf) == (3, 6, 4)
+    assert later.devices[torch.device("cpu")].batches < len(tensors) // 10  # reduced in batches, not one by one
+
+
+def test_deferred_stats_describe_the_tensor_when_measured_and_stay_in_budget():
+    """A tensor edited in place after its module returned keeps the statistics of what the module
+    produced; batch buffers never hold more than the budget; a tensor over the budget is reduced
+    where it is."""
+    from workbench.capture.stats import StatsBuffer
+
+    g = torch.Generator().manual_seed(2)
+    budget = 4096  # bytes: 1,024 float32 values
+    now, later = StatsBuffer(), StatsBuffer(defer_cpu=True, budget_bytes=budget)
+    tensors = [torch.randn(n, generator=g) for n in (7, 100, 7, 300, 100, 7, 900, 2000, 300)]  # 2000 > budget
+    expected = [now.measure(t) for t in tensors]
+    deferred = [later.measure(t) for t in tensors]
+    for t in tensors:
+        t.mul_(-3).add_(1)  # e.g. a downstream ReLU(inplace=True) or a += in the parent's forward
+    later.flush()
+    for e, d in zip(expected, deferred):
+        assert d.numel == e.numel
+        for field in ("mean", "std", "absmax", "min", "max"):
+            assert getattr(d, field) == pytest.approx(getattr(e, field), rel=1e-5, abs=1e-6), field
+    dev = later.devices[torch.device("cpu")]
+    assert 0 < dev.peak_bytes <= budget
 
 
 def test_cuda_event_timing_reuses_pooled_events(monkeypatch, mlp):

@@ -1,9 +1,9 @@
 """Activation statistics computed on the tensor's own device, synchronised once at trace exit.
 
 On the CPU there is no device to wait for, so values are read at once and NaN/Inf counting runs
-only when the abs-max shows a non-finite value. On an accelerator the results are written into
-preallocated device rows (`_DeviceRows`) and `StatsBuffer.flush()` reads them back at exit, with
-one transfer per buffer and device.
+only when the abs-max shows a non-finite value. On an accelerator each tensor is copied into a
+batch buffer and reduced with the rest of its batch (`devstats.DeviceStats`), and
+`StatsBuffer.flush()` reads every result back at exit, one transfer per kind and device.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import weakref
 
 import torch
 
+from .devstats import DeviceStats
 from .records import ActStats
+
+BUDGET_BYTES = 128 * 2**20  # accelerator batch buffers per device (see devstats)
 
 _WIDE = (torch.float32, torch.float64)  # dtypes whose own accumulation is already float32 or better
 
@@ -31,48 +34,6 @@ def _finish(n: int, total: float, sq: float) -> tuple[float, float]:
     mean = total / n
     var = (sq - n * mean * mean) / max(n - 1, 1)
     return mean, math.sqrt(max(var, 0.0)) if math.isfinite(var) else float("nan")
-
-
-class _DeviceRows:
-    """Preallocated result rows on one device, filled with `out=` reductions and read back at once.
-
-    Per tensor: sum and L2 norm (float32 accumulation), min and max (one fused kernel), and the NaN,
-    Inf and -Inf counts (int64, exact at any size): 9 kernels and no host synchronisation."""
-
-    CHUNK = 256
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.floats: list[torch.Tensor] = []  # (CHUNK, 4): sum, norm, min, max
-        self.counts: list[torch.Tensor] = []  # (CHUNK, 3): nan, inf, neginf
-        self.n = 0
-
-    def add(self, x: torch.Tensor) -> int:
-        i = self.n % self.CHUNK
-        if i == 0:
-            self.floats.append(torch.empty(self.CHUNK, 4, device=self.device, dtype=torch.float32))
-            self.counts.append(torch.empty(self.CHUNK, 3, device=self.device, dtype=torch.int64))
-        f, c = self.floats[-1][i], self.counts[-1][i]
-        acc = None if x.dtype == torch.float32 else torch.float32  # float32 sums itself faster without dtype=
-        torch.sum(x, dim=None, dtype=acc, out=f[0])
-        torch.linalg.vector_norm(x if x.dtype != torch.float64 else x.float(), dtype=acc, out=f[1])
-        if x.dtype == torch.float32:
-            torch.aminmax(x, out=(f[2], f[3]))  # propagates NaN, like amin/amax
-        else:
-            mn, mx = torch.aminmax(x)
-            f[2].copy_(mn)
-            f[3].copy_(mx)
-        torch.sum(torch.isnan(x), dim=None, out=c[0])
-        torch.sum(torch.isinf(x), dim=None, out=c[1])
-        torch.sum(torch.isneginf(x), dim=None, out=c[2])
-        self.n += 1
-        return self.n - 1
-
-    def host(self) -> tuple[list[list[float]], list[list[int]]]:
-        """Every filled row on the host: one transfer per buffer kind (the first one synchronises)."""
-        floats = torch.cat(self.floats)[: self.n].cpu().tolist()
-        counts = torch.cat(self.counts)[: self.n].cpu().tolist()
-        return floats, counts
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor | None:
@@ -117,11 +78,11 @@ class StatsBuffer:
     input that is the previous module's output is not reduced twice.
     """
 
-    def __init__(self, samples: int = 0, *, defer_cpu: bool = False) -> None:
+    def __init__(self, samples: int = 0, *, defer_cpu: bool = False, budget_bytes: int = BUDGET_BYTES) -> None:
         self.samples = samples
         self.defer_cpu = defer_cpu  # take the accelerator path for CPU tensors too (tests of that path)
-        self._rows: dict[torch.device, _DeviceRows] = {}
-        self._pending: list[tuple[ActStats, _DeviceRows, int]] = []
+        self.budget_bytes = budget_bytes
+        self.devices: dict[torch.device, DeviceStats] = {}
         self._pending_samples: list[tuple[object, torch.Tensor]] = []
         self._seen: dict[int, tuple[weakref.ref, int, ActStats]] = {}
 
@@ -139,10 +100,10 @@ class StatsBuffer:
         else:
             nan = float("nan")
             st = ActStats(numel=d.numel(), mean=nan, std=nan, absmax=nan, min=nan, max=nan, nan=0, inf=0)
-            rows = self._rows.get(d.device)
-            if rows is None:
-                rows = self._rows[d.device] = _DeviceRows(d.device)
-            self._pending.append((st, rows, rows.add(d)))
+            dev = self.devices.get(d.device)
+            if dev is None:
+                dev = self.devices[d.device] = DeviceStats(d.device, self.budget_bytes)
+            dev.add(d, st)
         try:
             self._seen[id(x)] = (weakref.ref(x), x._version, st)
         except TypeError:  # some tensor subclasses refuse weak references
@@ -163,15 +124,13 @@ class StatsBuffer:
             self._pending_samples.append((record, vals))
 
     def flush(self) -> None:
-        """Copy every pending device value to the host: one transfer per device."""
-        host = {id(rows): rows.host() for rows in self._rows.values()}
-        for st, rows, i in self._pending:
-            floats, counts = host[id(rows)]
-            total, norm, mn, mx = floats[i]
-            st.mean, st.std = _finish(st.numel, total, norm * norm)
-            st.min, st.max = mn, mx
-            st.absmax = max(abs(mn), abs(mx))
-            st.nan, st.inf, st.neginf = counts[i]
+        """Reduce what is pending and copy every device value to the host: one transfer per kind and device."""
+        for dev in self.devices.values():
+            for st, (total, norm, mn, mx), counts in dev.host():
+                st.mean, st.std = _finish(st.numel, total, norm * norm)
+                st.min, st.max = mn, mx
+                st.absmax = max(abs(mn), abs(mx))
+                st.nan, st.inf, st.neginf = counts
         if self._pending_samples:
             flat = torch.cat([v.to(self._pending_samples[0][1].device) for _, v in self._pending_samples])
             host = flat.cpu().tolist()
@@ -179,7 +138,5 @@ class StatsBuffer:
             for rec, vals in self._pending_samples:
                 rec.samples = host[start : start + vals.numel()]  # type: ignore[attr-defined]
                 start += vals.numel()
-        self._pending.clear()
-        self._rows.clear()
         self._pending_samples.clear()
         self._seen.clear()
