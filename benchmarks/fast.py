@@ -7,7 +7,8 @@ Both models hold the same random weights of SmolLM2-135M's shape (`common.smollm
   compiled on by default. CPU: fp32 at 1x128 and 4x256, compiled only with --compile.
 - Decode at batch 1 (tokens/s): HF generate with the dynamic and the static cache, `generate` with
   fast=False (plain forward) and fast=True (fixed-shape step: a CUDA graph on CUDA, eager on the
-  CPU), and `GenerationSession` (per-step records with cache statistics) plain and fast.
+  CPU), and `GenerationSession` (per-step records with cache statistics) plain and fast; with
+  compilation on, also fast="compile" for both (the inductor-compiled step, in the graph on CUDA).
   generate rates are B*(N-2)/(t(N) - t(2)): subtracting a two-token call removes the prefill, the
   per-call set-up and the one-off CUDA graph capture, leaving steady-state decode. Session rates are
   N/t(reset + N steps); its graph is captured once, during warm-up.
@@ -67,7 +68,7 @@ def forward_table(ours, hf, device: str, shapes, compiled: bool, args) -> None:
         print(f"  compiled forward unavailable, fell back to eager: {wrapper.error!r}")
 
 
-def decode_rates(ours, hf, device: str, args) -> dict[str, float]:
+def decode_rates(ours, hf, device: str, args, compiled: bool) -> dict[str, float]:
     n, prompt = args.new_tokens, args.prompt
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, ours.config.vocab_size, (1, prompt), generator=g).to(device)
@@ -85,6 +86,7 @@ def decode_rates(ours, hf, device: str, args) -> dict[str, float]:
             "HF static": hf_run(cache_implementation="static"),
             "ours plain": lambda: generate(ours, ids, max_new_tokens=k, fast=False),
             "ours fast": lambda: generate(ours, ids, max_new_tokens=k, fast=True),
+            **({"ours compiled": lambda: generate(ours, ids, max_new_tokens=k, fast="compile")} if compiled else {}),
         }
 
     with torch.inference_mode():
@@ -94,7 +96,8 @@ def decode_rates(ours, hf, device: str, args) -> dict[str, float]:
     tok = IdTokenizer()
     sessions = {
         name: GenerationSession(ours, tok, ids[0], fast=fast, reserve=n + 8, eos_token_id=None)
-        for name, fast in (("session plain", False), ("session fast", True))
+        for name, fast in (("session plain", False), ("session fast", True), ("session compiled", "compile"))
+        if compiled or fast != "compile"
     }
     fns = {name: (lambda s=s: (s.reset(), s.run(n))) for name, s in sessions.items()}
     with torch.inference_mode():
@@ -105,14 +108,19 @@ def decode_rates(ours, hf, device: str, args) -> dict[str, float]:
     return rates
 
 
-def decode_table(ours, hf, device: str, args) -> None:
+def decode_table(ours, hf, device: str, args, compiled: bool) -> None:
     what = "CUDA graph" if device == "cuda" else "eager fixed-shape step"
-    print(f"\nDecode at batch 1, prompt {args.prompt}, {args.new_tokens} new tokens (tokens/s); fast = {what}")
-    rates = decode_rates(ours, hf, device, args)
+    print(f"\nDecode at batch 1, prompt {args.prompt}, {args.new_tokens} new tokens (tokens/s); fast = {what}"
+          + ("; compiled = torch.compile'd step" + (" in the graph" if device == "cuda" else "") if compiled else ""))
+    with warnings.catch_warnings(record=True) as caught:
+        rates = decode_rates(ours, hf, device, args, compiled)
+    for w in caught:
+        if "compiled decode step" in str(w.message):
+            print(f"  warning: {w.message}")
     static = rates["HF static"]
-    print(f"{'path':>14} | {'tok/s':>9} | {'ours/HF static':>14}")
+    print(f"{'path':>16} | {'tok/s':>9} | {'ours/HF static':>14}")
     for name, rate in rates.items():
-        print(f"{name:>14} | {rate:9.1f} | {rate / static:14.2f}")
+        print(f"{name:>16} | {rate:9.1f} | {rate / static:14.2f}")
 
 
 def main() -> None:
@@ -145,7 +153,7 @@ def main() -> None:
     if not args.skip_forward:
         forward_table(ours, hf, args.device, shapes, compiled, args)
     if not args.skip_decode:
-        decode_table(ours, hf, args.device, args)
+        decode_table(ours, hf, args.device, args, compiled)
     if args.overhead:
         del ours, hf
         cmd = [sys.executable, str(HERE / "overhead.py"), "--device", args.device]

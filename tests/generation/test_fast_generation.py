@@ -106,10 +106,27 @@ def test_auto_is_off_on_cpu_and_explicit_requests_are_checked(tiny):
         generate(tiny, torch.tensor([[1, 2]]), max_new_tokens=2, fast=True, cache_mode="growing")
     with pytest.raises(GenerationError, match="beam search"):
         generate(tiny, torch.tensor([[1, 2]]), max_new_tokens=2, fast=True, num_beams=2)
-    with pytest.raises(GenerationError, match="True, False or None"):
+    assert resolve_fast(tiny, "compile", "static") == "compile"
+    with pytest.raises(GenerationError, match="True, False, 'compile' or None"):
         generate(tiny, torch.tensor([[1, 2]]), max_new_tokens=2, fast="yes")
     out = generate(tiny, torch.tensor([[1, 2]]), max_new_tokens=2, fast=None, num_beams=2)  # auto: no error
     assert out.sequences.shape == (1, 4)
+
+
+@pytest.mark.slow
+def test_compiled_step_generates_the_same_tokens(tiny, chars, recwarn):
+    """fast="compile" in generate and in the session: same tokens and cache statistics as the plain path."""
+    ids = torch.tensor([[5, 9, 2, 7], [1, 1, 3, 4]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    plain = generate(tiny, ids, attention_mask=mask, max_new_tokens=10, fast=False)
+    compiled = generate(tiny, ids, attention_mask=mask, max_new_tokens=10, fast="compile")
+    assert compiled.new_tokens.tolist() == plain.new_tokens.tolist()
+    rows = [
+        [(r.token_id, r.cache_length, r.cache_bytes_used) for r in GenerationSession(tiny, chars, "hi", fast=f).run(6)]
+        for f in (False, "compile")
+    ]
+    assert rows[0] == rows[1]
+    assert not [w for w in recwarn if "compiled decode step is unavailable" in str(w.message)]  # it really compiled
 
 
 def test_fast_needs_a_workbench_model():

@@ -73,6 +73,29 @@ def test_fixed_shape_step_equals_plain_decode(name, padded):
     assert decoder.last_route == "eager" and decoder.captures == 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gqa-rope", "tiny-gpt2"])
+def test_compiled_step_equals_plain_decode(name):
+    """fast="compile": inductor's fused step (C++ on the CPU, Triton on CUDA) gives the plain path's logits."""
+    model = _model(name)
+    ids, mask = _prompt(True)
+    decoder = _run_both(model, ids, mask, lambda cache: FastDecoder(model, cache, graphs=False, compiled=True))
+    assert decoder.step.error is None and decoder.step.calls == STEPS  # every step ran compiled code
+
+
+def test_compiled_step_failure_warns_once_and_decodes_eagerly(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = _model("tiny")
+    ids, mask = _prompt(True)
+    with pytest.warns(RuntimeWarning, match="compiled decode step is unavailable.*no compiler here") as caught:
+        decoder = _run_both(model, ids, mask, lambda cache: FastDecoder(model, cache, graphs=False, compiled=True))
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert decoder.step.calls == 0 and "no compiler here" in str(decoder.step.error)
+
+
 def test_positions_continue_per_row_under_left_padding():
     """RoPE positions come from the device key mask: a padded row's next position is its own token count."""
     model = _model("tiny")
@@ -217,6 +240,14 @@ def test_cuda_graph_replay_equals_plain_decode(padded):
     ids, mask = _prompt(padded, "cuda")
     decoder = _run_both(model, ids, mask, lambda cache: FastDecoder(model, cache))
     assert decoder.last_route == "graph" and decoder.captures == 1
+
+
+@cuda
+def test_cuda_graph_of_the_compiled_step_equals_plain_decode():
+    model = _model("gqa-rope", "cuda")
+    ids, mask = _prompt(True, "cuda")
+    decoder = _run_both(model, ids, mask, lambda cache: FastDecoder(model, cache, compiled=True))
+    assert decoder.last_route == "graph" and decoder.captures == 1 and decoder.step.error is None
 
 
 @cuda

@@ -4,7 +4,9 @@ fast=None (auto) turns the fixed-shape decode step (`workbench.model.fast`) on o
 and is safe: a workbench `TransformerLM` on CUDA, a static cache, no beam search, and for `generate`
 at least MIN_GRAPH_TOKENS new tokens (each call captures its own graph). There it replays
 a CUDA graph per step. fast=True forces the step (eagerly off CUDA, which is what the CPU tests
-run); fast=False always uses the plain forward. Either way, while a hook or a trace listens a step
+run); fast="compile" does the same with the `torch.compile`d step (fused kernels, captured in the
+graph on CUDA; compiling takes a while once per model and shape); fast=False always uses the plain
+forward. Either way, while a hook or a trace listens a step
 runs the plain forward, so nothing a user attached is skipped.
 """
 
@@ -31,11 +33,12 @@ def auto_fast(device_type: str, cache_mode: str, num_beams: int = 1, new_tokens:
     return device_type == "cuda" and cache_mode == "static" and num_beams == 1 and worth_it
 
 
-def resolve_fast(model: nn.Module, fast: bool | None, cache_mode: str, num_beams: int = 1,
-                 new_tokens: int | None = None) -> bool:
-    """Whether to decode with the fixed-shape step; explicit fast=True that cannot be honoured raises."""
-    if fast is not None and not isinstance(fast, bool):
-        raise GenerationError(f"fast must be True, False or None (auto), got {fast!r}.")
+def resolve_fast(model: nn.Module, fast: bool | str | None, cache_mode: str, num_beams: int = 1,
+                 new_tokens: int | None = None) -> bool | str:
+    """Whether to decode with the fixed-shape step (True, or "compile" for the compiled one); an
+    explicit request that cannot be honoured raises."""
+    if fast is not None and not isinstance(fast, bool) and fast != "compile":
+        raise GenerationError(f"fast must be True, False, 'compile' or None (auto), got {fast!r}.")
     if fast is None:
         device = next(model.parameters()).device if supports_fast_decode(model) else torch.device("cpu")
         return auto_fast(device.type, cache_mode, num_beams, new_tokens)
@@ -43,21 +46,21 @@ def resolve_fast(model: nn.Module, fast: bool | None, cache_mode: str, num_beams
         return False
     if not supports_fast_decode(model):
         raise GenerationError(
-            f"fast=True needs a workbench TransformerLM, got {type(model).__name__}; pass fast=False or None."
+            f"fast={fast!r} needs a workbench TransformerLM, got {type(model).__name__}; pass fast=False or None."
         )
     if cache_mode != "static":
         raise GenerationError(
-            f"fast=True decodes into a preallocated cache; got cache_mode={cache_mode!r}, use cache_mode='static'."
+            f"fast={fast!r} decodes into a preallocated cache; got cache_mode={cache_mode!r}, use cache_mode='static'."
         )
     if num_beams > 1:
         raise GenerationError(
-            "fast=True does not support beam search (it reorders the cache every step); pass fast=None or False."
+            f"fast={fast!r} does not support beam search (it reorders the cache every step); pass fast=None or False."
         )
-    return True
+    return fast
 
 
-def decode_stepper(model: nn.Module, cache, fast: bool) -> Step:
+def decode_stepper(model: nn.Module, cache, fast: bool | str) -> Step:
     """The function that feeds one token per row into `cache`: the fast decoder or the plain forward."""
     if fast:
-        return FastDecoder(model, cache)
+        return FastDecoder(model, cache, compiled=fast == "compile")
     return lambda ids: model(ids, cache=cache, validate=False)

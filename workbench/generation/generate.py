@@ -48,7 +48,7 @@ def generate(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     cache_mode: str = "static",
-    fast: bool | None = None,
+    fast: bool | str | None = None,
 ) -> GenerationOutput:
     """Continue `input_ids` (B, T) (or (T,)) by up to `max_new_tokens` tokens per row.
 
@@ -61,8 +61,8 @@ def generate(
     after max_new_tokens. The model runs in eval mode under no_grad; its mode is restored afterwards.
     fast: the fixed-shape decode step (a CUDA graph per step on CUDA); None = on for a TransformerLM
     on CUDA with the static cache, no beam search and max_new_tokens >= 16 (capturing the graph costs
-    a few steps), True = force it (eager off CUDA), False = off.
-    Greedy tokens are the same either way; see `workbench.generation.fast`.
+    a few steps), True = force it (eager off CUDA), "compile" = force the `torch.compile`d step,
+    False = off. Greedy tokens are the same either way; see `workbench.generation.fast`.
     """
     if eos_token_id is None and tokenizer is not None:
         eos_token_id = getattr(tokenizer, "eos_token_id", None)
@@ -157,7 +157,7 @@ def _decode(
     pad: int,
     stop: StopStrings | None,
     generator: torch.Generator | None,
-    fast: bool = False,
+    fast: bool | str = False,
 ) -> GenerationOutput:
     """Greedy or sampled decoding, one token per row per forward."""
     n = strategy.num_return_sequences

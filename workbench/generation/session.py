@@ -32,8 +32,9 @@ class GenerationSession:
     None disables EOS), stop_strings. With capture_attention=True each record carries the new
     token's attention (L, H, S); the hooks that capture it exist only during a step.
     fast: decode with the fixed-shape step (see `workbench.generation.fast`); None = on for a
-    TransformerLM on CUDA with a static cache. Records (tokens, cache statistics) are the same; a
-    step with attention capture on runs the plain forward, since its hooks must fire.
+    TransformerLM on CUDA with a static cache, "compile" = the `torch.compile`d step. Records
+    (tokens, cache statistics) are the same; a step with attention capture on runs the plain
+    forward, since its hooks must fire.
     """
 
     def __init__(
@@ -46,7 +47,7 @@ class GenerationSession:
         top_k_candidates: int = 10,
         cache_mode: str = "static",
         reserve: int = 64,
-        fast: bool | None = None,
+        fast: bool | str | None = None,
         **strategy: Any,
     ) -> None:
         unknown = sorted(set(strategy) - set(_STRATEGY_KEYS))

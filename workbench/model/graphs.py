@@ -1,7 +1,7 @@
 """`GraphedDecodeStep`: one CUDA graph of `decode_step` per (batch, max_len) and set of cache buffers.
 
-A decode step of a 135M model is ~300 small kernels; at batch 1 the GPU finishes each long before
-Python launches the next, so launch overhead, not arithmetic, sets the token rate. Replaying a
+An eager decode step of a 135M model is ~1,100 small kernels; at batch 1 the GPU finishes each long
+before Python launches the next, so launch overhead, not arithmetic, sets the token rate. Replaying a
 captured graph launches them all at once. Capture records the addresses of every tensor the step
 touches: the cache buffers (held by `StaticSlots`), the static token and write-position inputs, and
 the output logits, and the weights. `FastDecoder` recaptures when the cache reallocates or a weight
@@ -12,6 +12,8 @@ listen, because a replay runs the recorded kernels without calling any Python.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -21,13 +23,14 @@ WARMUP_STEPS = 3  # eager runs on a side stream before capture (lazy init, cuBLA
 
 
 class GraphedDecodeStep:
-    """A captured `decode_step`; `replay(token, length)` returns logits (B, 1, V) as a fresh tensor.
+    """A captured `decode_step` (or `step`, e.g. a `fast.CompiledStep`); `replay(token, length)`
+    returns logits (B, 1, V) as a fresh tensor.
 
     start: a free slot (the cache's current length). Warm-up writes throwaway keys there; the first
     real step overwrites them, and the key mask there is True already, so nothing visible changes.
     """
 
-    def __init__(self, model: nn.Module, slots: StaticSlots, *, start: int) -> None:
+    def __init__(self, model: nn.Module, slots: StaticSlots, *, start: int, step: Callable = decode_step) -> None:
         device = slots.key_mask.device
         if device.type != "cuda":
             raise RuntimeError(f"CUDA graphs need a CUDA device, the cache is on {device}.")
@@ -39,11 +42,11 @@ class GraphedDecodeStep:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side), torch.no_grad():
             for _ in range(WARMUP_STEPS):
-                decode_step(model, self.token, slots)
+                step(model, self.token, slots)  # a compiled step compiles here, before capture
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), torch.no_grad():
-            self.logits = decode_step(model, self.token, slots)  # (B, 1, V) static output
+            self.logits = step(model, self.token, slots)  # (B, 1, V) static output
 
     def current(self) -> bool:
         """False once any parameter or buffer was replaced: the graph would read the old storage."""
