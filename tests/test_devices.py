@@ -94,6 +94,9 @@ def test_inputs_on_another_device_are_refused_clearly(device):
     ids = torch.zeros(1, 4, dtype=torch.long, device=model_device)
     with pytest.raises(InputError, match=rf"attention_mask is on cpu but the model is on {model_device}"):
         model(ids, torch.ones(1, 4, dtype=torch.long))
+    if device != "cpu":  # position_ids are moved, not refused (the forward needs them on the ids' device)
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids, position_ids=torch.arange(4)[None]), model(ids))
 
 
 @pytest.mark.parametrize("device", STATS_DEVICES)

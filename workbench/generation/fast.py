@@ -6,8 +6,8 @@ at least MIN_GRAPH_TOKENS new tokens (each call captures its own graph). There i
 a CUDA graph per step. fast=True forces the step (eagerly off CUDA, which is what the CPU tests
 run); fast="compile" does the same with the `torch.compile`d step (fused kernels, captured in the
 graph on CUDA; compiling takes a while once per model and shape); fast=False always uses the plain
-forward. Either way, while a hook or a trace listens a step
-runs the plain forward, so nothing a user attached is skipped.
+forward. Either way, while a hook or a trace listens a step runs the plain forward, so nothing a
+user attached is skipped.
 """
 
 from __future__ import annotations

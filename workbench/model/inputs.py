@@ -28,7 +28,7 @@ def check_inputs(
     if not isinstance(input_ids, torch.Tensor):
         raise InputError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}.")
     if device is not None:
-        for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask), ("position_ids", position_ids)):
+        for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask)):  # position_ids are moved
             if isinstance(t, torch.Tensor) and t.device != device:
                 raise InputError(
                     f"{name} is on {t.device} but the model is on {device}; move the inputs with "
