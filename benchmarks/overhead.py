@@ -1,8 +1,9 @@
 """Capture overhead: instrumented / plain forward time, measured interleaved in one run.
 
 Settings: shapes only; full (shapes + timing + memory + stats); all-layer attention capture.
---breakdown adds timing, memory and stats each alone, and full capture of layer-level modules only
-(`blocks.N` / `model.layers.N`), to show where the time goes.
+--breakdown adds timing, memory and stats each alone, full capture of layer-level modules only
+(`blocks.N` / `model.layers.N`), and every module recorded with statistics for the layer-level
+ones only (`stats=<filter>`), to show where the time goes.
 The timed unit is the whole `with workbench.capture.trace(...)` block (attach, forward, detach,
 one sync), so the ratio is what a notebook user pays. Each ratio is the median over rounds of
 instrumented/plain from the same round (paired); the ratio of the fastest runs is shown beside it.
@@ -31,11 +32,13 @@ SETTINGS = {
     "full": dict(shapes=True, timing=True, memory=True, stats=True),
     "attention": dict(shapes=False, timing=False, memory=False, stats=False, attention=True),
 }
+LAYERS = r"^(blocks|model\.layers)\.\d+$"  # layer-level modules of the workbench model and of HF Llama
 BREAKDOWN = {  # each part of "full" on its own (--breakdown)
     "timing": dict(shapes=False, timing=True, memory=False, stats=False),
     "memory": dict(shapes=False, timing=False, memory=True, stats=False),
     "stats": dict(shapes=False, timing=False, memory=False, stats=True),
-    "full-layers": dict(shapes=True, timing=True, memory=True, stats=True, modules=r"^(blocks|model\.layers)\.\d+$"),
+    "full-layers": dict(shapes=True, timing=True, memory=True, stats=True, modules=LAYERS),
+    "full-stats-layers": dict(shapes=True, timing=True, memory=True, stats=LAYERS),
 }
 SETTINGS_ALL = {**SETTINGS, **BREAKDOWN}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -357,3 +358,38 @@ def test_cuda_allocator_deltas_and_peaks_under_nesting(monkeypatch):
     by_name = {r.name: r for r in tr.records}
     assert {n: r.cuda_delta for n, r in by_name.items()} == {"": 0, "0": 30, "0.0": 10, "0.1": 20, "1": -30}
     assert {n: r.cuda_peak for n, r in by_name.items()} == {"": 1500, "0": 1500, "0.0": 1500, "0.1": 1060, "1": 1035}
+
+
+def test_stats_filter_limits_statistics_to_the_selected_modules(tiny):
+    """stats=<module filter>: every module is still recorded with shapes and timing, but only the
+    selected ones get statistics, equal to those of a full trace; NaN is located at that granularity."""
+    ids = torch.randint(0, tiny.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), trace(tiny) as full:
+        tiny(ids)
+    with torch.no_grad(), trace(tiny, stats=r"^blocks\.\d+$") as part:
+        tiny(ids)
+    assert [r.name for r in part.records] == [r.name for r in full.records]
+    with_stats = [r.name for r in part.records if r.out_stats is not None]
+    assert with_stats == [f"blocks.{i}" for i in range(tiny.config.n_layers)]
+    assert all(r.in_stats is None for r in part.records if r.name not in with_stats)
+    assert all(r.in_stats is not None for r in part.records if r.name in with_stats)
+    assert all(r.outputs and r.time_ms is not None for r in part.records)
+    ref = {r.name: r.out_stats for r in full.records if r.call == 0}
+    for r in part.records:
+        if r.out_stats is not None:
+            assert (r.out_stats.mean, r.out_stats.std, r.out_stats.absmax) == pytest.approx(
+                (ref[r.name].mean, ref[r.name].std, ref[r.name].absmax), rel=1e-6
+            )
+    assert part.meta["options"]["stats_modules"] == tuple(with_stats)
+    broken = copy.deepcopy(tiny)
+    with torch.no_grad():
+        broken.blocks[1].mlp.down.weight[0, 0] = float("nan")
+        with trace(broken, stats=r"^blocks\.\d+$") as tr:
+            broken(ids)
+    assert tr.first_nonfinite().name == "blocks.1"  # located to the layer, the granularity asked for
+    with pytest.raises(workbench.CaptureError, match="stats='nothing_like_this' matched no recorded module"):
+        trace(tiny, stats="nothing_like_this")
+    with pytest.raises(workbench.CaptureError, match="matched no recorded module"):
+        trace(tiny, modules=r"mlp", stats=r"attn")  # selected for stats but not recorded
+    with pytest.raises(workbench.CaptureError, match="True, False or a module filter"):
+        trace(tiny, stats=None)

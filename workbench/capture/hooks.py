@@ -40,6 +40,7 @@ class CaptureOptions:
     timing: bool = True
     memory: bool = False
     stats: bool = True
+    stats_modules: tuple[str, ...] | None = None  # with stats: only these recorded modules (None = all)
     samples: int = 0
     attention: attn.AttentionSelection | None = None
     attention_source: str = "auto"  # "auto", "hooks" (workbench hook_pattern) or "intercept"
@@ -97,7 +98,7 @@ class Recorder:
         self.attention_mode = "off"
         self.saved: SavedTensorsMeter | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._static: dict[int, tuple[str, str, dict[str, int]] | str] = {}  # id -> static info, or name
+        self._static: dict[int, tuple | str] = {}  # id -> (name, type, param facts, stats on), or a name
         self._rec_stack: list[list] = []  # [record, t0, start_event]
         self._name_stack: list[str] = []  # every module entered (for attention attribution)
         self._calls: dict[str, int] = {}
@@ -146,7 +147,11 @@ class Recorder:
         self._setup_attention(named)
         if self.attention_mode == "intercept":  # attention is attributed to the innermost module
             self._static = {id(m): name for name, m in named}
-        self._static.update({id(m): (name, type(m).__name__, info[name]) for name, m in self.targets})
+        only = None if self.opt.stats_modules is None else set(self.opt.stats_modules)
+        self._static.update({
+            id(m): (name, type(m).__name__, info[name], self.opt.stats and (only is None or name in only))
+            for name, m in self.targets
+        })
         self._handles.append(nn.modules.module.register_module_forward_pre_hook(self._pre))
         self._handles.append(nn.modules.module.register_module_forward_hook(
             self._post, with_kwargs=True, always_call=True))
@@ -210,21 +215,21 @@ class Recorder:
         if isinstance(static, str):  # stack-only module (attention attribution)
             self._name_stack.append(static)
             return
-        name, typ, info = static
+        name, typ, info, want_stats = static
         stack = self._rec_stack
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         rec = ModuleRecord(len(self.records), name, typ, call, len(stack),
                            stack[-1][0].index if stack else -1, [], [], *info)
         self.records.append(rec)
-        if self.opt.stats:  # positional inputs now, before an in-place forward can change them
+        if want_stats:  # positional inputs now, before an in-place forward can change them
             x = first_float_in(args)
             if x is not None:
                 rec.in_stats = self.stats.measure(x)
         if self._cuda is not None and name in self._mem_layers:
             self._cuda.enter(rec)
         self._name_stack.append(name)
-        frame = [rec, 0.0, None]
+        frame = [rec, 0.0, None, want_stats]
         if self.opt.timing:
             if self._events_pool is not None:
                 ev = self._events_pool.get()
@@ -246,7 +251,7 @@ class Recorder:
         frame = self._rec_stack.pop()
         self._name_stack.pop()
         rec: ModuleRecord = frame[0]
-        opt = self.opt
+        opt, want_stats = self.opt, frame[3]
         if opt.timing:
             if frame[2] is not None:
                 end = self._events_pool.get()
@@ -260,11 +265,11 @@ class Recorder:
             if kwargs:
                 flatten_tensors(kwargs, "kwargs", inputs)
             rec.inputs = [tensor_meta(p, t) for p, t in inputs]
-        if opt.stats and rec.in_stats is None and kwargs:  # keyword-only inputs (HF layers)
+        if want_stats and rec.in_stats is None and kwargs:  # keyword-only inputs (HF layers)
             x = first_float_in(tuple(kwargs.values()))
             if x is not None:
                 rec.in_stats = self.stats.measure(x)
-        if opt.shapes or opt.stats or opt.memory:
+        if opt.shapes or want_stats or opt.memory:
             if isinstance(output, torch.Tensor):  # the common case: no walk
                 if opt.shapes:
                     rec.outputs = [tensor_meta("out", output)]
@@ -279,7 +284,7 @@ class Recorder:
                 if opt.memory:
                     rec.output_bytes = distinct_bytes(t for _, t in flat)
                 x = first_float(flat)
-            if opt.stats and x is not None:
+            if want_stats and x is not None:
                 rec.out_stats = self.stats.measure(x)
                 self.stats.sample(rec, x)
         if self._cuda is not None and rec.name in self._mem_layers:

@@ -38,7 +38,7 @@ def trace(
     shapes: bool = True,
     timing: bool = True,
     memory: bool = False,
-    stats: bool = True,
+    stats: bool | ModuleFilter = True,
     samples: int = 0,
     attention: bool = False,
     gradients: bool = False,
@@ -51,9 +51,12 @@ def trace(
     attention_source: str = "auto",
     optimizer: torch.optim.Optimizer | None = None,
 ) -> Trace:
-    """Capture what happens inside `module` during a `with` block; works on any nn.Module.
+    r"""Capture what happens inside `module` during a `with` block; works on any nn.Module.
 
-    shapes/timing/stats are cheap and on by default. memory adds output bytes, bytes saved for
+    shapes/timing/stats are cheap and on by default; stats may also be a module filter (like
+    `modules`): then only those recorded modules get activation statistics, which are the main
+    cost of a trace (exact mean/std/abs-max/NaN counts read every element), e.g.
+    stats=r"^blocks\.\d+$" for layer outputs only. memory adds output bytes, bytes saved for
     backward (saved-tensors hooks) and, on CUDA, allocator delta/peak per layer-level module.
     samples keeps that many evenly strided output values per call (for histograms).
     attention captures probabilities (B, H, T, S) and per-head metrics: from workbench hook sites,
@@ -79,14 +82,32 @@ def trace(
     )
     sel = AttentionSelection(attention_layers, attention_heads, attention_queries, attention_batch,
                              attention_budget_bytes) if wants_attn else None
-    opts = CaptureOptions(shapes, timing, memory, stats, samples, sel, attention_source)
     named = list(module.named_modules())
     targets = select_modules(module, modules, named)  # fail here, not later inside the with statement
     if not targets:
         raise CaptureError(f"modules={modules!r} matched no module; check model.named_modules().")
+    stats_on, stats_modules = _stats_selection(module, stats, named, targets)
+    opts = CaptureOptions(shapes, timing, memory, stats_on, stats_modules, samples, sel, attention_source)
     tr = Trace(module, opts, modules, gradients, optimizer)
     tr._targets, tr._named, tr._wrapper = targets, named, wrapper
     return tr
+
+
+def _stats_selection(module: nn.Module, stats: bool | ModuleFilter, named: list[tuple[str, nn.Module]],
+                     targets: list[tuple[str, nn.Module]]) -> tuple[bool, tuple[str, ...] | None]:
+    """(stats on, names of the recorded modules that get statistics or None for all) from `stats`."""
+    if isinstance(stats, bool):
+        return stats, None
+    if stats is None:
+        raise CaptureError("stats must be True, False or a module filter (regex, names or predicate), got None.")
+    recorded = {n for n, _ in targets}
+    names = tuple(n for n, _ in select_modules(module, stats, named) if n in recorded)
+    if not names:
+        raise CaptureError(
+            f"stats={stats!r} matched no recorded module; use names from model.named_modules() that "
+            "`modules=` also records, a regex string, or a predicate(name, module)."
+        )
+    return True, names
 
 
 class Trace:
