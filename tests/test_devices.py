@@ -1,9 +1,10 @@
 """The same checks on every device the machine has: CPU always, CUDA where a GPU is present.
 
-CPU runs prove the checks themselves; on a GPU machine the `cuda` cases exercise the device-side paths
-that CPU tests can only simulate: statistics written into device rows and read back once at exit,
-CUDA-event timing, the allocator meter, SDPA interception on device kernels, and generation with the
-CUDA-graph decode step. References are computed in float64 on the CPU.
+CPU runs prove the checks themselves ("cpu-batched" also runs the accelerator's batched statistics on
+the CPU); on a GPU machine the `cuda` cases exercise the device-side paths that CPU tests can only
+simulate: statistics copied into batch buffers and read back once at exit, CUDA-event timing, the
+allocator meter, SDPA interception on device kernels, and generation with the CUDA-graph decode
+step. References are computed in float64 on the CPU.
 """
 
 from __future__ import annotations
