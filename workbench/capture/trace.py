@@ -56,8 +56,10 @@ def trace(
     shapes/timing/stats are cheap and on by default; stats may also be a module filter (like
     `modules`): then only those recorded modules get activation statistics, which are the main
     cost of a trace (exact mean/std/abs-max/NaN counts read every element), e.g.
-    stats=r"^blocks\.\d+$" for layer outputs only. memory adds output bytes, bytes saved for
-    backward (saved-tensors hooks) and, on CUDA, allocator delta/peak per layer-level module.
+    stats=r"^blocks\.\d+$" for layer outputs only. On an accelerator, statistics are reduced in
+    batches and hold at most 128 MiB of copies per device meanwhile.
+    memory adds output bytes, bytes saved for backward (saved-tensors hooks) and, on CUDA, allocator
+    delta/peak per layer-level module.
     samples keeps that many evenly strided output values per call (for histograms).
     attention captures probabilities (B, H, T, S) and per-head metrics: from workbench hook sites,
     else by intercepting F.scaled_dot_product_attention and 4-D softmax calls. The attention_*
