@@ -111,6 +111,8 @@ def test_dtype_casts_keep_rope_frequencies_in_float32():
     assert torch.equal(model.rotary.inv_freq, exact)
     model.to("meta")  # device moves still apply
     assert model.rotary.inv_freq.device.type == "meta" and model.rotary.inv_freq.dtype == torch.float32
+    model.to_empty(device="cpu")  # materialising a meta model: the frequencies are recomputed, not garbage
+    assert torch.equal(model.rotary.inv_freq, exact)
     cos, _ = wb.TransformerLM(model.config).to(torch.bfloat16).rotary(torch.tensor([[4000]]), torch.float32)
     ref = torch.cat([4000 * exact.double()] * 2).cos()
     assert float((cos.double().flatten() - ref).abs().max()) < 1e-3  # float32 angles at position 4,000

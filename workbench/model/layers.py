@@ -103,12 +103,12 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (torch's signature)
-        """Device moves apply as usual, but dtype casts (`model.to(torch.bfloat16)`, `.half()`) keep
-        the frequencies in float32: rounded to bf16 (8 bits) they would turn position 1,000 up to
-        about a radian too far. HF's `from_pretrained(dtype=...)` keeps them in float32 as well."""
+        """Device moves apply as usual, but the frequencies come back exact and in float32 after any
+        of them: a dtype cast (`model.to(torch.bfloat16)`, `.half()`) would round them to 8 bits and
+        turn position 1,000 up to about a radian too far (HF's `from_pretrained(dtype=...)` keeps
+        them in float32 as well), and `to_empty()` would leave them uninitialised."""
         super()._apply(fn, recurse)
-        if self.inv_freq.dtype != torch.float32:
-            self.inv_freq = self._exact.to(self.inv_freq.device)
+        self.inv_freq = self._exact.to(self.inv_freq.device)
         return self
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
