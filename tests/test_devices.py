@@ -127,6 +127,7 @@ def test_trace_stats_timing_and_memory_on_device(device, monkeypatch):
         assert st.absmax == pytest.approx(float(x.abs().max()), rel=1e-6)
         assert (st.min, st.max) == pytest.approx((float(x.min()), float(x.max())), rel=1e-6)
         assert by_name[name].output_bytes == out.nbytes
+    assert tr.records[0].name == "" and tr.records[0].time_ms > 0  # the whole forward took measurable time
     for rec in tr.records:  # each call's time covers its recorded children (one stream, in order)
         assert rec.time_ms is not None and math.isfinite(rec.time_ms) and rec.time_ms >= 0
         children = sum(c.time_ms for c in tr.records if c.parent == rec.index)

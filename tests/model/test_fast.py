@@ -250,15 +250,21 @@ def test_cuda_graph_of_the_compiled_step_equals_plain_decode():
     assert decoder.last_route == "graph" and decoder.captures == 1 and decoder.step.error is None
 
 
-@cuda
-def test_cuda_graph_recaptures_after_resize_and_skips_under_hooks():
+def _prefilled_on_cuda(max_len: int):
+    """(model, plain cache, fast cache, last plain logits (B, V), FastDecoder) after the same prefill."""
     model = _model("tiny", "cuda")
     ids, _ = _prompt(False, "cuda")
-    plain_cache, fast_cache = model.new_cache(3, 8), model.new_cache(3, 8)
+    plain_cache, fast_cache = model.new_cache(3, max_len), model.new_cache(3, max_len)
     with torch.no_grad():
         plain = model(ids, cache=plain_cache)[:, -1]
         model(ids, cache=fast_cache)
-        decoder = FastDecoder(model, fast_cache)
+    return model, plain_cache, fast_cache, plain, FastDecoder(model, fast_cache)
+
+
+@cuda
+def test_cuda_graph_recaptures_after_resize_and_skips_under_hooks():
+    model, plain_cache, fast_cache, plain, decoder = _prefilled_on_cuda(8)
+    with torch.no_grad():
         fired = []
         for i in range(5):
             if fast_cache.length == fast_cache.max_len:
@@ -278,13 +284,8 @@ def test_cuda_graph_recaptures_after_resize_and_skips_under_hooks():
 
 @cuda
 def test_cuda_graph_recaptures_when_a_weight_is_replaced():
-    model = _model("tiny", "cuda")
-    ids, _ = _prompt(False, "cuda")
-    plain_cache, fast_cache = model.new_cache(3, 16), model.new_cache(3, 16)
+    model, plain_cache, fast_cache, plain, decoder = _prefilled_on_cuda(16)
     with torch.no_grad():
-        plain = model(ids, cache=plain_cache)[:, -1]
-        model(ids, cache=fast_cache)
-        decoder = FastDecoder(model, fast_cache)
         for i in range(4):
             if i == 2:  # a new tensor, not an in-place edit: the captured graph would still read the old one
                 model.blocks[0].mlp.down.weight.data = model.blocks[0].mlp.down.weight.data * 0.5

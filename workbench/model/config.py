@@ -18,6 +18,14 @@ MLPS = ("gelu", "swiglu", "none")
 ROPE_SCALINGS = ("linear", "llama3")
 
 
+def _check_known(cls: type, data: dict[str, Any], what: str) -> None:
+    """Refuse keys that are not fields of the dataclass `cls` (a typo must not be silently dropped)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"Unknown {what} {unknown}; known fields are {sorted(names)}.")
+
+
 @dataclass(frozen=True)
 class RopeScaling:
     """How RoPE's inverse frequencies are stretched for contexts longer than pre-training.
@@ -53,10 +61,7 @@ class RopeScaling:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RopeScaling:
         """Build from `dataclasses.asdict` output (a saved config); unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"Unknown rope_scaling fields {unknown}; known fields are {sorted(names)}.")
+        _check_known(cls, data, "rope_scaling fields")
         return cls(**data)
 
 
@@ -159,10 +164,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from a dict of field values; unknown keys are an error, not silently dropped."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"Unknown config fields {unknown}; known fields are {sorted(names)}.")
+        _check_known(cls, data, "config fields")
         scaling = data.get("rope_scaling")
         if isinstance(scaling, dict):  # the one place a JSON dict turns into a RopeScaling
             data = {**data, "rope_scaling": RopeScaling.from_dict(scaling)}

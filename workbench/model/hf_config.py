@@ -126,9 +126,9 @@ def rope_scaling_from_hf(hf: dict[str, Any]) -> RopeScaling | None:
             high_freq_factor=float(params["high_freq_factor"]),
             original_max_seq_len=int(original),
         )
-    except (TypeError, ValueError) as exc:  # ConfigError is a ValueError: keep its own message
-        if isinstance(exc, ConfigError):
-            raise
+    except ConfigError:  # a ValueError too: keep its own message
+        raise
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{kind} rope_scaling holds a non-numeric value ({exc}): {params!r}.") from None
 
 
