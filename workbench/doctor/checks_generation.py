@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DoctorError
-from .adapters import cache_bytes, cache_tensors
+from .adapters import cache_bytes, cache_tensors, returned_cache
 from .registry import Context, Result, check, na
+from .report import Within, format_value
 
 NEW_TOKENS = 6
 
@@ -52,7 +53,7 @@ def generation_memory(ctx: Context) -> Result:
     refs: list[weakref.ref] = []
 
     def after_forward(_m: Any, _args: tuple, kwargs: dict, out: Any) -> None:
-        state = kwargs.get("cache") if style == "workbench" else getattr(out, "past_key_values", None)
+        state = kwargs.get("cache") if style == "workbench" else returned_cache(out)
         if state is not None:
             sizes.append(cache_bytes(state))
             refs[:] = [weakref.ref(t) for t in cache_tensors(state)]
@@ -130,15 +131,17 @@ def beam_search(ctx: Context) -> Result:
         counts, alpha = [seqs.shape[1] - P] * seqs.shape[0], 1.0
     same = bool(torch.equal(greedy.cpu(), width1.cpu()))
     recomputed = [_sequence_logprob(ctx, s, P, n) / n**alpha for s, n in zip(seqs, counts)]
-    gap = max(abs(a - b) for a, b in zip(scores, recomputed))
+    tol = 1e-3 * max(1.0, *(abs(s) for s in recomputed))
+    gap = Within(max(abs(a - b) for a, b in zip(scores, recomputed)), tol)
     evidence = {"width1_equals_greedy": same, "beam_scores": scores, "recomputed_scores": recomputed,
                 "max_score_gap": gap, "new_tokens": NEW_TOKENS}
     if not same:
         return Result("fail", "beam search with width 1 chose different tokens than greedy decoding.", evidence)
-    if not gap <= 1e-3 * max(1.0, max(abs(s) for s in recomputed)):
+    if not gap <= tol:
         return Result("fail", f"beam scores differ from the recomputed length-normalised log-probs by {gap:.3g}.",
                       evidence)
     if scores != sorted(scores, reverse=True):
         return Result("fail", "returned beams are not sorted by score.", evidence)
-    return Result("pass", f"width 1 equals greedy; width-2 scores match recomputed log-probs (gap {gap:.1e}).",
+    return Result("pass", f"width 1 equals greedy; width-2 scores match recomputed log-probs (gap "
+                  f"{format_value(gap)}).",
                   evidence)

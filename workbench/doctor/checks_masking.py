@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .registry import Context, Result, check, max_delta, na
+from .report import Within, format_value
 
 
 @check(
@@ -33,12 +34,13 @@ def causal_leak(ctx: Context) -> Result:
         delta, pos = max_delta(base[:, : cut + 1], a.logits(other)[:, : cut + 1])
         if not delta <= worst:  # NaN counts as the worst
             worst, worst_pos, worst_cut = delta, pos, cut
-    evidence = {"max_abs_delta_earlier_logits": worst, "at_position": worst_pos,
-                "future_changed_from": worst_cut + 1, "tolerance": tol, "seq_len": T}
+    delta = Within(worst, tol)
+    evidence = {"max_abs_delta_earlier_logits": delta, "tolerance": tol, "seq_len": T}
     if not worst <= tol:
+        evidence.update(at_position=worst_pos, future_changed_from=worst_cut + 1)
         return Result("fail", f"changing tokens from position {worst_cut + 1} on moved the logits at earlier "
                       f"position {worst_pos} by {worst:.3g} (tolerance {tol:.1e}): the future leaks.", evidence)
-    return Result("pass", f"earlier logits unchanged when future tokens change (max |delta| {worst:.1e}).",
+    return Result("pass", f"earlier logits unchanged when future tokens change (max |delta| {format_value(delta)}).",
                   evidence)
 
 
@@ -73,9 +75,12 @@ def padding_mask(ctx: Context) -> Result:
         out = a.logits(seq, mask, positions)[:, keep]  # (1, n, V) real tokens only
         deltas[side] = max_delta(ref, out)
     tol = a.tolerance(ref)
-    evidence = {"left_pad_max_abs_delta": deltas["left"][0], "left_at_position": deltas["left"][1],
-                "right_pad_max_abs_delta": deltas["right"][0], "pad_tokens": pads, "tolerance": tol,
-                "explicit_position_ids": a.supports_positions}
+    evidence: dict[str, object] = {}
+    for side, (d, at) in deltas.items():
+        evidence[f"{side}_pad_max_abs_delta"] = Within(d, tol)
+        if not d <= tol:  # where the largest difference sits means something only when it is not noise
+            evidence[f"{side}_at_position"] = at
+    evidence.update(pad_tokens=pads, tolerance=tol, explicit_position_ids=a.supports_positions)
     bad = [side for side, (d, _) in deltas.items() if not d <= tol]
     if bad:
         side = bad[0]
@@ -101,11 +106,14 @@ def batch_invariance(ctx: Context) -> Result:
     row = int(diff.nan_to_num(float("inf")).argmax())
     worst = float(diff[row])
     tol = a.tolerance(singles)
-    evidence = {"max_abs_delta": worst, "row": row, "batch": B, "seq_len": T, "tolerance": tol}
+    delta = Within(worst, tol)
+    evidence = {"max_abs_delta": delta, "batch": B, "seq_len": T, "tolerance": tol}
     if not worst <= tol:
+        evidence["row"] = row
         return Result("fail", f"row {row} of a batch of {B} differs from the same row run alone by {worst:.3g} "
                       f"(tolerance {tol:.1e}).", evidence)
-    return Result("pass", f"a batch of {B} equals its rows run one by one (max |delta| {worst:.1e}).", evidence)
+    return Result("pass", f"a batch of {B} equals its rows run one by one (max |delta| {format_value(delta)}).",
+                  evidence)
 
 
 @check(

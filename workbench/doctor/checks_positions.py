@@ -12,6 +12,7 @@ import torch
 
 from .checks_masking import _positions
 from .registry import Context, Result, check, max_delta, na
+from .report import Within, format_value
 
 
 def _arange(start: int, stop: int, device: torch.device) -> torch.Tensor:
@@ -62,7 +63,9 @@ def positions(ctx: Context) -> Result:
         delta = max_delta(full[:, t : t + 1], step)[0]
         if not delta <= worst:
             worst, at = delta, t
-    evidence.update(cached_decode_delta=worst, at_position=at)
+    evidence["cached_decode_delta"] = Within(worst, tol)
+    if not worst <= tol:
+        evidence["at_position"] = at
     if not worst <= tol and a.supports_positions and not _explicit_decode_ok(a, ids, P, full, tol):
         evidence["continuation_judged"] = False
         return Result("pass", f"positions are applied (logits move by {moved:.3g}); continuation past the cache "
@@ -111,9 +114,11 @@ def kv_cache(ctx: Context) -> Result:
         if not delta <= worst:
             worst, at = delta, t
     tol = a.tolerance(full)
-    evidence = {"max_abs_delta": worst, "at_position": at, "prefill": P, "decode_steps": N, "tolerance": tol,
+    delta = Within(worst, tol)
+    evidence = {"max_abs_delta": delta, "prefill": P, "decode_steps": N, "tolerance": tol,
                 "explicit_position_ids": explicit}
     if not worst <= tol:
+        evidence["at_position"] = at
         return Result("fail", f"cached decoding differs from a full recompute by {worst:.3g} at position {at} "
                       f"(tolerance {tol:.1e}).", evidence)
     if a.supports_mask:
@@ -131,9 +136,9 @@ def kv_cache(ctx: Context) -> Result:
             step, state = a.cached(seq[:, t : t + 1], state, mask=mask[:, : t + 1],
                                    positions=mpos[:, t : t + 1] if explicit else None, max_len=pads + P + N)
             padded = max(padded, max_delta(ref[:, t - pads : t - pads + 1], step)[0], key=lambda v: (v != v, v))
-        evidence["left_padded_max_abs_delta"] = padded
+        evidence["left_padded_max_abs_delta"] = Within(padded, tol)
         if not padded <= tol:
             return Result("fail", f"cached decoding of a left-padded sequence differs from the full recompute by "
                           f"{padded:.3g} (tolerance {tol:.1e}).", evidence)
-    return Result("pass", f"prefill + {N} cached steps equal the full recompute (max |delta| {worst:.1e}).",
-                  evidence)
+    return Result("pass", f"prefill + {N} cached steps equal the full recompute (max |delta| "
+                  f"{format_value(delta)}).", evidence)

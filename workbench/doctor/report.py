@@ -13,8 +13,39 @@ _BACKGROUNDS = {"pass": "#dafbe1", "warn": "#fff8c5", "fail": "#ffebe9", "n/a": 
 _LEFT = "text-align:left;vertical-align:top"
 
 
+class Within(float):
+    """A difference judged against a tolerance (the float itself is the measured value).
+
+    At or under the tolerance its digits are arithmetic noise: another CPU, another BLAS or another
+    thread count prints different ones. So it is shown as a bound, the first of 1/100, 1/10 or all of
+    the tolerance that holds it ("<= 2.9e-05"), which every machine prints alike; above the tolerance it
+    is shown as the number it is.
+    """
+
+    tolerance: float
+
+    def __new__(cls, value: float, tolerance: float) -> Within:
+        self = super().__new__(cls, value)
+        self.tolerance = float(tolerance)
+        return self
+
+    def bound(self) -> float | None:
+        """The bound shown in place of the value, or None when the value exceeds the tolerance (or is NaN)."""
+        if not (self.tolerance > 0 and float(self) <= self.tolerance):
+            return None
+        return next(self.tolerance * f for f in (0.01, 0.1, 1.0) if float(self) <= self.tolerance * f)
+
+
+def _round_up(value: float) -> float:
+    """`value` rounded up to 2 significant digits, so that a bound printed with them still holds."""
+    exponent = math.floor(math.log10(value)) - 1
+    return math.ceil(value / 10.0**exponent - 1e-9) * 10.0**exponent
+
+
 def format_value(value: Any) -> str:
-    """Numbers a person can read: 3 significant digits, scientific when tiny or huge."""
+    """Numbers a person can read: 3 significant digits, scientific when tiny or huge; noise as a bound."""
+    if isinstance(value, Within) and value.bound() is not None:
+        return f"<= {_round_up(value.bound()):.1e}"
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, int):
