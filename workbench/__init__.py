@@ -28,8 +28,9 @@ from .generation import GenerationOutput, GenerationSession, StepRecord, generat
 from .io.gguf import load_gguf, read_gguf
 from .io.gguf_tokenizer import tokenizer_from_gguf
 from .io.load import load_pretrained
+from .io.load_tokenizer import load_tokenizer
 from .io.report import LoadReport
-from .io.tokenizer import Tokenizer, load_tokenizer
+from .io.tokenizer import Tokenizer
 from .model import (
     PRESETS,
     CompiledModel,

@@ -17,7 +17,7 @@ def resolve_model(spec: str, device: str | None = None) -> tuple[torch.nn.Module
     """(model, tokenizer or None) for "smollm2", "tiny", or anything `load_pretrained` accepts."""
     from . import models
     from .io.load import load_pretrained
-    from .io.tokenizer import load_tokenizer
+    from .io.load_tokenizer import load_tokenizer
 
     if spec in NAMED_MODELS:
         return getattr(models, spec)(device=device)

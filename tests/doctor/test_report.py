@@ -82,3 +82,24 @@ def test_user_rng_and_grads_untouched():
     diagnose(m, checks=["determinism", "gradients"], progress=False)
     assert torch.equal(torch.rand(3), expected)  # the user's RNG stream continues where it was
     assert all(bool((p.grad == 7.0).all()) for p in m.parameters())
+
+
+def test_every_registered_check_is_in_the_catalogue_and_places_are_declared():
+    from pathlib import Path
+
+    import workbench.doctor as doctor_pkg
+    from workbench.doctor.registry import catalogue, check
+
+    sources = Path(doctor_pkg.__file__).parent.glob("checks_*.py")
+    declared = sum(p.read_text().count("\n@check(") for p in sources)
+    assert declared == len(CHECK_NAMES) == len(set(CHECK_NAMES))  # none left out of a report
+    assert catalogue() == CHECK_NAMES
+    places = [doctor_pkg.CHECKS[n].order for n in CHECK_NAMES]
+    assert places == sorted(places)
+    with pytest.raises(TypeError):
+        check("unplaced", pitfall="p", fix="f")  # a check without a place does not even register
+    with pytest.raises(DoctorError, match="taken by 'causal_leak'"):
+        check("second_leak", order=doctor_pkg.CHECKS["causal_leak"].order, pitfall="p", fix="f")
+    with pytest.raises(DoctorError, match="already registered"):
+        check("config", order=10_000, pitfall="p", fix="f")
+    assert "unplaced" not in doctor_pkg.CHECKS and "second_leak" not in doctor_pkg.CHECKS

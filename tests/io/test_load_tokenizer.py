@@ -7,7 +7,7 @@ import json
 import pytest
 
 import workbench as wb
-from workbench.io.tokenizer import load_tokenizer
+from workbench.io.load_tokenizer import load_tokenizer
 
 
 def test_gguf_and_saved_json_agree(smollm2_path, tmp_path):

@@ -55,6 +55,7 @@ def _tokenizer_vocab(tokenizer: Any) -> int | None:
 
 @check(
     "config",
+    order=10,
     pitfall="Inconsistent hyperparameters: d_model not divisible by n_heads (head_dim silently floors), "
     "query heads not a multiple of KV heads, vocab_size that disagrees with the embedding or tokenizer, "
     "out-of-range dropout/eps, unknown enum values.",
@@ -122,6 +123,7 @@ def _storage(p: torch.Tensor) -> int:
 
 @check(
     "weights",
+    order=120,
     pitfall="Weights loaded with missing/unexpected keys or shape mismatches, non-finite or meta parameters, "
     "and a 'tied' output head that is a copy of the embedding instead of sharing its storage.",
     fix="Load with a strict key check and read the load report; tie with `lm_head.weight = embed.weight` "
@@ -215,6 +217,7 @@ def _probe(ctx: Context, ids: torch.Tensor) -> tuple[str, str]:
 
 @check(
     "input_validation",
+    order=150,
     pitfall="Out-of-range token ids or over-long inputs are not checked, so they crash inside an embedding "
     "(a device-side assert on CUDA) or, worse, silently produce garbage.",
     fix="Check 0 <= id < vocab_size and T <= max_seq_len at the top of forward and raise a ValueError that "

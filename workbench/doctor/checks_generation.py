@@ -40,6 +40,7 @@ def _hf_generate(model: Any, ids: torch.Tensor, **kwargs: Any) -> Any:
 
 @check(
     "generation_memory",
+    order=130,
     pitfall="The KV cache grows faster than one position per step (whole-sequence copies kept), or is "
     "still referenced after generate returns (stored on the model, in a global, in a closure), so "
     "memory leaks from call to call.",
@@ -100,6 +101,7 @@ def _sequence_logprob(ctx: Context, seq: torch.Tensor, prompt_len: int, count: i
 
 @check(
     "beam_search",
+    order=140,
     pitfall="Beam search is inconsistent: width 1 differs from greedy, or the cache rows are not reordered "
     "with the beams, so returned scores are not the sequences' length-normalised log-probabilities.",
     fix="Reorder every cache row with the surviving beams (index_select on the batch dim) and score "

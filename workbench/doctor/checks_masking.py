@@ -14,6 +14,7 @@ from .report import Within, format_value
 
 @check(
     "causal_leak",
+    order=20,
     pitfall="The causal mask lets a position see later tokens (mask shifted by one, wrong triangle, "
     "missing mask), so training looks great and generation is garbage.",
     fix="Mask scores with a lower-triangular mask: key position <= query position "
@@ -51,6 +52,7 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 @check(
     "padding_mask",
+    order=30,
     pitfall="The attention_mask is ignored or applied to the wrong axis, or positions are not shifted "
     "for left padding, so padded batches give different answers than the same text unpadded.",
     fix="Combine the key-padding mask with the causal mask (mask[:, None, None, :] on keys) and derive "
@@ -91,6 +93,7 @@ def padding_mask(ctx: Context) -> Result:
 
 @check(
     "batch_invariance",
+    order=160,
     pitfall="Statistics or attention cross the batch dimension (norm over the wrong axes, a reshape that "
     "merges B and T), so a row's output depends on the other rows.",
     fix="Reduce norms over the channel dim only (dim=-1) and keep B separate in every view/reshape.",
@@ -118,6 +121,7 @@ def batch_invariance(ctx: Context) -> Result:
 
 @check(
     "determinism",
+    order=110,
     pitfall="Dropout (or other randomness) stays active in eval mode, e.g. F.dropout(x, p) without "
     "training=self.training, so the same input gives different outputs.",
     fix="Use nn.Dropout modules or pass training=self.training to F.dropout; keep sampling out of forward.",

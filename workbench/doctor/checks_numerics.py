@@ -92,6 +92,7 @@ def _scale_ratio(scores: torch.Tensor, product: tuple[torch.Tensor, int] | None)
 
 @check(
     "score_overflow",
+    order=70,
     pitfall="Attention scores are not scaled by 1/sqrt(head_dim) (or are scaled after an fp16 matmul), so "
     "with large activations in fp16/bf16 they overflow and softmax returns NaN.",
     fix="Scale q (or the scores) by 1/sqrt(head_dim) before the matmul, or use SDPA; compute softmax in float32.",
@@ -136,6 +137,7 @@ def score_overflow(ctx: Context) -> Result:
 
 @check(
     "nonfinite",
+    order=80,
     pitfall="A layer produces NaN/Inf (log of 0, division by a zero norm, -inf masks on a full row, overflow), "
     "and everything after it is NaN too.",
     fix="Look at the named module and its input statistics: add eps to divisions and norms, clamp before "
@@ -171,6 +173,7 @@ def _group(name: str, blocks: list[str]) -> str:
 
 @check(
     "gradients",
+    order=90,
     pitfall="Gradients vanish or explode across layers (a detached residual, missing residual connection, "
     "exploding init), or parameters receive no gradient at all.",
     fix="Keep the residual path differentiable (x = x + f(x), no .detach()/.data), use pre-norm, and scale "
@@ -235,6 +238,7 @@ def gradients(ctx: Context) -> Result:
 
 @check(
     "init_scale",
+    order=100,
     pitfall="Weights initialised far from std ~ 1/sqrt(fan_in) (e.g. N(0, 1) for a Linear), so activations "
     "grow or shrink by that factor at every layer.",
     fix="Initialise Linear weights with std ~ 0.02 or 1/sqrt(fan_in) (and residual outputs smaller); "

@@ -21,6 +21,7 @@ def _arange(start: int, stop: int, device: torch.device) -> torch.Tensor:
 
 @check(
     "positions",
+    order=40,
     pitfall="Position information is not applied (embedding created but never added, RoPE skipped) or "
     "restarts at 0 after a cache, so the model sees a bag of tokens.",
     fix="Add the position embedding / rotate q and k for every call, with position ids that continue from "
@@ -91,6 +92,7 @@ def _explicit_decode_ok(a, ids: torch.Tensor, P: int, full: torch.Tensor, tol: f
 
 @check(
     "kv_cache",
+    order=50,
     pitfall="Incremental decoding with the KV cache differs from recomputing the whole sequence (keys "
     "appended to the wrong slot, cache not updated, padding forgotten for cached keys).",
     fix="Append new keys/values after the cached ones, attend over all of them, and keep the padding mask "

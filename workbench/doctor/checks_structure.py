@@ -40,6 +40,7 @@ def _block_placement(block_in: torch.Tensor, block_out: torch.Tensor, norms: lis
 
 @check(
     "norm_placement",
+    order=60,
     pitfall="Norms placed inconsistently: some blocks pre-norm (x + f(norm(x))), others post-norm "
     "(norm(x + f(x))), usually a copy-paste slip; post-norm also needs warmup to train deep stacks.",
     fix="Use one placement in every block; pre-norm (with a final norm before the head) is the stable default.",
@@ -113,6 +114,7 @@ def _classify(func: Any, args: tuple, kwargs: dict) -> tuple[str, str] | None:
 
 @check(
     "host_device",
+    order=170,
     pitfall="Device transfers (.cpu(), .to(device), .numpy()) and host syncs (.item(), .tolist(), bool(tensor), "
     "data-dependent shapes) inside forward stall the GPU, worst when repeated in every layer.",
     fix="Keep forward on one device: create tensors with device=x.device, keep values as tensors instead of "

@@ -14,17 +14,12 @@ from ..distributed.env import is_distributed, run_on_main, unwrap
 from ..errors import DoctorError
 from . import checks_config, checks_generation, checks_masking, checks_numerics, checks_positions, checks_structure
 from .adapters import ModelAdapter
-from .registry import CHECKS, Context, Result
+from .registry import CHECKS, Context, Result, catalogue
 from .report import Finding, Report
 
 _MODULES = (checks_config, checks_generation, checks_masking, checks_numerics, checks_positions, checks_structure)
 
-ORDER = (
-    "config", "causal_leak", "padding_mask", "positions", "kv_cache", "norm_placement", "score_overflow",
-    "nonfinite", "gradients", "init_scale", "determinism", "weights", "generation_memory", "beam_search",
-    "input_validation", "batch_invariance", "host_device",
-)  # the order of the pitfall catalogue
-CHECK_NAMES = tuple(n for n in ORDER if n in CHECKS)
+CHECK_NAMES = catalogue()  # every check the modules above register, in the order they declare
 
 
 def diagnose(

@@ -29,6 +29,7 @@ class Result(NamedTuple):
 @dataclass(frozen=True)
 class Check:
     name: str
+    order: int  # its place in the pitfall catalogue: reports list checks by it
     pitfall: str  # the implementation mistake it detects
     fix: str  # what to change when it does not pass
     fn: Callable[[Context], Result]
@@ -37,14 +38,30 @@ class Check:
 CHECKS: dict[str, Check] = {}
 
 
-def check(name: str, pitfall: str, fix: str) -> Callable[[Callable[[Context], Result]], Callable[[Context], Result]]:
-    """Register `fn` as the check `name`."""
+def check(name: str, *, order: int, pitfall: str,
+          fix: str) -> Callable[[Callable[[Context], Result]], Callable[[Context], Result]]:
+    """Register `fn` as the check `name`, at place `order` of the catalogue.
+
+    Every check declares its place, so none can be left out of a report by a list kept elsewhere; a
+    name or a place used twice is an error when the module defining it is imported.
+    """
+    if name in CHECKS:
+        raise DoctorError(f"a doctor check named {name!r} is already registered.")
+    taken = {c.order: c.name for c in CHECKS.values()}
+    if not isinstance(order, int) or order in taken:
+        raise DoctorError(f"check {name!r} needs an integer catalogue place of its own; order={order!r} is "
+                          f"{'taken by ' + repr(taken[order]) if order in taken else 'not an integer'}.")
 
     def register(fn: Callable[[Context], Result]) -> Callable[[Context], Result]:
-        CHECKS[name] = Check(name, pitfall, fix, fn)
+        CHECKS[name] = Check(name, order, pitfall, fix, fn)
         return fn
 
     return register
+
+
+def catalogue() -> tuple[str, ...]:
+    """The names of every registered check, in catalogue order."""
+    return tuple(sorted(CHECKS, key=lambda n: CHECKS[n].order))
 
 
 @dataclass
