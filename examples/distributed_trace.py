@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.distributed.fsdp import fully_shard
 
 import workbench
-from workbench.distributed import global_grad_norm, init_distributed, rank_memory
+from workbench.distributed import global_grad_norm, init_distributed
 from workbench.model import ModelConfig, TransformerLM
 
 
@@ -40,7 +40,7 @@ def main() -> None:
                                        progress=False)  # runs on all ranks (FSDP2), returned on rank 0
     if gathered is not None:
         print(f"ranks {gathered.ranks}: {[len(gathered.for_rank(r)) for r in gathered.ranks]} calls each")
-        print(rank_memory(gathered).to_string())
+        print(gathered.rank_memory().to_string())
         print(f"global gradient norm: {global_grad_norm(gathered):.6f}")
         df = gathered.to_dataframe()
         print(df[df.name.str.fullmatch(r"blocks\.\d+")][["rank", "name", "time_ms", "saved_bytes_total"]])

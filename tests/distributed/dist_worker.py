@@ -63,7 +63,7 @@ def reference(ids: torch.Tensor) -> dict:
 
 def traced_step(model: nn.Module, ids: torch.Tensor, **kw) -> dict:
     import workbench
-    from workbench.distributed import global_grad_norm, rank_memory
+    from workbench.distributed import global_grad_norm
 
     before = hook_count(model)
     with workbench.trace(model, gradients=True, memory=True, **kw) as tr:
@@ -79,7 +79,7 @@ def traced_step(model: nn.Module, ids: torch.Tensor, **kw) -> dict:
             "ranks": gathered.ranks,
             "record_ranks": sorted({r.rank for r in gathered.records}),
             "records_per_rank": [len(gathered.for_rank(r).records) for r in gathered.ranks],
-            "rank_memory": rank_memory(gathered).reset_index().to_dict("records"),
+            "rank_memory": gathered.rank_memory().reset_index().to_dict("records"),
             "attention": [(a.rank, a.module, a.map.tolist()) for a in gathered.attention if a.map is not None],
         }
         out["gathered_trace"] = gathered

@@ -10,7 +10,7 @@ from genmodels import bigram_model
 from workbench import GenerationError
 from workbench.generation import GenerationSession, generate
 from workbench.generation.fast import MIN_GRAPH_TOKENS, auto_fast, resolve_fast
-from workbench.model import fast as fast_mod
+from workbench.model import decoder as decoder_mod
 
 PROMPTS = ["Once upon a time, in a small village by the sea,", "def fibonacci(n):"]
 
@@ -19,13 +19,13 @@ PROMPTS = ["Once upon a time, in a small village by the sea,", "def fibonacci(n)
 def step_count(monkeypatch) -> list[int]:
     """Counts calls of the fixed-shape step, so a test fails if fast=True silently ran the plain path."""
     calls: list[int] = []
-    real = fast_mod.decode_step
+    real = decoder_mod.decode_step
 
     def counted(model, token, slots):
         calls.append(token.shape[0])
         return real(model, token, slots)
 
-    monkeypatch.setattr(fast_mod, "decode_step", counted)
+    monkeypatch.setattr(decoder_mod, "decode_step", counted)
     return calls
 
 

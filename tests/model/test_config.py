@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from workbench import ConfigError, ModelConfig
+from workbench.model.hf_config import config_from_hf
 
 
 @pytest.mark.parametrize(
@@ -63,11 +64,11 @@ def test_dict_round_trip_and_unknown_fields():
 
 
 def test_from_hf_gpt2_and_llama():
-    gpt2 = ModelConfig.from_hf_config(
+    gpt2 = config_from_hf(
         {"model_type": "gpt2", "vocab_size": 50257, "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024}
     )
     assert gpt2 == ModelConfig.preset("gpt2-small")
-    llama = ModelConfig.from_hf_config(
+    llama = config_from_hf(
         {
             "model_type": "llama",
             "vocab_size": 49152,
@@ -99,4 +100,4 @@ def test_from_hf_gpt2_and_llama():
 )
 def test_from_hf_refuses_unsupported(hf, message):
     with pytest.raises(ConfigError, match=message):
-        ModelConfig.from_hf_config(hf)
+        config_from_hf(hf)

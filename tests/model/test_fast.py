@@ -8,8 +8,9 @@ import torch
 
 import workbench as wb
 from workbench.errors import InputError
-from workbench.model import fast as fast_mod
-from workbench.model.fast import FastDecoder, StaticSlots, decode_step, hooks_attached
+from workbench.model import decoder as decoder_mod
+from workbench.model.decoder import FastDecoder
+from workbench.model.fast import CompiledStep, StaticSlots, decode_step, hooks_attached
 
 STEPS = 10
 
@@ -81,6 +82,26 @@ def test_compiled_step_equals_plain_decode(name):
     ids, mask = _prompt(True)
     decoder = _run_both(model, ids, mask, lambda cache: FastDecoder(model, cache, graphs=False, compiled=True))
     assert decoder.step.error is None and decoder.step.calls == STEPS  # every step ran compiled code
+
+
+@pytest.mark.slow
+def test_compile_carrier_runs_the_compiled_step_and_its_graph_mode_matches_on_the_cpu():
+    """carrier="compile" hands CUDA graphs to torch.compile(mode="reduce-overhead"); off CUDA the same
+    mode only compiles, and both give the plain path's logits."""
+    model = _model("gqa-rope")
+    ids, mask = _prompt(True)
+    decoder = _run_both(model, ids, mask, lambda cache: FastDecoder(model, cache, graphs=False, carrier="compile"))
+    assert isinstance(decoder.step, CompiledStep) and decoder.step.calls == STEPS and decoder.last_route == "eager"
+
+    def graph_mode(cache: wb.KVCache) -> FastDecoder:
+        decoder = FastDecoder(model, cache, graphs=False, carrier="compile")
+        decoder.step = CompiledStep(mode="reduce-overhead")  # what graphs=True selects on CUDA
+        return decoder
+
+    decoder = _run_both(model, ids, mask, graph_mode)
+    assert decoder.step.error is None and decoder.step.calls == STEPS
+    with pytest.raises(InputError, match="carrier='bogus'"):
+        FastDecoder(model, model.new_cache(1, 8), carrier="bogus")
 
 
 def test_compiled_step_failure_warns_once_and_decodes_eagerly(monkeypatch):
@@ -155,7 +176,7 @@ def test_hooks_route_to_the_plain_forward(monkeypatch):
         decoder = FastDecoder(model, cache, graphs=False)
         fired = []
         handle = model.blocks[1].attn.hook_z.register_forward_hook(lambda *a: fired.append(1))
-        monkeypatch.setattr(fast_mod, "decode_step", lambda *a: pytest.fail("fixed-shape step ran under a hook"))
+        monkeypatch.setattr(decoder_mod, "decode_step", lambda *a: pytest.fail("fixed-shape step ran under a hook"))
         try:
             assert decoder.route() == "plain"
             decoder(torch.ones(3, 1, dtype=torch.long))
@@ -293,3 +314,23 @@ def test_cuda_graph_recaptures_when_a_weight_is_replaced():
             plain = model(token, cache=plain_cache, validate=False)[:, -1]
             torch.testing.assert_close(decoder(token)[:, -1], plain, atol=1e-5, rtol=0)
     assert decoder.captures == 2
+
+
+def test_prefill_cached_decode_and_the_fixed_shape_step_all_run_the_one_trunk(monkeypatch):
+    """The body (embedding, blocks, norm, head) exists once: every path only prepares its inputs."""
+    model = _model("gqa-rope")
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    trunk = wb.TransformerLM.trunk
+
+    def counted(self, input_ids, positions, mask, cache):  # noqa: ANN001, ANN202
+        calls.append((type(cache).__name__, tuple(input_ids.shape)))
+        return trunk(self, input_ids, positions, mask, cache)
+
+    monkeypatch.setattr(wb.TransformerLM, "trunk", counted)
+    ids, mask = _prompt(True)
+    cache = model.new_cache(3, 12)
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+        model(ids, attention_mask=mask, cache=cache)
+        FastDecoder(model, cache, graphs=False)(ids[:, -1:])
+    assert calls == [("NoneType", (3, 7)), ("KVCache", (3, 7)), ("StaticSlots", (3, 1))]

@@ -18,7 +18,7 @@ import torch
 import workbench as wb
 from workbench.io.load import load_pretrained
 from workbench.model.config import RopeScaling
-from workbench.model.fast import FastDecoder
+from workbench.model.decoder import FastDecoder
 from workbench.model.hf_config import config_from_hf
 from workbench.model.layers import Rotary
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,11 +20,13 @@ import torch
 from torch import nn
 
 from ..distributed.env import unwrap
-from ..distributed.gather import gather_trace, rank_meta, trace_for_rank, trace_ranks
+from ..distributed.gather import rank_meta
 from ..errors import CaptureError, CorruptFileError, LoadError
+from . import serialize
 from .attention import AttentionSelection
 from .gradients import GradientCapture, module_norms
 from .hooks import CaptureOptions, ModuleFilter, Recorder, select_modules
+from .ranks import gather_trace, rank_memory, trace_for_rank, trace_ranks
 from .records import AttentionRecord, ModuleRecord, ParamGradRecord
 from .report import format_bytes, summary_table, to_dataframe
 
@@ -294,29 +295,12 @@ class Trace:
         """The single-rank Trace that `rank` recorded (from a gathered trace)."""
         return trace_for_rank(self, rank)
 
+    def rank_memory(self) -> Any:
+        """pandas DataFrame, one row per rank: the bytes of its parameter and gradient shards and of the
+        activations it saved for backward, and the unsharded model's parameter bytes."""
+        return rank_memory(self)
+
     # --- persistence ----------------------------------------------------------------------------
-    def _to_doc(self) -> dict[str, Any]:
-        return {
-            "meta": self.meta,
-            "records": [r.to_dict() for r in self.records],
-            "attention": [a.to_dict() for a in self.attention],
-            "gradients": [dataclasses.asdict(g) for g in self.gradients],
-        }
-
-    @classmethod
-    def _from_doc(cls, doc: dict[str, Any], maps: dict[Any, torch.Tensor]) -> Trace:
-        """Inverse of _to_doc; maps are keyed by attention index (int or "attention.<index>")."""
-        tr = cls()
-        tr.meta = doc["meta"]
-        tr.records = [ModuleRecord.from_dict(d) for d in doc["records"]]
-        tr.gradients = [ParamGradRecord(**d) for d in doc["gradients"]]
-        for d in doc["attention"]:
-            d.pop("map_shape", None)
-            a = AttentionRecord(**d)
-            a.map = maps.get(a.index, maps.get(f"attention.{a.index}"))
-            tr.attention.append(a)
-        return tr
-
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file: attention maps as tensors, everything else as JSON metadata."""
         from safetensors.torch import save_file
@@ -324,9 +308,8 @@ class Trace:
         if not self.meta:
             raise CaptureError("Nothing to save yet: save a trace after its with block has exited.")
         path = Path(path)
-        tensors = {f"attention.{a.index}": a.map.contiguous() for a in self.attention if a.map is not None}
-        text = json.dumps(self._to_doc(), default=_json_default, allow_nan=True)
-        save_file(tensors, str(path), metadata={"format": FORMAT, "version": str(VERSION), "trace": text})
+        header = {"format": FORMAT, "version": str(VERSION), "trace": serialize.dumps(self)}
+        save_file(serialize.maps(self), str(path), metadata=header)
         return path
 
     @classmethod
@@ -344,21 +327,11 @@ class Trace:
                     raise CorruptFileError(f"{path} is not a workbench trace (no '{FORMAT}' header).")
                 if int(meta.get("version", "0")) > VERSION:
                     raise CorruptFileError(f"{path} was written by a newer workbench (format {meta['version']}).")
-                doc = json.loads(meta["trace"])
+                text = meta["trace"]
                 maps = {k: f.get_tensor(k) for k in f.keys()}
-            tr = cls._from_doc(doc, maps)
+            tr = serialize.loads(text, maps, cls)
         except CorruptFileError:
             raise
         except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as err:
             raise CorruptFileError(f"{path} is not a readable workbench trace ({err}); save it again.") from err
         return tr
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if isinstance(obj, slice):
-        return [obj.start, obj.stop, obj.step]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return repr(obj)

@@ -2,25 +2,24 @@
 
 Run the same script on every rank (torchrun): `workbench.trace` records each rank's calls (tagged
 with `rank`, names without DDP's "module." prefix), reduces FSDP2 gradient statistics over the
-shards, and `tr.gather(dst=0)` brings all ranks' records to one rank. See examples/distributed_trace.py.
+shards, and `tr.gather(dst=0)` brings all ranks' records to one rank (`workbench.capture.ranks`).
+See examples/distributed_trace.py.
 """
 
 from .env import backend_for, init_distributed, is_distributed, rank, run_on_main, unwrap, world_size
-from .gather import gather_trace, global_grad_norm, merge_traces, rank_memory
+from .gather import global_grad_norm, rank_meta
 from .shards import is_dtensor, local_nbytes, local_tensor
 
 __all__ = [
     "backend_for",
-    "gather_trace",
     "global_grad_norm",
     "init_distributed",
     "is_distributed",
     "is_dtensor",
     "local_nbytes",
     "local_tensor",
-    "merge_traces",
     "rank",
-    "rank_memory",
+    "rank_meta",
     "run_on_main",
     "unwrap",
     "world_size",

@@ -1,16 +1,11 @@
-"""Per-rank tagging, per-rank memory, global gradient norms and `Trace.gather` over torch.distributed.
+"""Per-rank tagging, per-rank memory and global gradient norms over torch.distributed.
 
-Each rank traces its own process; `gather_trace` sends every rank's trace to one rank with
-`torch.distributed.gather_object`: records travel as the same JSON document `Trace.save` writes,
-attention maps as CPU float16 tensors. The result is one `Trace` whose records carry `rank`; use
-`ranks` and `for_rank(r)` to look at one rank (a rank's own tree of calls), and `rank_memory` for a
-table with one row per rank.
+Joining several ranks' traces is trace work and lives with the trace (`workbench.capture.ranks`,
+`Trace.gather`); this module knows only tensors, modules and the process group.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -19,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import CaptureError
-from .env import is_distributed, rank, world_size
+from .env import rank, world_size
 from .shards import local_nbytes, local_tensor, reduce_rows, shard_groups
 
 if TYPE_CHECKING:
@@ -67,82 +62,3 @@ def global_grad_norm(source: nn.Module | Trace) -> float:
         raise CaptureError("This trace has no gradient records; trace with gradients=True and run backward inside.")
     first = min(getattr(g, "rank", 0) for g in recs)
     return math.sqrt(sum(g.grad_norm**2 for g in recs if g.rank == first and g.grad_norm is not None))
-
-
-# --- gather -------------------------------------------------------------------------------------
-def gather_trace(tr: Trace, dst: int = 0, group: Any = None) -> Trace | None:
-    """Collect every rank's trace on rank `dst` (a collective: call it on every rank).
-
-    Returns the merged Trace on `dst` and None on the other ranks. Outside torch.distributed it
-    returns `tr` itself. Under NCCL, set the CUDA device first (init_distributed does)."""
-    import torch.distributed as dist
-
-    if not tr.meta:
-        raise CaptureError("gather() needs a finished trace: call it after the with block has exited.")
-    if not is_distributed():
-        return tr
-    doc = json.dumps(tr._to_doc(), allow_nan=True, default=repr)
-    maps = [a.map for a in tr.attention]
-    payload = {"doc": doc, "maps": maps}
-    here = dist.get_rank()
-    out: list[Any] | None = [None] * dist.get_world_size(group) if here == dst else None
-    dist.gather_object(payload, out, dst=dst, group=group)
-    if out is None:
-        return None
-    from ..capture.trace import Trace
-
-    parts = [Trace._from_doc(json.loads(p["doc"]), dict(enumerate(p["maps"]))) for p in out]
-    return merge_traces(parts)
-
-
-def merge_traces(parts: list[Trace]) -> Trace:
-    """One Trace holding several ranks' traces: records, attention and gradients concatenated in rank
-    order (each tagged with its rank); meta is the lowest rank's, plus `ranks` and `by_rank`."""
-    from ..capture.trace import Trace
-
-    parts = sorted(parts, key=lambda t: t.meta.get("rank", 0))
-    merged = Trace()
-    for part in parts:
-        r = part.meta.get("rank", 0)
-        merged.records += [dataclasses.replace(x, rank=r) for x in part.records]
-        merged.gradients += [dataclasses.replace(g, rank=r) for g in part.gradients]
-        merged.attention += [dataclasses.replace(a, rank=r) for a in part.attention]
-    for i, a in enumerate(merged.attention):  # unique across ranks, so save() keys do not collide
-        a.index = i
-    merged.meta = {**parts[0].meta, "ranks": [p.meta.get("rank", 0) for p in parts],
-                   "by_rank": [p.meta for p in parts]}
-    merged.meta["attention_bytes"] = sum(a.map_bytes for a in merged.attention)
-    return merged
-
-
-def trace_ranks(tr: Trace) -> list[int]:
-    """Ranks present in a trace: all gathered ranks, or this trace's own rank."""
-    return list(tr.meta.get("ranks") or [tr.meta.get("rank", 0)])
-
-
-def trace_for_rank(tr: Trace, r: int) -> Trace:
-    """The part of a (gathered) trace that rank `r` recorded, as a single-rank Trace."""
-    from ..capture.trace import Trace
-
-    ranks = trace_ranks(tr)
-    if r not in ranks:
-        raise CaptureError(f"rank {r} is not in this trace (ranks {ranks}); gather with tr.gather() first.")
-    if "by_rank" not in tr.meta:
-        return tr
-    one = Trace()
-    one.meta = tr.meta["by_rank"][ranks.index(r)]
-    one.records = [x for x in tr.records if x.rank == r]
-    one.gradients = [g for g in tr.gradients if g.rank == r]
-    one.attention = [dataclasses.replace(a, index=i) for i, a in enumerate(x for x in tr.attention if x.rank == r)]
-    return one
-
-
-def rank_memory(tr: Trace) -> Any:
-    """pandas DataFrame, one row per rank: param_bytes (its shards), grad_bytes, activation_bytes,
-    param_bytes_full (the unsharded model), plus wrapper and world_size."""
-    import pandas as pd
-
-    metas = tr.meta.get("by_rank") or [tr.meta]
-    rows = [{"rank": m.get("rank", 0), "world_size": m.get("world_size", 1), "wrapper": m.get("wrapper"),
-             **(m.get("rank_memory") or {})} for m in metas]
-    return pd.DataFrame(rows).set_index("rank")

@@ -1,13 +1,13 @@
 """The `fast=` option of `generate` and `GenerationSession`: which decode step feeds each new token.
 
-fast=None (auto) turns the fixed-shape decode step (`workbench.model.fast`) on only where it pays
-and is safe: a workbench `TransformerLM` on CUDA, a static cache, no beam search, and for `generate`
-at least MIN_GRAPH_TOKENS new tokens (each call captures its own graph). There it replays
-a CUDA graph per step. fast=True forces the step (eagerly off CUDA, which is what the CPU tests
-run); fast="compile" does the same with the `torch.compile`d step (fused kernels, captured in the
-graph on CUDA; compiling takes a while once per model and shape); fast=False always uses the plain
-forward. Either way, while a hook or a trace listens a step runs the plain forward, so nothing a
-user attached is skipped.
+fast=None (auto) turns the fixed-shape decode step (`workbench.model.fast`, run by
+`workbench.model.decoder`) on only where it pays and is safe: a workbench `TransformerLM` on CUDA, a
+static cache, no beam search, and for `generate` at least MIN_GRAPH_TOKENS new tokens (each call
+captures its own graph). There it replays a CUDA graph per step. fast=True forces the step (eagerly
+off CUDA, which is what the CPU tests run); fast="compile" does the same with the `torch.compile`d
+step (fused kernels, captured in the graph on CUDA; compiling takes a while once per model and
+shape); fast=False always uses the plain forward. Either way, while a hook or a trace listens a step
+runs the plain forward, so nothing a user attached is skipped.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import GenerationError
-from ..model.fast import FastDecoder, supports_fast_decode
+from ..model.decoder import FastDecoder, supports_fast_decode
 
 Step = Callable[[torch.Tensor], torch.Tensor]  # ids (B, 1) -> logits (B, 1, V); the cache grows by one
 

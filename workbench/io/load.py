@@ -10,6 +10,7 @@ import torch
 
 from ..errors import CorruptFileError, LoadError
 from ..model.config import ModelConfig
+from ..model.hf_config import config_from_hf
 from ..model.transformer import TransformerLM
 from .hf_naming import from_hf
 from .safetensors import read_safetensors, read_weights
@@ -30,7 +31,7 @@ def _read_config(directory: Path) -> dict:
 
 def _config_of(raw: dict, directory: Path) -> tuple[ModelConfig, str]:
     if "model_type" in raw:
-        return ModelConfig.from_hf_config(raw), "hf"
+        return config_from_hf(raw), "hf"
     if raw.get("format") == "workbench":
         return ModelConfig.from_dict(raw["config"]), "workbench"
     raise LoadError(

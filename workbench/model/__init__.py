@@ -3,7 +3,7 @@
 from .cache import KVCache
 from .compile import CompiledModel, compile_model
 from .config import PRESETS, ModelConfig, RopeScaling
-from .fast import FastDecoder
+from .decoder import FastDecoder
 from .layers import HookPoint
 from .transformer import TransformerLM
 

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, WorkbenchError
-from .fast import hook_tables, hooks_attached, supports_fast_decode
+from .decoder import supports_fast_decode
+from .fast import hook_tables, hooks_attached
 from .inputs import check_inputs
 
 

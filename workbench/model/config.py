@@ -175,13 +175,6 @@ class ModelConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     @classmethod
-    def from_hf_config(cls, hf: dict[str, Any]) -> ModelConfig:
-        """Translate a HF transformers `config.json` dict (GPT-2 or Llama) into a ModelConfig."""
-        from .hf_config import config_from_hf
-
-        return config_from_hf(hf)
-
-    @classmethod
     def preset(cls, name: str) -> ModelConfig:
         """One of the named presets: see `PRESETS`."""
         if name not in PRESETS:

@@ -1,4 +1,4 @@
-"""A fixed-shape one-token decode step over a static `KVCache`, and `FastDecoder`, which runs it.
+"""A fixed-shape one-token decode step over a static `KVCache` (`FastDecoder` in decoder.py runs it).
 
 `TransformerLM.forward` with a cache slices the filled keys (`keys[:, :, :L+1]`), so its shapes
 change every step and a Python int (the cache length) picks the slice. `decode_step` instead
@@ -10,12 +10,9 @@ keeps every shape fixed for a given (batch, max_len):
 Nothing in it reads a tensor back to the host, so it can be captured in a CUDA graph
 (`workbench.model.graphs`) or compiled with `torch.compile(..., fullgraph=True)`.
 
-`FastDecoder` owns the routing: the CUDA graph on CUDA, the same step eagerly elsewhere, and the
-plain `model(...)` forward whenever a hook or a trace listens (a captured graph would skip them).
-It keeps the cache's Python bookkeeping (length, key mask) exactly as the plain path does.
-With `compiled=True` the step goes through `torch.compile` first (`CompiledStep`): the eager step
-of a 30-layer model is ~1,100 kernels, most of them small elementwise ones (norms, RoPE, SiLU,
-residual adds) that inductor fuses, and a graph replays whatever the step launches.
+`CompiledStep` runs the step through `torch.compile`: the eager step of a 30-layer model is ~1,100
+kernels, most of them small elementwise ones (norms, RoPE, SiLU, residual adds) that inductor fuses,
+and a graph replays whatever the step launches.
 """
 
 from __future__ import annotations
@@ -71,34 +68,31 @@ class StaticSlots:
 def decode_step(model: nn.Module, token: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
     """Logits (B, 1, V) for one new token per row (B, 1), written at `slots.write_pos`.
 
-    The same arithmetic as `TransformerLM.forward` with a cache, in fixed shapes: the mask is
-    (key valid and key <= new position) or key == new position, exactly `build_mask` for T=1.
+    Only the inputs of `TransformerLM.trunk` are prepared here, in fixed shapes; the body is the one
+    every path runs. The mask is (key valid and key <= new position) or key == new position, exactly
+    `build_mask` for T=1, and positions count the valid keys before the new one, as
+    `resolve_positions` does.
     """
     w = slots.write_pos  # (1,)
     slots.key_mask.index_fill_(1, w, True)  # the new token is a real key (plain path: write_mask)
     valid = slots.key_mask & (slots.key_pos <= w)  # (B, Smax)
-    positions = valid.sum(-1, keepdim=True) - 1  # (B, 1): valid keys before it, as resolve_positions counts
+    positions = valid.sum(-1, keepdim=True) - 1  # (B, 1)
     mask = valid[:, None, None, :]  # (B, 1, 1, Smax); the new key is valid, so no row is empty
-    x = model.embed(token)  # (B, 1, C)
-    if model.pos_embed is not None:
-        x = x + model.pos_embed(positions)
-    x = model.drop(model.hook_embed(x))
-    rope = model.rotary(positions, x.dtype) if model.rotary is not None else None
-    for block in model.blocks:
-        x = block(x, rope, mask, slots)
-    x = model.hook_final(model.ln_f(x))
-    return model.hook_logits(model.lm_head(x))  # (B, 1, V)
+    return model.trunk(token, positions, mask, slots)  # (B, 1, V)
 
 
 class CompiledStep:
     """`decode_step` through `torch.compile` (fullgraph, static shapes), called like `decode_step`.
 
+    mode: torch.compile's mode; "reduce-overhead" lets torch.compile capture CUDA graphs itself (on
+    CUDA; elsewhere it only compiles), the alternative to `graphs.GraphedDecodeStep` around the step.
     Dynamo caches the compiled code on `decode_step` itself, so a new decoder for the same model and
     shapes (the next `generate` call) reuses it. On any compiler failure (no C++ compiler, no
     Triton, a Dynamo error) it warns once with the reason and runs the eager step from then on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str | None = None) -> None:
+        self.mode = mode
         self._fn: Callable | None = None
         self.error: BaseException | None = None  # why compilation was given up, if it was
         self.calls = 0  # calls that ran the compiled step
@@ -107,7 +101,7 @@ class CompiledStep:
         if self.error is None:
             try:
                 if self._fn is None:
-                    self._fn = torch.compile(decode_step, fullgraph=True, dynamic=False)
+                    self._fn = torch.compile(decode_step, fullgraph=True, dynamic=False, mode=self.mode)
                 logits = self._fn(model, token, slots)
                 self.calls += 1
                 return logits
@@ -140,74 +134,3 @@ def hooks_attached(model: nn.Module, tables: list[dict] | None = None) -> bool:
     if F.scaled_dot_product_attention is not torch._C._nn.scaled_dot_product_attention:
         return True
     return any(tables if tables is not None else hook_tables(model))
-
-
-def supports_fast_decode(model: nn.Module) -> bool:
-    """True for models `decode_step` understands (a workbench `TransformerLM`)."""
-    from .transformer import TransformerLM
-
-    return isinstance(model, TransformerLM)
-
-
-class FastDecoder:
-    """Feeds one token per row through `decode_step`, keeping `cache` consistent with the plain path.
-
-    graphs: None = capture a CUDA graph when the cache lives on CUDA; False = run the step
-    eagerly (what the CPU tests exercise); True = require CUDA graphs. compiled: run (and capture)
-    the `torch.compile`d step (`CompiledStep`). Falls back to the plain forward while hooks listen
-    or the model is in training mode with dropout.
-    """
-
-    def __init__(self, model: nn.Module, cache: KVCache, *, graphs: bool | None = None,
-                 compiled: bool = False) -> None:
-        if not supports_fast_decode(model):
-            raise InputError(
-                f"the fast decode step needs a workbench TransformerLM, got {type(model).__name__}; "
-                "use the plain forward (fast=False) for other models."
-            )
-        StaticSlots(cache)  # validates the mode before any work
-        on_cuda = cache.device.type == "cuda"
-        if graphs and not on_cuda:
-            raise InputError("CUDA graphs need the model and cache on a CUDA device; pass graphs=False or None.")
-        self.model, self.cache = model, cache
-        self.graphs = on_cuda if graphs is None else graphs
-        self.step = CompiledStep() if compiled else decode_step  # (model, token, slots) -> logits
-        self._tables = hook_tables(model)  # submodules added later are not watched
-        self._slots: StaticSlots | None = None
-        self._graph = None  # a graphs.GraphedDecodeStep for the current slots
-        self.captures = 0  # CUDA graphs captured so far (a new one per (batch, max_len) and reallocation)
-        self.last_route = "plain"
-
-    def route(self) -> str:
-        """What the next call will run ("plain", "eager" or "graph"), given hooks, mode and grad mode."""
-        if hooks_attached(self.model, self._tables) or (self.model.training and self.model.config.dropout > 0):
-            return "plain"
-        if self.graphs and not torch.is_grad_enabled():
-            return "graph"
-        return "eager"
-
-    def __call__(self, token: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 1, V) for `token` (B, 1); the cache grows by one position."""
-        route = self.route()
-        self.last_route = route
-        cache = self.cache
-        if route == "plain":
-            return self.model(token, cache=cache, validate=False)
-        cache.check_room(1)
-        if self._slots is None or not self._slots.matches(cache):
-            self._slots, self._graph = StaticSlots(cache), None  # reallocated: new buffers, new graph
-        if route == "graph":
-            logits = self._graphed().replay(token, cache.length)
-        else:
-            self._slots.write_pos.fill_(cache.length)
-            logits = self.step(self.model, token, self._slots)
-        cache.advance(1)
-        return logits
-
-    def _graphed(self):
-        if self._graph is None or not self._graph.current():
-            from .graphs import GraphedDecodeStep
-
-            self._graph = GraphedDecodeStep(self.model, self._slots, start=self.cache.length, step=self.step)
-            self.captures += 1
-        return self._graph

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,6 +116,19 @@ class TransformerLM(nn.Module):
             full_mask = attention_mask.bool() if attention_mask is not None else None
         positions = resolve_positions(position_ids, full_mask, past, input_ids)  # (B, T)
         mask = build_mask(full_mask, T, past, input_ids.device)  # (B, 1, T, S) bool, or None for plain causal
+        logits = self.trunk(input_ids, positions, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        return logits
+
+    def trunk(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+              cache: Any) -> torch.Tensor:
+        """Logits (B, T, V): embedding, blocks, final norm and head, for positions and a mask already
+        prepared. Every path runs this one body: prefill, cached decode, and the fixed-shape decode step
+        (`workbench.model.fast`, also compiled or captured in a CUDA graph), which differ only in the
+        positions (B, T), the mask (B, 1, T, S) (None = plain causal) and the cache they pass: a
+        `KVCache`, `fast.StaticSlots`, or None.
+        """
         x = self.embed(input_ids)  # (B, T, C)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
@@ -125,8 +139,6 @@ class TransformerLM(nn.Module):
                 x = checkpoint(block, x, rope, mask, cache, use_reentrant=False)
             else:
                 x = block(x, rope, mask, cache)
-        if cache is not None:
-            cache.advance(T)
         x = self.hook_final(self.ln_f(x))
         return self.hook_logits(self.lm_head(x))  # (B, T, V)
 
