@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .errors import InputError, LoadError, WorkbenchError
+from .model.placement import module_device
 
 NAMED_MODELS = ("smollm2", "tiny")
 
@@ -41,7 +42,7 @@ def encode_prompt(tokenizer: Any, prompt: str, device: torch.device) -> torch.Te
 
 
 def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return module_device(model)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

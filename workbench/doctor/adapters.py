@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import DoctorError
+from ..model.placement import module_device, module_dtype
 
 _NORM_NAME = re.compile(r"norm", re.IGNORECASE)
 
@@ -83,9 +84,7 @@ class ModelAdapter:
         # transformers renamed `past_key_values` to `cache` (the old name warns, then goes away): follow the
         # spelling this forward declares.
         self.cache_kwarg = "cache" if hf and "cache" in params else "past_key_values"
-        first = next(model.parameters(), None)
-        self.device = first.device if first is not None else torch.device("cpu")
-        self.dtype = first.dtype if first is not None else torch.float32
+        self.device, self.dtype = module_device(model), module_dtype(model)
         self._vocab: int | None = None
 
     # --- sizes ----------------------------------------------------------------------------------

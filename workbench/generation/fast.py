@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import GenerationError
 from ..model.decoder import FastDecoder, supports_fast_decode
+from ..model.placement import module_device
 
 Step = Callable[[torch.Tensor], torch.Tensor]  # ids (B, 1) -> logits (B, 1, V); the cache grows by one
 
@@ -40,7 +41,7 @@ def resolve_fast(model: nn.Module, fast: bool | str | None, cache_mode: str, num
     if fast is not None and not isinstance(fast, bool) and fast != "compile":
         raise GenerationError(f"fast must be True, False, 'compile' or None (auto), got {fast!r}.")
     if fast is None:
-        device = next(model.parameters()).device if supports_fast_decode(model) else torch.device("cpu")
+        device = module_device(model) if supports_fast_decode(model) else torch.device("cpu")
         return auto_fast(device.type, cache_mode, num_beams, new_tokens)
     if not fast:
         return False

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import GenerationError
+from ..model.placement import module_device
 from .beam import beam_search
 from .fast import decode_stepper, resolve_fast
 from .records import REASONS, GenerationOutput
@@ -105,10 +106,10 @@ def check_request(
     if input_ids.dim() == 1:
         input_ids = input_ids[None]  # (1, T)
         attention_mask = attention_mask[None] if isinstance(attention_mask, torch.Tensor) else attention_mask
-    device = _model_device(model)
-    if device is not None and input_ids.device != device:  # a tokenizer's CPU ids for a GPU model
+    device = module_device(model)
+    if input_ids.device != device:  # a tokenizer's CPU ids for a GPU model
         input_ids = input_ids.to(device)
-    if isinstance(attention_mask, torch.Tensor) and device is not None and attention_mask.device != device:
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.device != device:
         attention_mask = attention_mask.to(device)
     T = input_ids.shape[1]
     if T + max_new_tokens > config.max_seq_len:
@@ -119,12 +120,6 @@ def check_request(
     if attention_mask is not None and attention_mask.shape == input_ids.shape and bool(attention_mask.all()):
         attention_mask = None  # no padding: the plain causal path is faster and identical
     return input_ids, attention_mask
-
-
-def _model_device(model: nn.Module) -> torch.device | None:
-    """Device of the model's first parameter (None for a parameterless module)."""
-    p = next(model.parameters(), None)
-    return None if p is None else p.device
 
 
 @contextlib.contextmanager

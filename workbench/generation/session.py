@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import GenerationError
+from ..model.placement import module_device
 from .fast import decode_stepper, resolve_fast
 from .generate import eval_no_grad
 from .records import StepRecord
@@ -166,7 +167,7 @@ class GenerationSession:
         self._cache = None  # free the old cache before allocating the new one
         self._cache = self.model.new_cache(1, min(max_seq_len, len(ids) + self.reserve), mode=self.cache_mode)
         self._step_fn = decode_stepper(self.model, self._cache, self.fast)
-        device = next(self.model.parameters()).device
+        device = module_device(self.model)
         with eval_no_grad(self.model, self._module_list):
             self._logits, attention = self._forward(torch.tensor([ids], device=device), validate=True)
         # (L, H, T): the last prompt token's attention over the prompt (the full (T, T) maps would

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from ..errors import ConfigError
 from ..model.hf_config import config_to_hf
+from ..model.placement import module_dtype
 from .hf_naming import to_hf
 from .state import tied_pairs
 
@@ -40,7 +41,7 @@ def save_pretrained(model: TransformerLM, directory: str | Path, *, format: str 
     directory.mkdir(parents=True, exist_ok=True)
     aliases = {alias for alias, _ in tied_pairs(model)}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in aliases}
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    dtype = str(module_dtype(model)).replace("torch.", "")
     if format == "hf":
         config = config_to_hf(model.config) | {"torch_dtype": dtype}
         state, meta = to_hf(state, model.config), {"format": "pt"}

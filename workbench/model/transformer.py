@@ -34,6 +34,7 @@ from .cache import KVCache
 from .config import ModelConfig
 from .inputs import check_inputs, resolve_positions
 from .layers import MLP, HookPoint, Rotary, init_weights, make_norm
+from .placement import module_device, module_dtype
 
 
 class Block(nn.Module):
@@ -145,8 +146,8 @@ class TransformerLM(nn.Module):
     # --- conveniences -------------------------------------------------------------------------
     def new_cache(self, batch_size: int, max_len: int | None = None, *, mode: str = "static") -> KVCache:
         """An empty KV cache on the model's device and dtype."""
-        p = next(self.parameters())
-        return KVCache(self.config, batch_size, max_len, mode=mode, device=p.device, dtype=p.dtype)
+        return KVCache(self.config, batch_size, max_len, mode=mode, device=module_device(self),
+                       dtype=module_dtype(self))
 
     def set_attention_impl(self, impl: str) -> None:
         """Choose the attention path for every layer: "auto", "sdpa" or "eager" (see attention.py)."""

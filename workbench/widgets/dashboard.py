@@ -11,6 +11,7 @@ from torch import nn
 
 from ..capture.trace import Trace, trace
 from ..errors import InputError
+from ..model.placement import module_device
 from .attention import AttentionView
 from .base import View, header
 from .gradients import GradientFlow
@@ -53,7 +54,7 @@ def show(model: nn.Module, tokenizer: Any, text: str, *, backward: bool = False,
     ids = list(tokenizer.encode(text))
     if not ids:
         raise InputError("text encodes to zero tokens; pass non-empty text.")
-    x = torch.tensor([ids], device=next(model.parameters()).device)  # (1, T)
+    x = torch.tensor([ids], device=module_device(model))  # (1, T)
     old_grads = {p: p.grad for p in model.parameters()}
     try:
         with torch.set_grad_enabled(backward):
