@@ -177,3 +177,27 @@ def test_show_dashboard(tiny, chars, tmp_path):
     for name, view in dash.views.items():
         text = view.save_html(tmp_path / f"{name}.html").read_text()
         assert "Plotly.newPlot" in text and "<script src=\"https://" not in text
+
+
+PAYLOAD = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
+
+
+def test_hostile_names_are_escaped_in_the_inspector_detail_and_the_gradient_flags(tiny_trace):
+    """A trace file can carry any string: module types, paths and tensor paths reach the page escaped."""
+    import dataclasses
+
+    target = tiny_trace.find("blocks.1.attn")[0]
+    hostile = dataclasses.replace(target, type=PAYLOAD, name=PAYLOAD,
+                                  inputs=[dataclasses.replace(m, path=PAYLOAD, dtype=PAYLOAD) for m in target.inputs])
+    view = LayerInspector(tiny_trace)
+    view._by_index[hostile.index] = hostile
+    view.select(hostile.index)
+    assert "<script>" not in view.detail.value and "<img" not in view.detail.value
+    assert "&lt;script&gt;" in view.detail.value  # shown, as text
+
+    hist = GradientHistory()
+    flow = GradientFlow(hist, min_interval=0.0)
+    hist.modules, hist.norms, hist.steps = [PAYLOAD], [[1e-12], [1e-12]], [0, 1]  # vanishing: flagged
+    flow.update()
+    assert PAYLOAD in hist.flagged() and "&lt;script&gt;" in flow.flags.value
+    assert "<script>" not in flow.flags.value and "<img" not in flow.flags.value

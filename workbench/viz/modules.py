@@ -71,9 +71,10 @@ def _esc(s: str) -> str:
 def detail_html(r: ModuleRecord) -> str:
     """Shapes, sizes and stats of one call as a small HTML block."""
     def metas(ms: Sequence[Any]) -> str:
-        return "<br>".join(f"<code>{m.path}</code> {m.short()} · {format_bytes(m.nbytes)}" for m in ms) or "-"
+        return "<br>".join(f"<code>{_esc(m.path)}</code> {_esc(m.short())} · {format_bytes(m.nbytes)}"
+                           for m in ms) or "-"
 
-    where = f"{r.type} · call {r.call} · depth {r.depth}"
+    where = f"{_esc(r.type)} · call {r.call} · depth {r.depth}"
     lines = [f"<b>{_esc(r.display_name)}</b> <span style='color:#888'>{where}</span>",
              f"<b>inputs</b><br>{metas(r.inputs)}", f"<b>outputs</b><br>{metas(r.outputs)}",
              f"<b>params</b> {format_count(r.params)} ({format_bytes(r.param_bytes)}) · "

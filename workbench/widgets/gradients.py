@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from typing import Any
 
@@ -75,7 +76,7 @@ class GradientFlow(View):
         self.flags.value = "" if not flagged else (
             "<div style='color:#C44E52;font-size:12px'><b>Flagged modules</b> (outside "
             f"[{h.vanishing:g}, {h.exploding:g}]): " + ", ".join(
-                f"{m} ({len(s)} steps)" for m, s in list(flagged.items())[:12]) + "</div>")
+                f"{html.escape(m)} ({len(s)} steps)" for m, s in list(flagged.items())[:12]) + "</div>")
 
     def close(self) -> None:
         """Stop listening to the history, then close the widget."""
