@@ -28,7 +28,9 @@ import torch
 from common import environment, interleaved_medians, smollm2_shaped_pair
 
 from workbench.generation import GenerationSession, generate
+from workbench.model import decoder
 from workbench.model.compile import compile_model
+from workbench.model.decoder import CARRIERS
 
 HERE = Path(__file__).resolve().parent
 
@@ -138,8 +140,12 @@ def main() -> None:
     parser.add_argument("--overhead", action="store_true", help="also run benchmarks/overhead.py")
     parser.add_argument("--skip-forward", action="store_true")
     parser.add_argument("--skip-decode", action="store_true")
+    parser.add_argument("--carrier", choices=CARRIERS, default=None,
+                        help="who captures CUDA graphs of the decode step (default: the library's)")
     args = parser.parse_args()  # fmt: skip
     cuda = args.device == "cuda"
+    if args.carrier is not None:
+        decoder.DEFAULT_CARRIER = args.carrier  # read by every FastDecoder that generate() makes
     if args.threads:
         torch.set_num_threads(args.threads)
     args.repeats = args.repeats or (20 if cuda else 5)
@@ -149,7 +155,8 @@ def main() -> None:
     shapes = [(1, 128), (8, 512), (4, 2048)] if cuda else [(1, 128), (4, 256)]
     ours, hf = smollm2_shaped_pair(args.device, dtype, args.layers)
     layers = f", {args.layers} layers only" if args.layers else ""
-    print(f"{environment(args.device)}, dtype={dtype}, SmolLM2-135M shape (random weights{layers})")
+    print(f"{environment(args.device)}, dtype={dtype}, SmolLM2-135M shape (random weights{layers}), "
+          f"CUDA graph carrier {decoder.DEFAULT_CARRIER!r}")
     if not args.skip_forward:
         forward_table(ours, hf, args.device, shapes, compiled, args)
     if not args.skip_decode:

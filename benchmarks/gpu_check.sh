@@ -11,8 +11,10 @@
 #   overhead 240 s   benchmarks/overhead.py --breakdown: capture overhead, each part on its own
 #   compile  300 s   benchmarks/fast.py --compile --skip-decode: the inductor-compiled forward
 #   compiled-decode 300 s   benchmarks/fast.py --compile --skip-forward: decode with fast="compile"
+#   carrier-decode  300 s   the same with --carrier compile: torch.compile(mode="reduce-overhead") makes
+#                    the CUDA graphs instead of the hand-built capture; compare with compiled-decode
 # Together they take longer than one 600 s call: run `env tests fast` in one call, `overhead compile`
-# in the next and `compiled-decode` in a third. Needs only torch, transformers, safetensors, tokenizers, tqdm and pytest (no plotly,
+# in the next and `compiled-decode carrier-decode` in a third. Needs only torch, transformers, safetensors, tokenizers, tqdm and pytest (no plotly,
 # ipywidgets or gguf; the real SmolLM2 weights are too large to carry, so random weights of its shape
 # are used). Each step's full log goes to $OUT/<step>.log ($OUT is what the device tool brings back;
 # ./gpu_check_out elsewhere); its tail is printed. Exit status 1 when any step failed.
@@ -46,10 +48,11 @@ print('cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" ;;
     overhead) step overhead 240 "$py" benchmarks/overhead.py --breakdown --no-real ;;
     compile) step compile 300 "$py" benchmarks/fast.py --compile --skip-decode ;;
     compiled-decode) step compiled-decode 300 "$py" benchmarks/fast.py --compile --skip-forward ;;
-    *) echo "unknown step '$1' (env tests fast overhead compile compiled-decode)"; failed=1 ;;
+    carrier-decode) step carrier-decode 300 "$py" benchmarks/fast.py --compile --skip-forward --carrier compile ;;
+    *) echo "unknown step '$1' (env tests fast overhead compile compiled-decode carrier-decode)"; failed=1 ;;
   esac
 }
 
-if [ $# -eq 0 ]; then set -- env tests fast overhead compile compiled-decode; fi
+if [ $# -eq 0 ]; then set -- env tests fast overhead compile compiled-decode carrier-decode; fi
 for s in "$@"; do run "$s"; done
 exit $failed

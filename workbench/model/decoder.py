@@ -4,8 +4,9 @@ It owns the routing: CUDA graphs on CUDA, the same step eagerly elsewhere, and t
 forward whenever a hook or a trace listens (a captured graph would skip them). It keeps the cache's
 Python bookkeeping (length, key mask) exactly as the plain path does.
 
-Who captures the CUDA graphs is one switch, `carrier`, so a GPU measurement can pick the default
-(benchmarks/gpu_check.sh times both):
+Who captures the CUDA graphs is one switch, `carrier` (default `DEFAULT_CARRIER`), so a GPU
+measurement can pick the default: benchmarks/gpu_check.sh's `compiled-decode` and `carrier-decode`
+steps time the two on the same compiled step.
 - "manual": `graphs.GraphedDecodeStep` captures the step (eager or compiled) and replays it;
 - "compile": `torch.compile(mode="reduce-overhead")` compiles the step and captures graphs itself.
 """
@@ -37,12 +38,14 @@ class FastDecoder:
 
     graphs: None = use CUDA graphs when the cache lives on CUDA; False = run the step eagerly (what
     the CPU tests exercise); True = require CUDA graphs. compiled: run the `torch.compile`d step
-    (`CompiledStep`). carrier: who makes the CUDA graphs, one of `CARRIERS`. Falls back to the plain
-    forward while hooks listen or the model is in training mode with dropout.
+    (`CompiledStep`). carrier: who makes the CUDA graphs, one of `CARRIERS` (None: `DEFAULT_CARRIER`,
+    read when the decoder is made). Falls back to the plain forward while hooks listen or the model is
+    in training mode with dropout.
     """
 
     def __init__(self, model: nn.Module, cache: KVCache, *, graphs: bool | None = None,
-                 compiled: bool = False, carrier: str = DEFAULT_CARRIER) -> None:
+                 compiled: bool = False, carrier: str | None = None) -> None:
+        carrier = DEFAULT_CARRIER if carrier is None else carrier
         if carrier not in CARRIERS:
             raise InputError(f"carrier={carrier!r} is not one of {CARRIERS}.")
         if not supports_fast_decode(model):
