@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,9 @@ from torch import nn
 
 from ..errors import InputError
 from .cache import KVCache
+
+if TYPE_CHECKING:
+    from .transformer import TransformerLM
 
 ROUTES = ("plain", "eager", "graph")  # what a FastDecoder call ran, in `FastDecoder.last_route`
 
@@ -68,7 +72,7 @@ class StaticSlots:
         return self.keys[layer], self.values[layer]
 
 
-def decode_step(model: nn.Module, token: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
+def decode_step(model: TransformerLM, token: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
     """Logits (B, 1, V) for one new token per row (B, 1), written at `slots.write_pos`.
 
     The same arithmetic as `TransformerLM.forward` with a cache, in fixed shapes: the mask is
@@ -103,7 +107,7 @@ class CompiledStep:
         self.error: BaseException | None = None  # why compilation was given up, if it was
         self.calls = 0  # calls that ran the compiled step
 
-    def __call__(self, model: nn.Module, token: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
+    def __call__(self, model: TransformerLM, token: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
         if self.error is None:
             try:
                 if self._fn is None:
@@ -142,7 +146,7 @@ def hooks_attached(model: nn.Module, tables: list[dict] | None = None) -> bool:
     return any(tables if tables is not None else hook_tables(model))
 
 
-def supports_fast_decode(model: nn.Module) -> bool:
+def supports_fast_decode(model: nn.Module) -> TypeGuard[TransformerLM]:
     """True for models `decode_step` understands (a workbench `TransformerLM`)."""
     from .transformer import TransformerLM
 
