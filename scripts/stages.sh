@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs the test stages one after another, every stage even when an earlier one failed, then prints one
 # line per stage and exits non-zero if any failed. Usage: scripts/stages.sh BIN_DIR [STAGE...]
-# Stages: ruff, imports (import-linter's layer contracts), pytest, nbval (all by default). nbval-avx2 and
-# nbval-1thread run the notebooks with the kernels of a CPU without AVX-512, or on one thread, as another
-# machine would; NOTEBOOKS=... narrows the notebook stages to some files. BIN_DIR is the venv's bin folder.
+# Stages: ruff, imports (import-linter's layer contracts), types (mypy), pytest, nbval (all by default).
+# nbval-avx2 and nbval-1thread run the notebooks with the kernels of a CPU without AVX-512, or on one
+# thread, as another machine would; NOTEBOOKS=... narrows the notebook stages to some files. BIN_DIR is
+# the venv's bin folder.
 set -u
 bin=${1:?usage: scripts/stages.sh BIN_DIR [STAGE...]}
 shift
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(ruff imports pytest nbval)
+[ ${#stages[@]} -gt 0 ] || stages=(ruff imports types pytest nbval)
 
 nbval() {
   "$bin/python" -m pytest -q --nbval ${NOTEBOOKS:-notebooks} --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
@@ -18,6 +19,7 @@ run_stage() {
   case "$1" in
     ruff) "$bin/ruff" check . ;;
     imports) "$bin/lint-imports" ;;
+    types) "$bin/mypy" ;;
     pytest) "$bin/python" -m pytest -q tests ;;
     nbval) nbval ;;
     nbval-avx2) ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 nbval ;;

@@ -51,7 +51,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     model, tokenizer = resolve_model(args.path, args.device)
     report = diagnose(model, tokenizer, checks=args.checks or None, progress=not args.quiet)
     print(report)
-    return 1 if report.failed else 0
+    return 1 if report is not None and report.failed else 0
 
 
 def cmd_trace(args: argparse.Namespace) -> int:

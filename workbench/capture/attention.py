@@ -308,8 +308,8 @@ def _install() -> None:
     })
     F.scaled_dot_product_attention = _sdpa
     F.softmax = _f_softmax
-    torch.softmax = _torch_softmax
-    torch.Tensor.softmax = _tensor_softmax
+    torch.softmax = _torch_softmax  # type: ignore[assignment]  # deliberate patch of a torch-stubbed function
+    torch.Tensor.softmax = _tensor_softmax  # type: ignore[method-assign]  # deliberate patch, undone by _uninstall
 
 
 def _uninstall() -> None:
@@ -317,7 +317,7 @@ def _uninstall() -> None:
     F.softmax = _originals["F.softmax"]
     torch.softmax = _originals["torch.softmax"]
     if _originals["tensor_had_own"]:
-        torch.Tensor.softmax = _originals["Tensor.softmax"]
+        torch.Tensor.softmax = _originals["Tensor.softmax"]  # type: ignore[method-assign]  # restores the original
     else:
         del torch.Tensor.softmax
     _originals.clear()

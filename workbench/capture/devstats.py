@@ -42,7 +42,8 @@ class _Group:
     __slots__ = ("buf", "n", "owners")
 
     def __init__(self, buf: torch.Tensor) -> None:
-        self.buf, self.n, self.owners = buf, 0, []
+        self.buf, self.n = buf, 0
+        self.owners: list[ActStats] = []
 
 
 class DeviceStats:

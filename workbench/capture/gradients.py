@@ -47,6 +47,7 @@ class GradientCapture:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
 
     def _on_grad(self, p: torch.Tensor) -> None:
+        assert p.grad is not None  # a post-accumulate-grad hook runs once .grad is set
         g, w = local_tensor(p.grad).detach(), local_tensor(p).detach()  # this rank's shard under FSDP2
         absmax = g.abs().amax().float() if g.numel() else g.new_zeros((), dtype=torch.float32)
         self._grad[id(p)] = torch.stack([

@@ -254,6 +254,7 @@ class Recorder:
         opt, want_stats = self.opt, frame[3]
         if opt.timing:
             if frame[2] is not None:
+                assert self._events_pool is not None  # a start event exists only when the pool does
                 end = self._events_pool.get()
                 end.record(self._stream)
                 self._events.append((rec, frame[2], end))
@@ -315,6 +316,7 @@ class Recorder:
         """Single host synchronisation: CUDA event times, device stats, attention metrics."""
         if self._events:
             self._stream.synchronize()  # the model device's stream, not the current device's
+            assert self._events_pool is not None  # events are recorded only when the pool exists
             for rec, start, end in self._events:
                 rec.time_ms = start.elapsed_time(end)
             self._events_pool.put(ev for _, start, end in self._events for ev in (start, end))

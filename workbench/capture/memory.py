@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .records import ModuleRecord
+
 
 def storage_key(t: torch.Tensor) -> tuple[int, int]:
     """(data pointer, bytes) of the storage behind t; distinct storages give distinct keys."""
@@ -27,7 +29,7 @@ def storage_key(t: torch.Tensor) -> tuple[int, int]:
 class SavedTensorsMeter:
     """A `saved_tensors_hooks` pair that charges each saved tensor to the current call."""
 
-    def __init__(self, current: Callable[[], object | None], param_ptrs: Callable[[], set[int]]) -> None:
+    def __init__(self, current: Callable[[], ModuleRecord | None], param_ptrs: Callable[[], set[int]]) -> None:
         self._current = current  # returns the record of the innermost running call (or None)
         self._param_ptrs_fn = param_ptrs  # called on the first save: a no-grad forward never pays for it
         self._param_ptrs: set[int] | None = None
@@ -56,9 +58,9 @@ class SavedTensorsMeter:
         if key not in seen:
             seen.add(key)
             if is_param:
-                rec.saved_param_bytes += key[1]  # type: ignore[attr-defined]
+                rec.saved_param_bytes += key[1]
             else:
-                rec.saved_bytes += key[1]  # type: ignore[attr-defined]
+                rec.saved_bytes += key[1]
         return t
 
     @staticmethod
@@ -119,19 +121,19 @@ class CudaAllocatorMeter:
         self.device = device
         self._open: list[list] = []  # [record, start_bytes, peak_so_far]
 
-    def enter(self, rec: object) -> None:
+    def enter(self, rec: ModuleRecord) -> None:
         now, peak = _allocated(self.device)
         for frame in self._open:
             frame[2] = max(frame[2], peak)
         torch.cuda.reset_peak_memory_stats(self.device)  # the peak restarts at `now`
         self._open.append([rec, now, now])
 
-    def exit(self, rec: object) -> None:
+    def exit(self, rec: ModuleRecord) -> None:
         if not self._open or self._open[-1][0] is not rec:
             return
         now, peak = _allocated(self.device)
         frame = self._open.pop()
         for other in self._open:
             other[2] = max(other[2], peak)
-        rec.cuda_peak = max(frame[2], peak)  # type: ignore[attr-defined]
-        rec.cuda_delta = now - frame[1]  # type: ignore[attr-defined]
+        rec.cuda_peak = max(frame[2], peak)
+        rec.cuda_delta = now - frame[1]

@@ -111,9 +111,9 @@ def summary_table(tr: Trace, max_depth: int | None = None, max_rows: int = 400) 
     lines.append("=" * len(header))
     lines.append(f"Total params: {m.get('total_params', 0):,} ({format_bytes(m.get('param_bytes'))}), "
                  f"trainable: {m.get('trainable_params', 0):,}")
-    top = [r for r in tr.records if r.depth == 0 and r.time_ms is not None]
+    top = [r.time_ms for r in tr.records if r.depth == 0 and r.time_ms is not None]
     if top:
-        lines.append(f"Forward time (top-level calls): {sum(r.time_ms for r in top):.2f} ms")
+        lines.append(f"Forward time (top-level calls): {sum(top):.2f} ms")
     if m.get("saved_bytes") is not None:
         lines.append(f"Saved for backward (distinct storages): {format_bytes(m['saved_bytes'])}")
     peaks = [r.cuda_peak for r in tr.records if r.cuda_peak is not None]

@@ -14,7 +14,7 @@ import weakref
 import torch
 
 from .devstats import DeviceStats
-from .records import ActStats
+from .records import ActStats, ModuleRecord
 
 BUDGET_BYTES = 128 * 2**20  # accelerator batch buffers per device (see devstats)
 
@@ -83,7 +83,7 @@ class StatsBuffer:
         self.defer_cpu = defer_cpu  # take the accelerator path for CPU tensors too (tests of that path)
         self.budget_bytes = budget_bytes
         self.devices: dict[torch.device, DeviceStats] = {}
-        self._pending_samples: list[tuple[object, torch.Tensor]] = []
+        self._pending_samples: list[tuple[ModuleRecord, torch.Tensor]] = []
         self._seen: dict[int, tuple[weakref.ref, int, ActStats]] = {}
 
     def measure(self, x: torch.Tensor) -> ActStats | None:
@@ -110,7 +110,7 @@ class StatsBuffer:
             pass
         return st
 
-    def sample(self, record: object, x: torch.Tensor) -> None:
+    def sample(self, record: ModuleRecord, x: torch.Tensor) -> None:
         """Keep `samples` evenly strided values of x for a histogram (`record.samples`)."""
         n = x.numel()
         if self.samples <= 0 or n == 0 or not x.is_floating_point():
@@ -119,7 +119,7 @@ class StatsBuffer:
         idx = torch.linspace(0, n - 1, k, device=x.device).long()
         vals = torch.take(x.detach(), idx).float()
         if x.device.type == "cpu":
-            record.samples = vals.tolist()  # type: ignore[attr-defined]
+            record.samples = vals.tolist()
         else:
             self._pending_samples.append((record, vals))
 
@@ -136,7 +136,7 @@ class StatsBuffer:
             host = flat.cpu().tolist()
             start = 0
             for rec, vals in self._pending_samples:
-                rec.samples = host[start : start + vals.numel()]  # type: ignore[attr-defined]
+                rec.samples = host[start : start + vals.numel()]
                 start += vals.numel()
         self._pending_samples.clear()
         self._seen.clear()

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -161,9 +161,10 @@ class Trace:
         self._t0 = time.perf_counter()
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         wall = time.perf_counter() - self._t0
         rec = self._recorder
+        assert rec is not None  # set by __enter__
         try:
             if self._grads is not None:
                 self._grads.detach()
@@ -193,6 +194,7 @@ class Trace:
         if self._grads is not None:
             self.gradients = self._grads.finish()
         model, opts, params = self._model, self._options, rec.params
+        assert opts is not None  # __enter__ refuses a trace without options
         first = params[0] if params else None
         self.meta = {
             "model": type(model).__name__,
@@ -210,7 +212,10 @@ class Trace:
             "torch": torch.__version__,
         }
         self.meta.update(rank_meta(params, self.meta["saved_bytes"], self._wrapper))
-        for item in (*self.records, *self.attention, *self.gradients):
+        items: list[ModuleRecord | AttentionRecord | ParamGradRecord] = [
+            *self.records, *self.attention, *self.gradients
+        ]
+        for item in items:
             item.rank = self.meta["rank"]
         # Detach from the model so a finished trace holds no reference to it.
         self._model = None
@@ -224,7 +229,7 @@ class Trace:
         Outputs whose only non-finite values are -Inf (masked attention scores) are skipped unless
         include_neginf=True. Needs stats=True."""
         bad = [r for r in self.records
-               if r.nonfinite and (include_neginf or not r.out_stats.only_neginf)]
+               if r.nonfinite and r.out_stats is not None and (include_neginf or not r.out_stats.only_neginf)]
         return min(bad, key=lambda r: r.end_index) if bad else None
 
     def find(self, name: str) -> list[ModuleRecord]:

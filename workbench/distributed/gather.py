@@ -50,12 +50,12 @@ def global_grad_norm(source: nn.Module | Trace) -> float:
     every rank. From a Trace taken with gradients=True: its per-parameter norms are already whole, so
     no collective is needed (a gathered trace uses its lowest rank's records)."""
     if isinstance(source, nn.Module):
-        params = [p for p in source.parameters() if p.grad is not None]
-        if not params:
+        pairs = [(p, p.grad) for p in source.parameters() if p.grad is not None]
+        if not pairs:
             return 0.0
-        rows = [torch.linalg.vector_norm(local_tensor(p.grad).detach(), dtype=torch.float32).pow(2).reshape(1)
-                for p in params]
-        reduce_rows(rows, [shard_groups(p) for p in params])
+        rows = [torch.linalg.vector_norm(local_tensor(g).detach(), dtype=torch.float32).pow(2).reshape(1)
+                for _, g in pairs]
+        reduce_rows(rows, [shard_groups(p) for p, _ in pairs])
         return math.sqrt(float(torch.cat([r.cpu() for r in rows]).sum()))
     recs = source.gradients
     if not recs:

@@ -10,24 +10,28 @@ since every rank already holds the same values there (summing them would count t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 _DTENSOR: list[type | None] = []  # the DTensor class, looked up once (None without torch.distributed)
 
 
 def _dtensor_type() -> type | None:
     if not _DTENSOR:
+        cls: type | None
         try:
-            from torch.distributed.tensor import DTensor
+            from torch.distributed.tensor import DTensor as cls
         except ImportError:  # torch built without distributed support
-            DTensor = None  # noqa: N806
-        _DTENSOR.append(DTensor)
+            cls = None
+        _DTENSOR.append(cls)
     return _DTENSOR[0]
 
 
-def is_dtensor(t: object) -> bool:
+def is_dtensor(t: object) -> TypeGuard[DTensor]:
     """True for a torch.distributed DTensor (FSDP2 parameters and their gradients)."""
     cls = _dtensor_type()
     return cls is not None and isinstance(t, cls)

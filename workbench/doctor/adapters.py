@@ -151,6 +151,9 @@ class ModelAdapter:
         kwargs = self._kwargs(mask, positions)
         if self.cache_style == "workbench":
             if state is None:
+                from ..model.transformer import TransformerLM
+
+                assert isinstance(self.model, TransformerLM)  # what cache_style "workbench" means
                 state = self.model.new_cache(ids.shape[0], max_len)
             return self._finite(extract_logits(self.model(ids, cache=state, **kwargs)), False), state
         kwargs[self.cache_kwarg] = state

@@ -17,7 +17,7 @@ def _fields(cfg: Any) -> dict[str, Any]:
         return {}
     if isinstance(cfg, dict):
         return dict(cfg)
-    if dataclasses.is_dataclass(cfg):
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return dataclasses.asdict(cfg)
     to_dict = getattr(cfg, "to_dict", None)
     if callable(to_dict):
@@ -186,7 +186,7 @@ def _probe(ctx: Context, ids: torch.Tensor) -> tuple[str, str]:
     """
     model, handles = ctx.model, []
 
-    def embedding_guard(module: nn.Module, args: tuple) -> None:
+    def embedding_guard(module: nn.Embedding, args: tuple) -> None:
         idx = args[0] if args else None
         if isinstance(idx, torch.Tensor) and idx.numel() and not idx.is_floating_point():
             if bool((idx < 0).any()) or bool((idx >= module.num_embeddings).any()):

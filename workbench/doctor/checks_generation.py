@@ -119,9 +119,10 @@ def beam_search(ctx: Context) -> Result:
 
         greedy = generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, fast=False).sequences[0]
         with torch.no_grad():
-            width1 = run_beams(ctx.model, ids, None, Strategy(num_beams=1), NEW_TOKENS, "static", 0, None)
-        width1 = width1.sequences[0]
+            width1_out = run_beams(ctx.model, ids, None, Strategy(num_beams=1), NEW_TOKENS, "static", 0, None)
+        width1 = width1_out.sequences[0]
         beams = generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, num_beams=2, num_return_sequences=2)
+        assert beams.scores is not None  # beam search scores every returned sequence
         seqs, scores, counts = beams.sequences, beams.scores.tolist(), beams.new_token_counts.tolist()
         alpha = 1.0
     else:

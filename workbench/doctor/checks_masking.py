@@ -6,6 +6,8 @@ model is flagged by `batch_invariance` alone and not by every other check.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .registry import Context, Result, check, max_delta, na
@@ -139,7 +141,7 @@ def determinism(ctx: Context) -> Result:
         new_seed = max_delta(first, a.logits(ids))[0]
     still_training = [n or "(root)" for n, m in ctx.model.named_modules() if m.training]
     tol = a.tolerance(first) if a.device.type == "cuda" else 0.0
-    evidence = {"delta_same_seed": same_seed, "delta_new_seed": new_seed,
+    evidence: dict[str, Any] = {"delta_same_seed": same_seed, "delta_new_seed": new_seed,
                 "modules_in_train_mode": len(still_training)}
     if still_training:
         evidence["first_in_train_mode"] = still_training[0]

@@ -53,13 +53,14 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
         entry["nonfinite"] += overflow + (int((~torch.isfinite(out)).sum()) if out is not None else 0)
 
     def amplify(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        args, kwargs = list(args), dict(kwargs)
-        for container, keys in ((args, range(len(args))), (kwargs, list(kwargs))):
+        arg_list, kwargs = list(args), dict(kwargs)
+        container: Any  # the positional list, then the keyword dict
+        for container, keys in ((arg_list, range(len(arg_list))), (kwargs, list(kwargs))):
             for k in keys:
                 if isinstance(container[k], torch.Tensor) and container[k].is_floating_point():
                     container[k] = container[k] * STRESS
-                    return tuple(args), kwargs
-        return tuple(args), kwargs
+                    return tuple(arg_list), kwargs
+        return tuple(arg_list), kwargs
 
     try:
         for m in ctx.model.modules():
@@ -155,6 +156,7 @@ def nonfinite(ctx: Context) -> Result:
     if first is None:
         return Result("fail", f"{bad_logits} logits are non-finite, though no module output was.", evidence)
     st, ist = first.out_stats, first.in_stats
+    assert st is not None  # first_nonfinite() picks a record whose output stats are non-finite
     evidence.update(first_module=first.display_name, module_type=first.type, nan=st.nan, inf=st.inf,
                     numel=st.numel, input_finite=ist is not None and not ist.nonfinite)
     if ist is not None:
@@ -202,17 +204,17 @@ def gradients(ctx: Context) -> Result:
     missing: list[str] = []
     bad = [r.name for r in tr.gradients if r.nonfinite]
     for r in tr.gradients:
-        g = _group(r.module, names)
+        group = _group(r.module, names)
         if r.grad_norm is None:
             missing.append(r.name)
         else:
-            norms[g] = math.sqrt(norms.get(g, 0.0) + r.grad_norm**2)
+            norms[group] = math.sqrt(norms.get(group, 0.0) + r.grad_norm**2)
     block_norms = {n: norms.get(n, 0.0) for n in names}
     starved = [n for n in names if n not in norms]
     evidence: dict[str, Any] = {"loss": float(loss), "params_without_grad": len(missing),
                                 "nonfinite_grad_params": len(bad)}
     if block_norms:
-        lo, hi = min(block_norms, key=block_norms.get), max(block_norms, key=block_norms.get)
+        lo, hi = min(block_norms, key=block_norms.__getitem__), max(block_norms, key=block_norms.__getitem__)
         evidence.update(min_block_grad=block_norms[lo], min_block=lo, max_block_grad=block_norms[hi], max_block=hi)
     if bad:
         return Result("fail", f"{len(bad)} parameters have NaN/Inf gradients (first: {bad[0]}).", evidence)
@@ -257,7 +259,7 @@ def init_scale(ctx: Context) -> Result:
     if not gains:
         return na("no 2-D weight matrices besides embeddings.")
     values = sorted(gains.values())
-    top = max(gains, key=gains.get)
+    top = max(gains, key=gains.__getitem__)
     evidence = {"matrices": len(gains), "median_std_x_sqrt_fan_in": values[len(values) // 2],
                 "max_std_x_sqrt_fan_in": gains[top], "max_param": top}
     source = _checkpoint_source(ctx.model)

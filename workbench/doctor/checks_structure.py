@@ -28,7 +28,9 @@ def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     return a is not None and b is not None and (a is b or (a.shape == b.shape and bool(torch.equal(a, b))))
 
 
-def _block_placement(block_in: torch.Tensor, block_out: torch.Tensor, norms: list[tuple[Any, Any]]) -> str:
+def _block_placement(
+    block_in: torch.Tensor | None, block_out: torch.Tensor | None, norms: list[tuple[Any, Any]]
+) -> str:
     """"pre" (a norm reads the block input; the output is a residual sum), "post" (the block output is a
     norm's output), "mixed" (both), or "none"."""
     reads_input = any(_same(block_in, x) for x, _ in norms)

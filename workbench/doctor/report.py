@@ -44,8 +44,8 @@ def _round_up(value: float) -> float:
 
 def format_value(value: Any) -> str:
     """Numbers a person can read: 3 significant digits, scientific when tiny or huge; noise as a bound."""
-    if isinstance(value, Within) and value.bound() is not None:
-        return f"<= {_round_up(value.bound()):.1e}"
+    if isinstance(value, Within) and (bound := value.bound()) is not None:
+        return f"<= {_round_up(bound):.1e}"
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, int):

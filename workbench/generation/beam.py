@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from .protocols import CausalLM
 from .records import GenerationOutput
 from .sampling import Strategy
 from .stopping import StopStrings
@@ -51,7 +51,7 @@ class Finished:
 
 
 def beam_search(
-    model: nn.Module,
+    model: CausalLM,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     strategy: Strategy,
@@ -77,7 +77,9 @@ def beam_search(
         V = logits.shape[-1]
         logp = torch.log_softmax(logits.float(), dim=-1).view(B, nb, V)
         top, idx = (running[..., None] + logp).view(B, nb * V).topk(2 * nb, dim=-1)  # (B, 2nb)
-        rows, tokens, sums = [], [], []
+        rows: list[int] = []
+        tokens: list[int] = []
+        sums: list[float] = []
         for b, (scores_b, idx_b) in enumerate(zip(top.tolist(), idx.tolist())):
             if done[b]:  # keep feeding pad so shapes stay fixed; nothing here is read again
                 rows += range(b * nb, (b + 1) * nb)
@@ -119,7 +121,10 @@ def beam_search(
     )
 
 
-def _expand_prompt(b, scores, idx, V, nb, beams, eos, stop, finished):
+def _expand_prompt(
+    b: int, scores: list[float], idx: list[int], V: int, nb: int, beams: list[tuple[int, ...]], eos: set[int],
+    stop: StopStrings | None, finished: Finished,
+) -> list[tuple[int, int, float]]:
     """Walk one prompt's 2*nb best candidates: EOS/stop ones become finished hypotheses (when they
     rank within the first nb, as a beam would), the rest fill the nb running beams.
 

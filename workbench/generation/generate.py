@@ -24,6 +24,7 @@ from ..errors import GenerationError
 from ..model.placement import module_device
 from .beam import beam_search
 from .fast import decode_stepper, resolve_fast
+from .protocols import CausalLM, TokenDecoder
 from .records import REASONS, GenerationOutput
 from .sampling import CACHE_MODES, Strategy, as_eos_tuple, choose
 from .stopping import StopStrings
@@ -45,7 +46,7 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
     stop_strings: str | Sequence[str] | None = None,
-    tokenizer: Any = None,
+    tokenizer: TokenDecoder | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
     cache_mode: str = "static",
@@ -91,7 +92,7 @@ def check_request(
     model: nn.Module, input_ids: Any, attention_mask: Any, max_new_tokens: Any, cache_mode: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reject what the model's own checks cannot see; returns (B, T) ids and the mask (None if no padding)."""
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)  # checked for max_seq_len just below
     if not callable(getattr(model, "new_cache", None)) or not hasattr(config, "max_seq_len"):
         raise GenerationError(
             f"{type(model).__name__} cannot be used for generation: it needs `config.max_seq_len` and "
@@ -143,7 +144,7 @@ def eval_no_grad(model: nn.Module, modules: Sequence[nn.Module] | None = None) -
 
 
 def _decode(
-    model: nn.Module,
+    model: CausalLM,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     strategy: Strategy,

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from .protocols import TokenDecoder
+
 REASONS = ("length", "eos", "stop_string")  # why a row stopped; index 0 also means "still running"
 
 
@@ -26,7 +28,7 @@ class GenerationOutput:
         """(B*n, N) the generated columns only."""
         return self.sequences[:, self.prompt_length :]
 
-    def texts(self, tokenizer: Any) -> list[str]:
+    def texts(self, tokenizer: TokenDecoder) -> list[str]:
         """The generated text of each row, up to and including its EOS or stop token."""
         rows = self.new_tokens.tolist()
         return [tokenizer.decode(r[:n]) for r, n in zip(rows, self.new_token_counts.tolist())]

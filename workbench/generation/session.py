@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from ..errors import GenerationError
+from ..model.cache import KVCache
 from ..model.placement import module_device
-from .fast import decode_stepper, resolve_fast
+from .fast import Step, decode_stepper, resolve_fast
 from .generate import eval_no_grad
+from .protocols import CausalLM, TokenizerLike
 from .records import StepRecord
 from .sampling import CACHE_MODES, Strategy, as_eos_tuple, choose, entropy
 from .stopping import StopStrings
@@ -38,10 +40,23 @@ class GenerationSession:
     forward, since its hooks must fire.
     """
 
+    # Set by _start (the prompt's prefill); reset() rewinds the ones that describe the run so far.
+    prompt_ids: list[int]
+    prompt_length: int
+    prompt_attention: torch.Tensor | None
+    finish_reason: str | None
+    _cache: KVCache | None
+    _step_fn: Step
+    _logits: torch.Tensor  # (1, V) the pending distribution
+    _prefill_logits: torch.Tensor  # (1, V) after the prompt
+    _generated: list[int]
+    _history: list[StepRecord]
+    _generator: torch.Generator | None
+
     def __init__(
         self,
         model: nn.Module,
-        tokenizer: Any,
+        tokenizer: TokenizerLike,
         prompt: str | Sequence[int] | torch.Tensor,
         *,
         capture_attention: bool = False,
@@ -67,7 +82,8 @@ class GenerationSession:
         stops = strategy.pop("stop_strings", None) or ()
         stops = (stops,) if isinstance(stops, str) else tuple(stops)
         self.strategy = Strategy(eos_token_ids=as_eos_tuple(eos), stop_strings=stops, **strategy)
-        self.model, self.tokenizer = model, tokenizer
+        self.model: CausalLM = model
+        self.tokenizer = tokenizer
         self.capture_attention, self.top_k_candidates = capture_attention, top_k_candidates
         self.cache_mode, self.reserve = cache_mode, max(1, int(reserve))
         self.fast = resolve_fast(model, fast, cache_mode)
@@ -78,8 +94,9 @@ class GenerationSession:
 
     # --- state a widget reads ------------------------------------------------------------------
     @property
-    def cache(self):
+    def cache(self) -> KVCache:
         """The live KV cache (prompt + fed tokens)."""
+        assert self._cache is not None  # None only while _start replaces it
         return self._cache
 
     @property
@@ -149,7 +166,7 @@ class GenerationSession:
         if prompt is not None:
             self._start(prompt)
             return
-        self._cache.truncate(self.prompt_length)
+        self.cache.truncate(self.prompt_length)
         self._logits = self._prefill_logits
         self._generated, self._history, self.finish_reason = [], [], None
         self._generator = self.strategy.new_generator(self._logits.device)
@@ -195,7 +212,7 @@ class GenerationSession:
         return logits, attention  # still on the device: copied after the step's one sync
 
     def _make_room(self) -> None:
-        cache, limit = self._cache, self.model.config.max_seq_len
+        cache, limit = self.cache, self.model.config.max_seq_len
         if cache.length + 1 <= cache.max_len:
             return
         if cache.max_len >= limit:
@@ -207,20 +224,21 @@ class GenerationSession:
 
     def _record(self, token: int, top, summary: list[float], attention, elapsed: float) -> StepRecord:
         self._generated.append(token)
-        reason = None
+        reason: str | None = None
         if token in self.strategy.eos_token_ids:
             reason = "eos"
         elif self._stop is not None and self._stop.hit(self._generated):
             reason = "stop_string"
         self.finish_reason = reason
         ids = top.indices.tolist()
+        cache = self.cache
         record = StepRecord(
             step=len(self._history), token_id=token, token_text=self.tokenizer.decode([token]),
             position=self.prompt_length + len(self._generated) - 1, token_prob=summary[0],
             candidate_ids=tuple(ids), candidate_texts=tuple(self.tokenizer.decode([i]) for i in ids),
-            candidate_probs=tuple(top.values.tolist()), entropy=summary[1], cache_length=self._cache.length,
-            cache_bytes_used=tuple(self._cache.layer_bytes_used()),
-            cache_bytes_allocated=tuple(self._cache.layer_bytes_allocated()),
+            candidate_probs=tuple(top.values.tolist()), entropy=summary[1], cache_length=cache.length,
+            cache_bytes_used=tuple(cache.layer_bytes_used()),
+            cache_bytes_allocated=tuple(cache.layer_bytes_allocated()),
             step_time=elapsed, attention=attention, finish_reason=reason,
         )  # fmt: skip
         self._history.append(record)
@@ -233,7 +251,7 @@ class GenerationSession:
         )
 
 
-def _prompt_ids(tokenizer: Any, prompt: str | Sequence[int] | torch.Tensor) -> list[int]:
+def _prompt_ids(tokenizer: TokenizerLike, prompt: str | Sequence[int] | torch.Tensor) -> list[int]:
     if isinstance(prompt, str):
         ids = list(tokenizer.encode(prompt))
     elif isinstance(prompt, torch.Tensor):
@@ -245,7 +263,7 @@ def _prompt_ids(tokenizer: Any, prompt: str | Sequence[int] | torch.Tensor) -> l
     return ids
 
 
-def _pattern_sites(model: nn.Module) -> list[nn.Module]:
+def _pattern_sites(model: CausalLM) -> list[nn.Module]:
     """The `blocks.{i}.attn.hook_pattern` HookPoints, in layer order (hooking one makes it eager)."""
     sites = []
     for i in range(model.config.n_layers):

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from ..errors import GenerationError
+from .protocols import TokenDecoder
 
 
 class StopStrings:
     """Checks decoded new text against stop strings; only the generated part is searched, never the prompt."""
 
-    def __init__(self, tokenizer: Any, strings: Sequence[str]) -> None:
+    def __init__(self, tokenizer: TokenDecoder | None, strings: Sequence[str]) -> None:
         if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
             raise GenerationError(
                 f"stop_strings={list(strings)!r} need a tokenizer to turn tokens into text; pass "

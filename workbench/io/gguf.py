@@ -291,7 +291,8 @@ def _dequantize(reader: Any, progress: bool | None) -> tuple[dict[str, torch.Ten
     from gguf.quants import dequantize
     from tqdm.auto import tqdm
 
-    out, kinds = {}, Counter()
+    out: dict[str, torch.Tensor] = {}
+    kinds: Counter[str] = Counter()
     disable = None if progress is None else not progress  # None: only on an interactive terminal
     for t in tqdm(reader.tensors, desc="dequantizing GGUF", unit="tensor", disable=disable):
         try:

@@ -39,7 +39,7 @@ def _pre_tokenizer(name: str | None) -> pre_tokenizers.PreTokenizer:
             "may differ from llama.cpp on some texts.",
             stacklevel=3,
         )
-    if PRE_TOKENIZERS.get(name, False):
+    if name is not None and PRE_TOKENIZERS.get(name, False):
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     return byte_level
 

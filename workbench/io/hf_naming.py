@@ -97,7 +97,8 @@ def _gpt2_out(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, 
 
 
 def _llama_in(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    out, parts = {}, {}
+    out: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
     fused_from = {hf: (wb, i) for wb, hfs in _LLAMA_FUSED.items() for i, hf in enumerate(hfs)}
     for key, value in state.items():
         if m := re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", key):

@@ -30,13 +30,23 @@ class Tokenizer:
         self.add_bos = add_bos
 
     @classmethod
-    def from_file(cls, path: str | Path, **special: int | bool | None) -> Tokenizer:
+    def from_file(
+        cls,
+        path: str | Path,
+        *,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        add_bos: bool = False,
+    ) -> Tokenizer:
         """Load a HF `tokenizer.json`."""
         try:
             backend = _HFTokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
             raise LoadError(f"could not read tokenizer {path}: {exc}; pass a HF tokenizer.json.") from exc
-        return cls(backend, **special)
+        return cls(
+            backend, bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, add_bos=add_bos
+        )
 
     @property
     def vocab_size(self) -> int:

@@ -13,7 +13,7 @@ later call runs the eager forward.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from ..errors import ConfigError, WorkbenchError
 from .decoder import supports_fast_decode
 from .fast import hook_tables, hooks_attached
 from .inputs import check_inputs
+
+if TYPE_CHECKING:
+    from .transformer import TransformerLM
 
 
 class CompiledModel:
@@ -32,7 +35,7 @@ class CompiledModel:
     wrapped `.model`; while you do, calls run eagerly.
     """
 
-    def __init__(self, model: nn.Module, compiled: Any, error: BaseException | None = None) -> None:
+    def __init__(self, model: TransformerLM, compiled: Any, error: BaseException | None = None) -> None:
         self.model, self._compiled = model, compiled
         self._tables = hook_tables(model)
         self.error: BaseException | None = error  # why compilation was given up, if it was

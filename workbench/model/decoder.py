@@ -14,6 +14,7 @@ steps time the two on the same compiled step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ CARRIERS = ("manual", "compile")  # who captures CUDA graphs of the decode step 
 DEFAULT_CARRIER = "manual"  # until a GPU measurement of both says otherwise
 
 
-def supports_fast_decode(model: nn.Module) -> bool:
+def supports_fast_decode(model: nn.Module) -> TypeGuard[TransformerLM]:
     """True for models `decode_step` understands (a workbench `TransformerLM`)."""
     return isinstance(model, TransformerLM)
 

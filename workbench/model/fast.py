@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,9 @@ from torch import nn
 
 from ..errors import InputError
 from .cache import KVCache
+
+if TYPE_CHECKING:
+    from .transformer import TransformerLM
 
 ROUTES = ("plain", "eager", "graph")  # what a FastDecoder call ran, in `FastDecoder.last_route`
 
@@ -65,7 +69,7 @@ class StaticSlots:
         return self.keys[layer], self.values[layer]
 
 
-def decode_step(model: nn.Module, token: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
+def decode_step(model: TransformerLM, token: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
     """Logits (B, 1, V) for one new token per row (B, 1), written at `slots.write_pos`.
 
     Only the inputs of `TransformerLM.trunk` are prepared here, in fixed shapes; the body is the one
@@ -97,7 +101,7 @@ class CompiledStep:
         self.error: BaseException | None = None  # why compilation was given up, if it was
         self.calls = 0  # calls that ran the compiled step
 
-    def __call__(self, model: nn.Module, token: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
+    def __call__(self, model: TransformerLM, token: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
         if self.error is None:
             try:
                 if self._fn is None:

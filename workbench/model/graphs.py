@@ -62,7 +62,7 @@ class GraphedDecodeStep:
 
 def _weight_slots(model: nn.Module) -> list[tuple[dict, str, torch.Tensor, int]]:
     """(owning dict, name, tensor, address) for every parameter and buffer the graph reads."""
-    out = []
+    out: list[tuple[dict, str, torch.Tensor, int]] = []
     for m in model.modules():
         for table in (m._parameters, m._buffers):
             out.extend((table, name, t, t.data_ptr()) for name, t in table.items() if t is not None)

@@ -94,6 +94,8 @@ class Rotary(nn.Module):
     this module for cos/sin (plain forward, KV cache, `fast.decode_step`) rotates by the same angles.
     """
 
+    inv_freq: torch.Tensor  # (D/2,) buffer registered in __init__
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         d = config.head_dim

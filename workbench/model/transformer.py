@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -36,9 +36,19 @@ from .inputs import check_inputs, resolve_positions
 from .layers import MLP, HookPoint, Rotary, init_weights, make_norm
 from .placement import module_device, module_dtype
 
+if TYPE_CHECKING:
+    from ..io.report import LoadReport
+
 
 class Block(nn.Module):
     """One transformer block; `norm_placement` decides where the norms sit, mlp="none" drops the MLP."""
+
+    # Hook sites registered by name in __init__.
+    hook_resid_pre: HookPoint
+    hook_attn_out: HookPoint
+    hook_resid_mid: HookPoint
+    hook_mlp_out: HookPoint
+    hook_resid_post: HookPoint
 
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -46,8 +56,8 @@ class Block(nn.Module):
         self.ln_attn = make_norm(config)
         self.attn = Attention(config, layer)
         has_mlp = config.mlp != "none"
-        self.ln_mlp = make_norm(config) if has_mlp else None
-        self.mlp = MLP(config) if has_mlp else None
+        self.ln_mlp: nn.Module | None = make_norm(config) if has_mlp else None
+        self.mlp: MLP | None = MLP(config) if has_mlp else None
         self.drop = nn.Dropout(config.dropout)
         for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
             setattr(self, f"hook_{name}", HookPoint())
@@ -58,17 +68,22 @@ class Block(nn.Module):
             a = self.hook_attn_out(self.drop(self.attn(self.ln_attn(x), rope, mask, cache)))
             x = self.hook_resid_mid(x + a)
             if self.mlp is not None:
+                assert self.ln_mlp is not None  # built together with the MLP
                 x = x + self.hook_mlp_out(self.drop(self.mlp(self.ln_mlp(x))))
         else:
             a = self.hook_attn_out(self.drop(self.attn(x, rope, mask, cache)))
             x = self.hook_resid_mid(self.ln_attn(x + a))
             if self.mlp is not None:
+                assert self.ln_mlp is not None  # built together with the MLP
                 x = self.ln_mlp(x + self.hook_mlp_out(self.drop(self.mlp(x))))
         return self.hook_resid_post(x)
 
 
 class TransformerLM(nn.Module):
     """Decoder-only language model. `forward` returns logits (B, T, V)."""
+
+    # What `workbench.io` found when it loaded the weights (missing, unexpected, tied, cast); None otherwise.
+    load_report: LoadReport | None = None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -153,19 +168,23 @@ class TransformerLM(nn.Module):
         """Choose the attention path for every layer: "auto", "sdpa" or "eager" (see attention.py)."""
         if impl not in IMPLS:
             raise ConfigError(f"attention impl={impl!r} is unknown; use one of {IMPLS}.")
-        for block in self.blocks:
-            block.attn.impl = impl
+        for attn in self._attention_layers():
+            attn.impl = impl
 
     @contextlib.contextmanager
     def attention_impl(self, impl: str) -> Iterator[None]:
         """Scoped `set_attention_impl`: the previous choice per layer is restored on exit."""
-        before = [block.attn.impl for block in self.blocks]
+        before = [attn.impl for attn in self._attention_layers()]
         self.set_attention_impl(impl)
         try:
             yield
         finally:
-            for block, old in zip(self.blocks, before):
-                block.attn.impl = old
+            for attn, old in zip(self._attention_layers(), before):
+                attn.impl = old
+
+    def _attention_layers(self) -> list[Attention]:
+        """The attention module of every block, in order."""
+        return [cast(Block, block).attn for block in self.blocks]
 
     def num_parameters(self) -> int:
         """Parameters counted once each, so a tied embedding counts once."""

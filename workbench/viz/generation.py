@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
 from .style import COLORS, HALF_WIDTH, base_layout, format_bytes, int_dtick, legend_on_top, message_figure
+
+if TYPE_CHECKING:
+    from ..generation.records import StepRecord
 
 
 def text_html(token_texts: Sequence[str], prompt_length: int, *, probs: Sequence[float] = ()) -> str:
@@ -32,7 +35,7 @@ def text_html(token_texts: Sequence[str], prompt_length: int, *, probs: Sequence
             "max-height:160px;overflow:auto'>" + "".join(parts) + "</div>")
 
 
-def topk_bars(step: Any | None, *, height: int = 300, width: int | None = None) -> go.Figure:
+def topk_bars(step: StepRecord | None, *, height: int = 300, width: int | None = None) -> go.Figure:
     """Top-k next-token probabilities of one step; the chosen token in the accent colour.
 
     A sampled token outside the top k gets one extra bar at the bottom (its rank is unknown, so
@@ -65,7 +68,7 @@ def _short(text: str, n: int = 14) -> str:
     return t if len(t) <= n else t[: n - 1] + "…"
 
 
-def cache_layer_bars(step: Any | None, *, height: int = 300, width: int | None = None) -> go.Figure:
+def cache_layer_bars(step: StepRecord | None, *, height: int = 300, width: int | None = None) -> go.Figure:
     """KV cache bytes per layer after one step: used (solid) and allocated (outline). Trace 0 = used."""
     if step is None:
         return message_figure("No step yet.", title="KV cache per layer", height=height, width=width)

@@ -4,7 +4,7 @@ exploding bands, and a module x step heatmap of log10 norms."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
@@ -12,13 +12,16 @@ import plotly.graph_objects as go
 from ..capture.gradients import GradientHistory
 from .style import COLORS, GRAD_SCALE, base_layout, int_dtick, log_ticks, message_figure
 
+if TYPE_CHECKING:
+    from ..capture.trace import Trace
+
 NO_GRADIENTS = ("No gradients recorded. Trace a backward pass with "
                 "`with workbench.trace(model, gradients=True) as tr: loss.backward()`, or call "
                 "`history.append(model)` after each `loss.backward()` in a training loop.")
 MAX_STEPS_SHOWN = 400  # heatmap columns sent to the browser (older steps are strided)
 
 
-def as_history(source: Any) -> GradientHistory:
+def as_history(source: GradientHistory | Trace) -> GradientHistory:
     """A GradientHistory from a history (returned as is) or a Trace taken with gradients=True."""
     if isinstance(source, GradientHistory):
         return source

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 import torch
 from torch import nn
 
 from .style import COLORS, HALF_WIDTH, base_layout, format_bytes, int_dtick, legend_on_top, message_figure
+
+if TYPE_CHECKING:
+    from ..capture.trace import Trace
+    from ..generation.records import StepRecord
+    from ..model.cache import KVCache
 
 KINDS = ("params", "grads", "saved", "optimizer", "kv")
 LABELS = {"params": "parameters", "grads": "gradients", "saved": "saved activations",
@@ -29,8 +34,9 @@ def _add(rows: dict[str, dict[str, int]], group: str, kind: str, nbytes: int) ->
     rows.setdefault(group, dict.fromkeys(KINDS, 0))[kind] += int(nbytes)
 
 
-def memory_breakdown(trace: Any = None, *, model: nn.Module | None = None,
-                     optimizer: torch.optim.Optimizer | None = None, cache: Any = None) -> dict[str, dict[str, int]]:
+def memory_breakdown(trace: Trace | None = None, *, model: nn.Module | None = None,
+                     optimizer: torch.optim.Optimizer | None = None,
+                     cache: KVCache | None = None) -> dict[str, dict[str, int]]:
     """Bytes per layer group and kind (KINDS), in model order.
 
     params: own parameters counted once (tied weights under their first owner); grads: gradient
@@ -63,10 +69,10 @@ def memory_breakdown(trace: Any = None, *, model: nn.Module | None = None,
             if not grads and p.grad is not None:
                 _add(rows, owner, "grads", p.grad.numel() * p.grad.element_size())
     if optimizer is not None:
-        for p, state in optimizer.state.items():
+        for param, state in optimizer.state.items():
             nbytes = sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
-            name = names.get(id(p))
-            owner = layer_group(name.rsplit(".", 1)[0]) if name and "." in name else "(optimizer, unattributed)"
+            pname = names.get(id(param))
+            owner = layer_group(pname.rsplit(".", 1)[0]) if pname and "." in pname else "(optimizer, unattributed)"
             _add(rows, owner, "optimizer", nbytes)
     if cache is not None:
         _add_cache(rows, cache.layer_bytes_used())
@@ -107,7 +113,7 @@ def memory_bars(rows: dict[str, dict[str, int]], *, title: str = "Memory per lay
     return base_layout(fig, full, height=height, width=width)
 
 
-def kv_growth(steps: Sequence[Any], *, prompt_bytes: int | None = None, height: int = 300,
+def kv_growth(steps: Sequence[StepRecord], *, prompt_bytes: int | None = None, height: int = 300,
               width: int | None = None) -> go.Figure:
     """KV cache bytes (used and allocated, all layers) after each generation step. Trace 0 = used."""
     fig = go.Figure([
@@ -132,7 +138,7 @@ def kv_growth(steps: Sequence[Any], *, prompt_bytes: int | None = None, height: 
     return legend_on_top(fig)
 
 
-def cuda_peak_note(trace: Any = None) -> str | None:
+def cuda_peak_note(trace: Trace | None = None) -> str | None:
     """"CUDA peak 1.2 GiB" from the records' per-call peaks (or the allocator), None on the CPU."""
     peaks = [r.cuda_peak for r in getattr(trace, "records", []) if r.cuda_peak is not None]
     if peaks:

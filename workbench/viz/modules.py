@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
-from ..capture.records import ModuleRecord
+from ..capture.records import ModuleRecord, TensorMeta
 from .style import COLORS, base_layout, format_bytes, format_count, format_ms, message_figure
 
 SORT_KEYS = {
@@ -70,7 +69,7 @@ def _esc(s: str) -> str:
 
 def detail_html(r: ModuleRecord) -> str:
     """Shapes, sizes and stats of one call as a small HTML block."""
-    def metas(ms: Sequence[Any]) -> str:
+    def metas(ms: Sequence[TensorMeta]) -> str:
         return "<br>".join(f"<code>{_esc(m.path)}</code> {_esc(m.short())} · {format_bytes(m.nbytes)}"
                            for m in ms) or "-"
 
@@ -111,7 +110,7 @@ def activation_histogram(r: ModuleRecord | None, *, bins: int = 60, height: int 
 
 def time_bars(records: Sequence[ModuleRecord], *, top: int = 20, height: int = 380) -> go.Figure:
     """The `top` slowest calls by self time (ms), for reports."""
-    timed = sorted([r for r in records if r.self_time_ms is not None], key=lambda r: -r.self_time_ms)[:top]
+    timed = sorted([r for r in records if r.self_time_ms is not None], key=lambda r: -(r.self_time_ms or 0.0))[:top]
     if not timed:
         return message_figure("No timings: trace with timing=True (the default).", title="Slowest modules")
     fig = go.Figure(go.Bar(y=[r.display_name for r in timed][::-1], x=[r.self_time_ms for r in timed][::-1],

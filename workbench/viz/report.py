@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .attention import attention_heatmap, heads_grid, layer_records, metric_matrix
 from .export import write_html
@@ -14,10 +14,13 @@ from .memory import cuda_peak_note, memory_bars, memory_breakdown
 from .modules import html_table, time_bars
 from .style import format_bytes, format_count, format_ms
 
+if TYPE_CHECKING:
+    from ..capture.trace import Trace
+
 REPORT_MAX_CELLS = 128  # side of each attention map in the report (the page stays a few MB)
 
 
-def report_html(trace: Any, path: str | Path, *, tokens: Sequence[str] | None = None,
+def report_html(trace: Trace, path: str | Path, *, tokens: Sequence[str] | None = None,
                 max_layers: int = 4) -> Path:
     """Write a standalone HTML report of `trace`: summary, module table, memory, gradients and attention.
 
@@ -42,7 +45,7 @@ def report_html(trace: Any, path: str | Path, *, tokens: Sequence[str] | None = 
     return write_html(path, f"workbench trace report · {meta.get('model', 'model')}", parts)
 
 
-def _summary(trace: Any, meta: dict) -> str:
+def _summary(trace: Trace, meta: dict) -> str:
     bad = trace.first_nonfinite() if trace.records else None
     items = [
         ("model", meta.get("model", "?")), ("device", meta.get("device", "?")), ("dtype", meta.get("dtype", "?")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 import numpy as np
@@ -13,6 +13,9 @@ from ..capture.records import HEAD_METRICS, AttentionRecord
 from ..viz import attention as va
 from ..viz.style import FULL_WIDTH
 from .base import View, figure_widget, header, notice, row
+
+if TYPE_CHECKING:
+    from ..capture.trace import Trace
 
 HEATMAP_WIDTH = 520  # the single-head map; the metric matrix takes the rest of FULL_WIDTH
 CACHE_LAYERS = 8  # float32 layer maps kept in memory (SmolLM2, 256 tokens: 2.4 MB each)
@@ -28,9 +31,10 @@ class AttentionView(View):
 
     title = "Attention"
 
-    def __init__(self, trace: Any, tokens: Sequence[str] | None = None, *, call: int = 0, layer: int | None = None,
-                 head: int = 0, metric: str = "entropy", max_cells: int = va.MAX_CELLS) -> None:
-        records: list[AttentionRecord] = list(getattr(trace, "attention", trace) or [])
+    def __init__(self, trace: Trace | Sequence[AttentionRecord], tokens: Sequence[str] | None = None, *,
+                 call: int = 0, layer: int | None = None, head: int = 0, metric: str = "entropy",
+                 max_cells: int = va.MAX_CELLS) -> None:
+        records: list[AttentionRecord] = list((trace.attention if hasattr(trace, "attention") else trace) or [])
         super().__init__()
         self.tokens, self.max_cells = tokens, max_cells
         self.records = va.layer_records(records, call) if records else {}

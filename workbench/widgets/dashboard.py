@@ -11,6 +11,7 @@ from torch import nn
 
 from ..capture.trace import Trace, trace
 from ..errors import InputError
+from ..generation.protocols import TokenizerLike
 from ..model.placement import module_device
 from .attention import AttentionView
 from .base import View, header
@@ -36,14 +37,14 @@ class Dashboard(View):
         return [f for v in self.views.values() for f in v.figures()]
 
 
-def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
+def token_texts(tokenizer: TokenizerLike, ids: list[int]) -> list[str]:
     """One display string per id (the tokenizer's own token strings when it has them)."""
     if hasattr(tokenizer, "token_strings"):
         return list(tokenizer.token_strings(ids))
     return [tokenizer.decode([i]) for i in ids]
 
 
-def show(model: nn.Module, tokenizer: Any, text: str, *, backward: bool = False, samples: int = 512,
+def show(model: nn.Module, tokenizer: TokenizerLike, text: str, *, backward: bool = False, samples: int = 512,
          generate: bool = True, **stepper_kwargs: Any) -> Dashboard:
     """Trace one forward of `text` (attention, memory, stats, samples) and show every view in tabs.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
@@ -12,6 +12,9 @@ from ..capture.gradients import GradientHistory
 from ..viz import gradients as vg
 from ..viz.style import FULL_WIDTH
 from .base import View, figure_widget, header, notice, replace_figure
+
+if TYPE_CHECKING:
+    from ..capture.trace import Trace
 
 
 class GradientFlow(View):
@@ -24,7 +27,7 @@ class GradientFlow(View):
 
     title = "Gradient flow"
 
-    def __init__(self, history: Any, *, min_interval: float = 0.5) -> None:
+    def __init__(self, history: GradientHistory | Trace, *, min_interval: float = 0.5) -> None:
         super().__init__()
         self.history: GradientHistory = vg.as_history(history)
         self.min_interval = min_interval

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
 from ..viz.modules import COLUMNS, SORT_KEYS, activation_histogram, detail_html, filter_records, module_row
 from ..viz.style import FULL_WIDTH, format_bytes, format_count, format_ms
 from .base import View, figure_widget, header, notice, replace_figure, row
+
+if TYPE_CHECKING:
+    from ..capture.trace import Trace
 
 # characters per column: 127 in all, about 850 px at 11.5 px monospace, inside a 900 px notebook column
 WIDTHS = {"module": 31, "type": 14, "out shape": 18, "params": 8, "time": 9, "memory": 9, "mean": 9,
@@ -37,7 +40,7 @@ class LayerInspector(View):
 
     title = "Layer inspector"
 
-    def __init__(self, trace: Any, *, max_rows: int = 2000) -> None:
+    def __init__(self, trace: Trace, *, max_rows: int = 2000) -> None:
         super().__init__()
         self.trace, self.max_rows = trace, max_rows
         records = list(getattr(trace, "records", []) or [])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 import torch
@@ -11,6 +11,13 @@ from torch import nn
 from ..viz import memory as vm
 from ..viz.style import FULL_WIDTH
 from .base import View, figure_widget, header, notice, replace_figure
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+    from ..capture.trace import Trace
+    from ..generation.session import GenerationSession
+    from ..model.cache import KVCache
 
 
 class MemoryPanel(View):
@@ -23,11 +30,15 @@ class MemoryPanel(View):
 
     title = "Memory"
 
-    def __init__(self, source: Any, *, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
-                 cache: Any = None) -> None:
+    def __init__(self, source: Trace | GenerationSession | None, *, model: nn.Module | None = None,
+                 optimizer: torch.optim.Optimizer | None = None, cache: KVCache | None = None) -> None:
         super().__init__()
-        self.session = source if hasattr(source, "history") and hasattr(source, "cache") else None
-        self.trace = None if self.session is not None else source
+        self.session: GenerationSession | None = None
+        self.trace: Trace | None = None
+        if _is_session(source):
+            self.session = source
+        else:
+            self.trace = source
         self.model = self.session.model if self.session is not None else model
         self.optimizer, self._cache = optimizer, cache
         self.hints = W.VBox()
@@ -37,7 +48,7 @@ class MemoryPanel(View):
         self.update()
 
     @property
-    def cache(self) -> Any:
+    def cache(self) -> KVCache | None:
         return self.session.cache if self.session is not None else self._cache
 
     def breakdown(self) -> dict[str, dict[str, int]]:
@@ -73,3 +84,8 @@ class MemoryPanel(View):
 
     def static_figure(self) -> Any:
         return vm.memory_bars_mpl(self.breakdown())
+
+
+def _is_session(source: object) -> TypeIs[GenerationSession]:
+    """A GenerationSession, or anything else that offers its `history` and `cache`, is drawn as one."""
+    return hasattr(source, "history") and hasattr(source, "cache")

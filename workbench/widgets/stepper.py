@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as W
 from torch import nn
 
 from ..errors import GenerationError
+from ..generation.protocols import TokenizerLike
 from ..generation.session import GenerationSession
 from ..viz import generation as vgen
 from ..viz.attention import token_attention_layers
@@ -28,7 +30,7 @@ class GenerationStepper(View):
 
     title = "Generation stepper"
 
-    def __init__(self, model: nn.Module, tokenizer: Any, prompt: str, *, top_k: int = 10, run_n: int = 8,
+    def __init__(self, model: nn.Module, tokenizer: TokenizerLike, prompt: str, *, top_k: int = 10, run_n: int = 8,
                  **session_kwargs: Any) -> None:
         super().__init__()
         self.model, self.tokenizer, self._kwargs = model, tokenizer, session_kwargs
@@ -45,7 +47,7 @@ class GenerationStepper(View):
         self.status = W.HTML()
         self.messages = W.VBox()
         self.text = W.HTML()
-        size = dict(width=HALF_WIDTH, height=H)  # two per row in a notebook column
+        size: dict[str, Any] = dict(width=HALF_WIDTH, height=H)  # two per row in a notebook column
         self.topk = figure_widget(vgen.topk_bars(None, **size))
         self.cache_bars = figure_widget(vgen.cache_layer_bars(None, **size))
         self.growth = figure_widget(kv_growth([], **size))
@@ -69,11 +71,11 @@ class GenerationStepper(View):
     # --- actions ----------------------------------------------------------------------------------
     def step(self) -> None:
         """Generate exactly one token and redraw."""
-        self._guarded(lambda: self.session.step())
+        self._guarded(lambda session: session.step())
 
     def run(self, n: int) -> None:
         """Generate up to n tokens (fewer if the session ends), then redraw once."""
-        self._guarded(lambda: self.session.run(int(n)))
+        self._guarded(lambda session: session.run(int(n)))
 
     def reset(self) -> None:
         """Back to the prompt; a changed prompt box starts a new session."""
@@ -83,11 +85,11 @@ class GenerationStepper(View):
             self.session.reset()
         self._draw()
 
-    def _guarded(self, action: Any) -> None:
+    def _guarded(self, action: Callable[[GenerationSession], object]) -> None:
         if self.session is None:
             return
         try:
-            action()
+            action(self.session)
             self.messages.children = []
         except GenerationError as err:
             self.messages.children = [notice(str(err))]
@@ -121,7 +123,8 @@ class GenerationStepper(View):
         probs = [r.token_prob for r in s.history]
         self.text.value = vgen.text_html(s.token_texts, s.prompt_length, probs=probs)
         ms = f"{last.step_time * 1e3:.1f} ms" if last else "-"
-        end = f" · <b style='color:#C44E52'>finished: {html.escape(s.finish_reason)}</b>" if s.finished else ""
+        end = (f" · <b style='color:#C44E52'>finished: {html.escape(s.finish_reason)}</b>"
+               if s.finish_reason is not None else "")
         self.status.value = (f"<span style='font-size:12px;color:#555'>prompt {s.prompt_length} tokens · generated "
                              f"{len(s.generated_ids)} · cache {s.cache.length} positions "
                              f"({format_bytes(s.cache.bytes_used)} used) · last step {ms}{end}</span>")
