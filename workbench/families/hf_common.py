@@ -43,7 +43,7 @@ def decoder_from_hf(hf: dict[str, Any], *, tie_default: bool) -> dict[str, Any]:
 
 def decoder_to_hf(config: ModelConfig) -> dict[str, Any]:
     """The `config.json` entries `decoder_from_hf` reads, for transformers' Llama-lineage configs."""
-    out = {
+    out: dict[str, Any] = {
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
         "num_hidden_layers": config.n_layers,

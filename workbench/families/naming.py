@@ -73,7 +73,7 @@ class Naming:
                     continue
             out[self.top.get(name, key)] = value
         for ours, parts in groups.items():
-            sub = _BLOCK.fullmatch(ours).group(2)
+            sub = ours.split(".", 2)[2].rsplit(".", 1)[0]  # "blocks.{i}.attn.qkv.weight" -> "attn.qkv"
             if len(parts) == len(self.fused[sub]):
                 out[ours] = torch.cat([parts[i][1] for i in range(len(parts))], dim=0)  # rows [q; k; v] / [gate; up]
             else:

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import CorruptFileError, LoadError, MissingDependencyError
 from ..families.llama import unpermute_rope_rows  # noqa: F401 (re-exported: part of this module's API)
-from ..families.registry import Family, for_gguf_arch
+from ..families.registry import GGUFSpec, for_gguf_arch
 from ..model.config import ModelConfig, RopeScaling
 from ..model.transformer import TransformerLM
 from .gguf_rope import ROPE_FREQS, rope_scaling_from_gguf
@@ -216,15 +216,17 @@ class _Meta:
         return rope_scaling_from_gguf(meta, _rope_freqs(self.reader), head_dim, theta)
 
 
-def _family(reader: Any) -> Family:
-    """The registered family of the file's `general.architecture`; others raise UnsupportedModelError."""
-    return for_gguf_arch(metadata(reader, "general.architecture"))
+def _gguf_spec(reader: Any) -> GGUFSpec:
+    """How the family of the file's `general.architecture` was written; others raise UnsupportedModelError."""
+    spec = for_gguf_arch(metadata(reader, "general.architecture")).gguf
+    assert spec is not None  # for_gguf_arch finds only families with one
+    return spec
 
 
 def config_from_gguf(reader: Any) -> ModelConfig:
     """ModelConfig from `{arch}.*` metadata; architectures without a GGUF family raise UnsupportedModelError."""
-    family = _family(reader)
-    return family.gguf.config_from_meta(_Meta(reader, family.gguf.arch))
+    spec = _gguf_spec(reader)
+    return spec.config_from_meta(_Meta(reader, spec.arch))
 
 
 def _rope_freqs(reader: Any) -> np.ndarray | None:
@@ -268,7 +270,7 @@ def state_from_gguf(
 ) -> tuple[dict, list[str]]:
     """Float32 state dict in workbench naming, plus notes on what was done to the tensors."""
     raw, kinds = _dequantize(reader, progress)
-    spec = _family(reader).gguf
+    spec = _gguf_spec(reader)
     raw, fixes = spec.fix_tensors(raw, config)
     state = spec.naming.to_workbench(raw)  # anything unmapped keeps its GGUF name and shows up as unexpected
     quantized = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()) if k not in ("F32",))

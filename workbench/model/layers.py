@@ -7,6 +7,7 @@ C channels (d_model), H query heads, K key/value heads, D head dim, F MLP width,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,8 @@ class ScaledEmbedding(nn.Embedding):
     """Token embedding times sqrt(C), the factor computed in float32 and rounded to the weights' dtype
     (as HF Gemma: sqrt(3072) = 55.43 becomes 55.5 in bfloat16)."""
 
+    scale: torch.Tensor  # () buffer registered in __init__
+
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
         super().__init__(num_embeddings, embedding_dim)
         self._exact = torch.tensor(embedding_dim**0.5)  # float32 on the CPU: what dtype casts restore
@@ -93,7 +96,11 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-ACTIVATIONS = {"gelu": gelu_tanh, "swiglu": F.silu, "geglu": gelu_tanh}  # mlp kind -> nonlinearity
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # mlp kind -> nonlinearity
+    "gelu": gelu_tanh,
+    "swiglu": F.silu,
+    "geglu": gelu_tanh,
+}
 GATED = ("swiglu", "geglu")  # kinds whose nonlinearity gates a second projection: act(gate) * up
 
 
