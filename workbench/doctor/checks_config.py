@@ -69,7 +69,7 @@ def config_check(ctx: Context) -> Result:
     d = config_value(fields, "d_model", "hidden_size", "n_embd", "dim")
     h = config_value(fields, "n_heads", "num_attention_heads", "n_head")
     kv = config_value(fields, "n_kv_heads", "num_key_value_heads")
-    head_dim = config_value(fields, "head_dim")
+    head_dim = config_value(fields, "head_dim", "attn_head_dim")
     layers = config_value(fields, "n_layers", "num_hidden_layers", "n_layer")
     V = config_value(fields, "vocab_size")
     evidence: dict[str, Any] = {k: v for k, v in (("d_model", d), ("n_heads", h), ("n_kv_heads", kv),

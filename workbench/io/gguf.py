@@ -1,12 +1,11 @@
 """GGUF files (llama.cpp's format): config, dequantized float32 weights in workbench naming, and models.
 
 Reading goes through the `gguf` package (`GGUFReader` for the layout, `gguf.quants.dequantize`
-for the block formats). Two llama.cpp conventions are undone here:
-- ggml lists dimensions innermost first; the reader reverses them, so a matrix arrives as
-  (out_features, in_features), the layout of `nn.Linear.weight`.
-- llama.cpp's converter permutes the rows of the q and k projections so that RoPE rotates
-  adjacent pairs (x0, x1), (x2, x3), ...; the workbench (like HF) rotates the two halves of each
-  head, so the rows are permuted back (`unpermute_rope_rows`).
+for the block formats). ggml lists dimensions innermost first; the reader reverses them, so a
+matrix arrives as (out_features, in_features), the layout of `nn.Linear.weight`.
+What each architecture's converter wrote (metadata keys, tensor names, and changes to values such as
+Llama's q/k row permutation or Gemma's stored 1 + weight) is declared by its family in
+`workbench.families` and looked up by `general.architecture`.
 Before the reader runs, `check_gguf` walks the header with bounds checks, so a truncated or
 malformed file raises `CorruptFileError` instead of crashing or looping over absurd counts.
 """
@@ -23,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CorruptFileError, LoadError, MissingDependencyError, UnsupportedModelError
-from ..model.config import ModelConfig
+from ..errors import CorruptFileError, LoadError, MissingDependencyError
+from ..families.llama import unpermute_rope_rows  # noqa: F401 (re-exported: part of this module's API)
+from ..families.registry import GGUFSpec, for_gguf_arch
+from ..model.config import ModelConfig, RopeScaling
 from ..model.transformer import TransformerLM
 from .gguf_rope import ROPE_FREQS, rope_scaling_from_gguf
 from .state import load_state
@@ -48,24 +49,6 @@ _SCALARS = {
 }
 _STRING, _ARRAY = 8, 9
 _MIN_SIZE = {**{k: s for k, (_, s) in _SCALARS.items()}, _STRING: 8, _ARRAY: 12}
-
-# GGUF tensor name (per block) -> workbench name; q/k/v and gate/up are fused afterwards.
-_BLOCK_NAMES = {
-    "attn_norm.weight": "ln_attn.weight",
-    "attn_output.weight": "attn.out.weight",
-    "ffn_norm.weight": "ln_mlp.weight",
-    "ffn_down.weight": "mlp.down.weight",
-}
-_TOP_NAMES = {
-    "token_embd.weight": "embed.weight",
-    "output_norm.weight": "ln_f.weight",
-    "output.weight": "lm_head.weight",
-}
-_FUSED = {  # workbench fused weight <- GGUF parts, stacked by rows in this order
-    "attn.qkv.weight": ("attn_q.weight", "attn_k.weight", "attn_v.weight"),
-    "mlp.up.weight": ("ffn_gate.weight", "ffn_up.weight"),
-}
-
 
 def _gguf_module() -> Any:
     try:
@@ -206,59 +189,44 @@ def metadata(reader: Any, key: str, default: Any = None) -> Any:
     return default if field is None else field.contents()
 
 
-def _float32(value: Any) -> float:
-    """A float32 metadata value as the shortest decimal that round-trips (9.9999997e-06 -> 1e-05)."""
-    return float(str(np.float32(value)))
+class _Meta:
+    """`families.gguf_keys.GGUFMeta` over an open reader, for the family of its `arch`."""
+
+    def __init__(self, reader: Any, arch: str) -> None:
+        self.reader, self.arch = reader, arch
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return metadata(self.reader, key, default)
+
+    def require(self, key: str) -> Any:
+        value = metadata(self.reader, key)
+        if value is None:
+            raise LoadError(
+                f"GGUF metadata lacks {key!r}; the file was not written by a {self.arch}-architecture converter."
+            )
+        return value
+
+    def has_tensor(self, name: str) -> bool:
+        return any(t.name == name for t in self.reader.tensors)
+
+    def rope_scaling(self, head_dim: int, theta: float) -> RopeScaling | None:
+        p = f"{self.arch}.rope."
+        meta = {k: self.get(f"{p}scaling.{k}") for k in ("type", "factor", "original_context_length")}
+        meta["scale_linear"] = self.get(f"{p}scale_linear")
+        return rope_scaling_from_gguf(meta, _rope_freqs(self.reader), head_dim, theta)
 
 
-def _require(reader: Any, key: str) -> Any:
-    value = metadata(reader, key)
-    if value is None:
-        raise LoadError(
-            f"GGUF metadata lacks {key!r}; the file was not written by a llama-architecture converter."
-        )
-    return value
+def _gguf_spec(reader: Any) -> GGUFSpec:
+    """How the family of the file's `general.architecture` was written; others raise UnsupportedModelError."""
+    spec = for_gguf_arch(metadata(reader, "general.architecture")).gguf
+    assert spec is not None  # for_gguf_arch finds only families with one
+    return spec
 
 
 def config_from_gguf(reader: Any) -> ModelConfig:
-    """ModelConfig from `llama.*` metadata; other architectures raise UnsupportedModelError."""
-    arch = metadata(reader, "general.architecture")
-    if arch != "llama":
-        raise UnsupportedModelError(
-            f"GGUF architecture {arch!r} is not supported; only 'llama' files load into the workbench "
-            "(use a HF checkpoint for other families)."
-        )
-    d_model = int(_require(reader, "llama.embedding_length"))
-    n_heads = int(_require(reader, "llama.attention.head_count"))
-    if n_heads <= 0:
-        raise CorruptFileError(f"GGUF llama.attention.head_count={n_heads}; it must be positive.")
-    head_dim = d_model // n_heads
-    tokens = metadata(reader, "tokenizer.ggml.tokens")
-    for key in ("llama.attention.key_length", "llama.rope.dimension_count"):
-        value = metadata(reader, key)
-        if value is not None and int(value) != head_dim:
-            raise UnsupportedModelError(
-                f"{key}={value} differs from embedding_length / head_count = {head_dim}; the workbench "
-                "needs head_dim = d_model / n_heads and rotary over the whole head."
-            )
-    rope_theta = _float32(metadata(reader, "llama.rope.freq_base", 10000.0))
-    scaling_keys = ("type", "factor", "original_context_length")
-    scaling_meta = {k: metadata(reader, f"llama.rope.scaling.{k}") for k in scaling_keys}
-    scaling_meta["scale_linear"] = metadata(reader, "llama.rope.scale_linear")
-    rope_scaling = rope_scaling_from_gguf(scaling_meta, _rope_freqs(reader), head_dim, rope_theta)
-    return ModelConfig(
-        vocab_size=len(tokens) if tokens else int(_require(reader, "llama.vocab_size")),
-        d_model=d_model,
-        n_layers=int(_require(reader, "llama.block_count")),
-        n_heads=n_heads,
-        n_kv_heads=int(metadata(reader, "llama.attention.head_count_kv", n_heads)),
-        d_ff=int(_require(reader, "llama.feed_forward_length")),
-        max_seq_len=int(metadata(reader, "llama.context_length", 2048)),
-        tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
-        rope_theta=rope_theta,
-        rope_scaling=rope_scaling,
-        norm_eps=_float32(metadata(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
-    )
+    """ModelConfig from `{arch}.*` metadata; architectures without a GGUF family raise UnsupportedModelError."""
+    spec = _gguf_spec(reader)
+    return spec.config_from_meta(_Meta(reader, spec.arch))
 
 
 def _rope_freqs(reader: Any) -> np.ndarray | None:
@@ -272,18 +240,6 @@ def _rope_freqs(reader: Any) -> np.ndarray | None:
         return np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float64).reshape(-1)
     except Exception as exc:  # as in _dequantize: exotic types or bad shapes
         raise LoadError(f"cannot dequantize {ROPE_FREQS} ({tensor.tensor_type.name}): {exc}") from exc
-
-
-def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k row order: per head, rows (pair j, element e) go back to (half e, j).
-
-    w: (H*D, C) as stored in GGUF, rows of each head ordered x0, x1, x2, ... pairwise;
-    returns (H*D, C) with each head's rows in HF's half-split order.
-    """
-    rows, C = w.shape
-    D = rows // n_heads
-    pairs = w.reshape(n_heads, D // 2, 2, C)  # (H, D/2, 2, C): row = (pair j, element e)
-    return pairs.transpose(1, 2).reshape(rows, C)  # (H, 2, D/2, C) -> (H*D, C): row = (half e, j)
 
 
 def _dequantize(reader: Any, progress: bool | None) -> tuple[dict[str, torch.Tensor], Counter]:
@@ -315,26 +271,11 @@ def state_from_gguf(
 ) -> tuple[dict, list[str]]:
     """Float32 state dict in workbench naming, plus notes on what was done to the tensors."""
     raw, kinds = _dequantize(reader, progress)
-    state: dict[str, torch.Tensor] = {}
-    for i in range(config.n_layers):
-        pre = f"blk.{i}."
-        for part, heads in (("attn_q.weight", config.n_heads), ("attn_k.weight", config.kv_heads)):
-            if pre + part in raw:
-                raw[pre + part] = unpermute_rope_rows(raw[pre + part], heads)
-        for ours, parts in _FUSED.items():
-            if all(pre + p in raw for p in parts):
-                fused = [raw.pop(pre + p) for p in parts]
-                state[f"blocks.{i}.{ours}"] = torch.cat(fused, dim=0)  # rows stacked: [q; k; v] or [gate; up]
-        for theirs, ours in _BLOCK_NAMES.items():
-            if pre + theirs in raw:
-                state[f"blocks.{i}.{ours}"] = raw.pop(pre + theirs)
-    for theirs, ours in _TOP_NAMES.items():
-        if theirs in raw:
-            state[ours] = raw.pop(theirs)
-    state.update(raw)  # anything unmapped keeps its GGUF name and shows up as unexpected
+    spec = _gguf_spec(reader)
+    raw, fixes = spec.fix_tensors(raw, config)
+    state = spec.naming.to_workbench(raw)  # anything unmapped keeps its GGUF name and shows up as unexpected
     quantized = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()) if k not in ("F32",))
-    notes = [f"dequantized {quantized} tensors -> float32" if quantized else "all tensors were float32"]
-    notes.append(f"undid llama.cpp's q/k row permutation in {config.n_layers} layers")
+    notes = [f"dequantized {quantized} tensors -> float32" if quantized else "all tensors were float32", *fixes]
     if config.tie_embeddings:
         notes.append("no output.weight in the file: LM head tied to token_embd")
     if state.pop(ROPE_FREQS, None) is not None:  # already folded into config.rope_scaling
@@ -347,7 +288,7 @@ def state_from_gguf(
 def read_gguf(
     path: str | Path, *, progress: bool | None = None
 ) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str]]:
-    """(config, float32 state dict in workbench naming, notes) from a llama-architecture GGUF file.
+    """(config, float32 state dict in workbench naming, notes) from a GGUF file of a registered family.
 
     progress: show a tqdm bar over tensors; None shows it only on an interactive terminal.
     """
@@ -385,7 +326,7 @@ def load_gguf(
     strict: bool = True,
     progress: bool | None = None,
 ) -> TransformerLM:
-    """A TransformerLM in eval mode from a llama GGUF file; `model.load_report` records the load.
+    """A TransformerLM in eval mode from a GGUF file (llama, qwen2, gemma); `model.load_report` records the load.
 
     Weights are dequantized to float32, then the model is moved to `device` and cast to `dtype`.
     """

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CorruptFileError, LoadError
+from ..families.registry import Family, for_hf_model_type
 from ..model.config import ModelConfig
 from ..model.hf_config import config_from_hf
 from ..model.transformer import TransformerLM
@@ -29,11 +30,12 @@ def _read_config(directory: Path) -> dict:
         raise CorruptFileError(f"{path} is not valid JSON ({exc}).") from exc
 
 
-def _config_of(raw: dict, directory: Path) -> tuple[ModelConfig, str]:
+def _config_of(raw: dict, directory: Path) -> tuple[ModelConfig, Family | None]:
+    """The config and, for a HF directory, the family whose tensor names it uses (None: workbench)."""
     if "model_type" in raw:
-        return config_from_hf(raw), "hf"
+        return config_from_hf(raw), for_hf_model_type(raw["model_type"])
     if raw.get("format") == "workbench":
-        return ModelConfig.from_dict(raw["config"]), "workbench"
+        return ModelConfig.from_dict(raw["config"]), None
     raise LoadError(
         f"{directory / 'config.json'} is neither a workbench config (format: workbench) nor a HF config "
         "(model_type); save the model with save_pretrained."
@@ -50,8 +52,9 @@ def load_pretrained(
 ) -> TransformerLM:
     """Load a model in eval mode; `model.load_report` says what was missing, unexpected, tied or cast.
 
-    path: a workbench directory, a HF GPT-2/Llama directory (single or sharded safetensors),
-    a `.safetensors` file inside such a directory, or a `.gguf` file (llama architecture).
+    path: a workbench directory, a HF directory of a registered family (GPT-2, Llama, Qwen2, Gemma;
+    single or sharded safetensors), a `.safetensors` file inside such a directory, or a `.gguf` file
+    (llama, qwen2 or gemma architecture).
     Pickle files (.bin/.pt) load only with allow_pickle=True, and then with weights_only=True.
     """
     path = Path(path).expanduser()
@@ -63,7 +66,8 @@ def load_pretrained(
 
         return load_gguf(ggufs[0], device=device, dtype=dtype, strict=strict)
     directory = path if path.is_dir() else path.parent
-    config, kind = _config_of(_read_config(directory), directory)
+    config, family = _config_of(_read_config(directory), directory)
+    kind = "workbench" if family is None else "hf"
     if path.is_file():
         if path.suffix != ".safetensors":
             raise LoadError(f"{path.name}: unsupported weight file; use .safetensors or .gguf.")
@@ -71,8 +75,8 @@ def load_pretrained(
     else:
         state, source = read_weights(directory, allow_pickle=allow_pickle)
     notes: list[str] = []
-    if kind == "hf":
-        state, notes = from_hf(state, config)
+    if family is not None:
+        state, notes = from_hf(state, config, family)
     model = TransformerLM(config)
     report = load_state(model, state, strict=strict, source=str(directory / source), format=kind)
     report.notes.extend(notes)

@@ -29,14 +29,14 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.impl = "auto"
         qkv_width = (self.n_heads + 2 * self.n_kv) * self.head_dim
-        self.qkv = nn.Linear(config.d_model, qkv_width, bias=config.attn_bias)  # [q; k; v] rows
-        self.out = nn.Linear(config.d_model, config.d_model, bias=config.attn_bias)
+        self.qkv = nn.Linear(config.d_model, qkv_width, bias=config.qkv_bias)  # [q; k; v] rows
+        self.out = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.out_bias)
         self.hook_q = HookPoint()  # (B, H, T, D), after RoPE
         self.hook_k = HookPoint()  # (B, K, T, D), after RoPE, new positions only
         self.hook_v = HookPoint()  # (B, K, T, D), new positions only
         self.hook_scores = HookPoint()  # (B, H, T, S) scaled and masked, eager path only
         self.hook_pattern = HookPoint()  # (B, H, T, S) softmax probabilities, eager path only
-        self.hook_z = HookPoint()  # (B, T, C) heads concatenated, before the output projection
+        self.hook_z = HookPoint()  # (B, T, H*D) heads concatenated, before the output projection
 
     @property
     def uses_eager(self) -> bool:
@@ -70,7 +70,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, enable_gqa=K != H
             )  # (B, H, T, D)
-        y = self.hook_z(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+        y = self.hook_z(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, H*D); H*D = C unless attn_head_dim
         return self.out(y)
 
     def _eager(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,9 @@ from ..errors import ConfigError
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 PLACEMENTS = ("pre", "post")
-MLPS = ("gelu", "swiglu", "none")
+MLPS = ("gelu", "swiglu", "geglu", "none")
 ROPE_SCALINGS = ("linear", "llama3")
+LEGACY_KEYS = ("attn_bias",)  # older field names `from_dict` still reads (see ModelConfig.attn_bias)
 
 
 def _check_known(cls: type, data: dict[str, Any], what: str) -> None:
@@ -72,16 +73,23 @@ class ModelConfig:
     vocab_size: int = 256  # rows of the token embedding and the LM head
     d_model: int = 64  # width of the residual stream (C)
     n_layers: int = 2  # number of transformer blocks
-    n_heads: int = 4  # query heads (H); head_dim = d_model // n_heads
+    n_heads: int = 4  # query heads (H); head_dim = d_model // n_heads unless attn_head_dim is set
     n_kv_heads: int | None = None  # key/value heads: None = n_heads (MHA), 1 = MQA, between = GQA
+    attn_head_dim: int | None = None  # width of one head (D) apart from d_model (Gemma 7B: 256, not 3072/16)
     d_ff: int = 256  # hidden width of the MLP
     max_seq_len: int = 128  # longest sequence the model accepts (size of learned positions, cache bound)
     positions: str = "rope"  # "learned" absolute embeddings (GPT-2) or "rope" rotary (Llama)
     norm: str = "rmsnorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
+    norm_offset: bool = False  # RMSNorm scales by (1 + weight): weights stored as offsets from one (Gemma)
     norm_placement: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x))
-    mlp: str = "swiglu"  # "gelu" (tanh approx., as GPT-2), "swiglu" (Llama) or "none" (attention-only)
+    mlp: str = "swiglu"  # "gelu" (tanh approx., GPT-2), "swiglu" (Llama), "geglu" (tanh-GELU gate, Gemma), "none"
     tie_embeddings: bool = True  # LM head shares the token embedding's storage
-    attn_bias: bool = False  # biases on q/k/v/o projections
+    embed_scale: bool = False  # token embeddings times sqrt(d_model), rounded to the weights' dtype (Gemma)
+    qkv_bias: bool = False  # biases on the q/k/v projections (GPT-2, Qwen2)
+    out_bias: bool = False  # bias on the attention output projection (GPT-2; Qwen2 has none)
+    # The older single switch for qkv_bias and out_bias together, still read from saved configs, presets and
+    # calls; it sets both fields and is not stored (reading `config.attn_bias` gives None).
+    attn_bias: InitVar[bool | None] = None
     mlp_bias: bool = False  # biases on MLP projections
     rope_theta: float = 10000.0  # RoPE base frequency
     rope_scaling: RopeScaling | None = None  # long-context rescaling of RoPE frequencies (Llama 3.x); None = plain
@@ -89,15 +97,20 @@ class ModelConfig:
     dropout: float = 0.0  # dropout on embeddings, attention probabilities and residual branches
     init_std: float = 0.02  # std of the normal initialisation of weight matrices
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, attn_bias: bool | None) -> None:
+        if attn_bias is not None:
+            self._take_attn_bias(attn_bias)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        if self.d_model % self.n_heads:
+        hd = self.attn_head_dim
+        if hd is not None and (not isinstance(hd, int) or isinstance(hd, bool) or hd <= 0):
+            raise ConfigError(f"attn_head_dim must be a positive integer or None, got {hd!r}.")
+        if hd is None and self.d_model % self.n_heads:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
-                f"choose n_heads among the divisors of {self.d_model}."
+                f"choose n_heads among the divisors of {self.d_model}, or set attn_head_dim."
             )
         kv = self.n_kv_heads
         if kv is not None and (not isinstance(kv, int) or isinstance(kv, bool) or kv <= 0):
@@ -116,8 +129,12 @@ class ModelConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is unknown; use one of {allowed}.")
         if self.positions == "rope" and self.head_dim % 2:
+            source = "attn_head_dim" if hd is not None else f"d_model={self.d_model} / n_heads={self.n_heads}"
+            raise ConfigError(f"RoPE needs an even head_dim, but {source} = {self.head_dim}.")
+        if self.norm_offset and self.norm != "rmsnorm":
             raise ConfigError(
-                f"RoPE needs an even head_dim, but d_model={self.d_model} / n_heads={self.n_heads} = {self.head_dim}."
+                f"norm_offset=True needs norm='rmsnorm', got norm={self.norm!r}; "
+                "the (1 + weight) scale is an RMSNorm variant (Gemma)."
             )
         if self.rope_scaling is not None:
             if not isinstance(self.rope_scaling, RopeScaling):
@@ -138,10 +155,22 @@ class ModelConfig:
                 f"{self.norm_eps}, {self.rope_theta}, {self.init_std}."
             )
 
+    def _take_attn_bias(self, attn_bias: bool) -> None:
+        """Set qkv_bias and out_bias from the older `attn_bias` switch, which covered both projections."""
+        if not isinstance(attn_bias, bool):
+            raise ConfigError(f"attn_bias must be True, False or None, got {attn_bias!r}.")
+        if (self.qkv_bias or self.out_bias) and (self.qkv_bias, self.out_bias) != (attn_bias, attn_bias):
+            raise ConfigError(
+                f"attn_bias={attn_bias} contradicts qkv_bias={self.qkv_bias}, out_bias={self.out_bias}; "
+                "attn_bias is the older switch for both, so pass qkv_bias and out_bias alone."
+            )
+        object.__setattr__(self, "qkv_bias", attn_bias)  # frozen: the one place a field is filled in
+        object.__setattr__(self, "out_bias", attn_bias)
+
     @property
     def head_dim(self) -> int:
-        """Width of one attention head (D)."""
-        return self.d_model // self.n_heads
+        """Width of one attention head (D): attn_head_dim, else d_model // n_heads."""
+        return self.attn_head_dim if self.attn_head_dim is not None else self.d_model // self.n_heads
 
     @property
     def kv_heads(self) -> int:
@@ -154,7 +183,10 @@ class ModelConfig:
         return self.n_heads // self.kv_heads
 
     def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again); `attn_bias` sets qkv_bias and out_bias."""
+        if "attn_bias" in changes:
+            both = changes.pop("attn_bias")
+            changes = {"qkv_bias": both, "out_bias": both, **changes}
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,8 +195,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a dict of field values; unknown keys are an error, not silently dropped."""
-        _check_known(cls, data, "config fields")
+        """Build from a dict of field values (or LEGACY_KEYS); unknown keys are an error, not silently dropped."""
+        _check_known(cls, {k: v for k, v in data.items() if k not in LEGACY_KEYS}, "config fields")
         scaling = data.get("rope_scaling")
         if isinstance(scaling, dict):  # the one place a JSON dict turns into a RopeScaling
             data = {**data, "rope_scaling": RopeScaling.from_dict(scaling)}

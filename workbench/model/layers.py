@@ -1,4 +1,4 @@
-"""Building blocks: hook sites, norms, MLPs and rotary embeddings.
+"""Building blocks: hook sites, embeddings, norms, MLPs and rotary embeddings.
 
 Shape vocabulary used in every comment: B batch, T time (query length), S key length,
 C channels (d_model), H query heads, K key/value heads, D head dim, F MLP width, V vocab.
@@ -7,6 +7,7 @@ C channels (d_model), H query heads, K key/value heads, D head dim, F MLP width,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,30 +43,87 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
+class OffsetRMSNorm(RMSNorm):
+    """RMSNorm scaling by (1 + weight), all in float32 before the cast back (as Gemma does).
+
+    The weights are offsets from one, so they start at zero; the order of the cast differs from
+    `RMSNorm` (Llama casts before scaling), which matters below float32.
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__(dim, eps)
+        nn.init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * (1.0 + self.weight.float())).to(x.dtype)
+
+
 def make_norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, config.norm_eps)
+        return (OffsetRMSNorm if config.norm_offset else RMSNorm)(config.d_model, config.norm_eps)
     return nn.LayerNorm(config.d_model, eps=config.norm_eps)
 
 
+class ScaledEmbedding(nn.Embedding):
+    """Token embedding times sqrt(C), the factor computed in float32 and rounded to the weights' dtype
+    (as HF Gemma: sqrt(3072) = 55.43 becomes 55.5 in bfloat16)."""
+
+    scale: torch.Tensor  # () buffer registered in __init__
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__(num_embeddings, embedding_dim)
+        self._exact = torch.tensor(embedding_dim**0.5)  # float32 on the CPU: what dtype casts restore
+        self.register_buffer("scale", self._exact.clone(), persistent=False)  # ()
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (torch's signature)
+        """Device moves apply, but the factor comes back exact in float32 (see `Rotary._apply`)."""
+        super()._apply(fn, recurse)
+        self.scale = self._exact.to(self.scale.device)
+        return self
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, C)
+        return super().forward(input_ids) * self.scale.to(self.weight.dtype)
+
+
+def make_embedding(config: ModelConfig) -> nn.Embedding:
+    cls = ScaledEmbedding if config.embed_scale else nn.Embedding
+    return cls(config.vocab_size, config.d_model)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # mlp kind -> nonlinearity
+    "gelu": gelu_tanh,
+    "swiglu": F.silu,
+    "geglu": gelu_tanh,
+}
+GATED = ("swiglu", "geglu")  # kinds whose nonlinearity gates a second projection: act(gate) * up
+
+
 class MLP(nn.Module):
-    """GELU MLP (fc -> gelu -> proj) or SwiGLU with a fused gate/up projection."""
+    """GELU MLP (fc -> gelu -> proj), or a gated one (SwiGLU, GeGLU) with a fused gate/up projection."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.kind = config.mlp
-        width = 2 * config.d_ff if config.mlp == "swiglu" else config.d_ff
-        self.up = nn.Linear(config.d_model, width, bias=config.mlp_bias)  # swiglu: [gate; up]
+        self.gated = config.mlp in GATED
+        self.act = ACTIVATIONS[config.mlp]
+        width = 2 * config.d_ff if self.gated else config.d_ff
+        self.up = nn.Linear(config.d_model, width, bias=config.mlp_bias)  # gated: [gate; up]
         self.down = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
         self.hook_hidden = HookPoint()  # (B, T, F) after the nonlinearity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up(x)  # (B, T, F) or (B, T, 2F)
-        if self.kind == "swiglu":
+        h = self.up(x)  # (B, T, F) or, gated, (B, T, 2F)
+        if self.gated:
             gate, up = h.chunk(2, dim=-1)  # (B, T, F) each
-            h = F.silu(gate) * up
+            h = self.act(gate) * up
         else:
-            h = F.gelu(h, approximate="tanh")
+            h = self.act(h)
         return self.down(self.hook_hidden(h))
 
 
@@ -127,14 +185,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def init_weights(module: nn.Module, config: ModelConfig) -> None:
-    """Normal(0, init_std) weights, zero biases, unit norms; residual outputs scaled by 1/sqrt(2L)."""
+    """Normal(0, init_std) weights, zero biases, unit norms (zero offsets for `norm_offset`); residual
+    outputs scaled by 1/sqrt(2L)."""
     for name, p in module.named_parameters():
         if p.dim() >= 2:
             std = config.init_std
             if name.endswith(("attn.out.weight", "mlp.down.weight")):
                 std = std / math.sqrt(2 * config.n_layers)
             nn.init.normal_(p, 0.0, std)
-        elif name.endswith("bias"):
+        elif name.endswith("bias") or config.norm_offset:
             nn.init.zeros_(p)
         else:
             nn.init.ones_(p)

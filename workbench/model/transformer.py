@@ -1,13 +1,13 @@
-"""`TransformerLM`: a decoder-only transformer covering the GPT-2 and Llama families.
+"""`TransformerLM`: a decoder-only transformer covering the GPT-2, Llama, Qwen2 and Gemma families.
 
 Hook sites (identity `HookPoint` modules), named as in `model.named_modules()`:
-  hook_embed                      (B, T, C)  token (+ learned position) embedding
+  hook_embed                      (B, T, C)  token (+ learned position) embedding, scaled if embed_scale
   blocks.{i}.hook_resid_pre       (B, T, C)  residual stream entering block i
   blocks.{i}.attn.hook_q          (B, H, T, D)  queries after RoPE
   blocks.{i}.attn.hook_k/hook_v   (B, K, T, D)  new keys (after RoPE) and values
   blocks.{i}.attn.hook_scores     (B, H, T, S)  masked, scaled scores (eager path)
   blocks.{i}.attn.hook_pattern    (B, H, T, S)  attention probabilities (eager path)
-  blocks.{i}.attn.hook_z          (B, T, C)  heads concatenated, before the output projection
+  blocks.{i}.attn.hook_z          (B, T, H*D)  heads concatenated, before the output projection
   blocks.{i}.hook_attn_out        (B, T, C)  attention branch output
   blocks.{i}.hook_resid_mid       (B, T, C)  residual after attention
   blocks.{i}.mlp.hook_hidden      (B, T, F)  MLP hidden activation
@@ -33,7 +33,7 @@ from .attention import IMPLS, Attention
 from .cache import KVCache
 from .config import ModelConfig
 from .inputs import check_inputs, resolve_positions
-from .layers import MLP, HookPoint, Rotary, init_weights, make_norm
+from .layers import MLP, HookPoint, Rotary, init_weights, make_embedding, make_norm
 from .placement import module_device, module_dtype
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class TransformerLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed = make_embedding(config)
         self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None
         self.rotary = Rotary(config) if config.positions == "rope" else None
         self.drop = nn.Dropout(config.dropout)

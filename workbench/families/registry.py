@@ -1,0 +1,135 @@
+"""The family registry: what makes GPT-2, Llama, Qwen2 or Gemma what they are, declared once per family.
+
+A `Family` bundles HF config translation both ways, HF tensor naming, the llama.cpp (GGUF) spelling
+and an architecture match (which `ModelConfig`s it holds exactly). Loaders and savers look families up
+here (by HF model_type, GGUF architecture or config) and never branch on a family's name, so a new
+family is one module that calls `register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, UnsupportedModelError
+from ..model.config import ModelConfig
+from .gguf_keys import GGUFMeta
+from .naming import Naming
+
+Tensors = dict[str, torch.Tensor]
+
+
+def _unchanged(tensors: Tensors, config: ModelConfig) -> tuple[Tensors, list[str]]:
+    return tensors, []
+
+
+@dataclass(frozen=True)
+class GGUFSpec:
+    """How llama.cpp's converter stores a family."""
+
+    arch: str  # `general.architecture`, also the prefix of the family's metadata keys ("llama.block_count")
+    config_from_meta: Callable[[GGUFMeta], ModelConfig]  # header -> ModelConfig
+    naming: Naming  # GGUF tensor names ("blk.{i}.attn_q") <-> workbench names
+    # Undo what the converter changed in the values (GGUF names in and out), with notes for the load report.
+    fix_tensors: Callable[[Tensors, ModelConfig], tuple[Tensors, list[str]]] = _unchanged
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family as the loaders and savers see it."""
+
+    name: str  # registry key
+    hf_model_type: str  # `model_type` in a HF config.json
+    hf_architecture: str  # the transformers class written to `architectures` ("LlamaForCausalLM")
+    config_from_hf: Callable[[dict[str, Any]], ModelConfig]  # may raise KeyError for a missing required key
+    config_to_hf: Callable[[ModelConfig], dict[str, Any]]  # without model_type / architectures
+    hf_naming: Naming  # HF tensor names <-> workbench names
+    differences: Callable[[ModelConfig], list[str]]  # why the family cannot hold a config; [] = it holds it exactly
+    gguf: GGUFSpec | None = None  # None: GGUF files of this family are not read
+
+    def holds(self, config: ModelConfig) -> bool:
+        return not self.differences(config)
+
+
+_FAMILIES: dict[str, Family] = {}  # in registration order, which `for_config` tries
+
+
+def mismatches(config: ModelConfig, **wanted: Any) -> list[str]:
+    """`field=value (needs wanted)` for every field of `config` that differs from `wanted`."""
+    return [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
+
+
+def _gguf_arch(family: Family) -> str | None:
+    return family.gguf.arch if family.gguf is not None else None
+
+
+def register(family: Family) -> Family:
+    """Add a family; its name, HF model_type and GGUF architecture must be new."""
+    for other in _FAMILIES.values():
+        for what, mine, theirs in (
+            ("name", family.name, other.name),
+            ("HF model_type", family.hf_model_type, other.hf_model_type),
+            ("GGUF architecture", _gguf_arch(family), _gguf_arch(other)),
+        ):
+            if mine is not None and mine == theirs:
+                raise ConfigError(
+                    f"family {family.name!r} claims the {what} {mine!r} of the registered family {other.name!r}; "
+                    f"choose another {what} or unregister({other.name!r}) first."
+                )
+    _FAMILIES[family.name] = family
+    return family
+
+
+def unregister(name: str) -> Family:
+    """Remove a family (a plug-in's tests clean up with this); returns it."""
+    get(name)
+    return _FAMILIES.pop(name)
+
+
+def registered() -> tuple[Family, ...]:
+    """Every registered family, in registration order."""
+    return tuple(_FAMILIES.values())
+
+
+def get(name: str) -> Family:
+    if name not in _FAMILIES:
+        raise ConfigError(f"Unknown model family {name!r}; registered families are {sorted(_FAMILIES)}.")
+    return _FAMILIES[name]
+
+
+def for_hf_model_type(model_type: Any) -> Family:
+    """The family of a HF config.json's `model_type`."""
+    for family in _FAMILIES.values():
+        if family.hf_model_type == model_type:
+            return family
+    types = tuple(sorted(f.hf_model_type for f in _FAMILIES.values()))
+    raise ConfigError(f"model_type={model_type!r} is not supported; supported HF model types are {types}.")
+
+
+def for_gguf_arch(arch: Any) -> Family:
+    """The family of a GGUF file's `general.architecture`."""
+    for family in _FAMILIES.values():
+        if _gguf_arch(family) == arch:
+            return family
+    archs = tuple(sorted(a for a in map(_gguf_arch, _FAMILIES.values()) if a is not None))
+    raise UnsupportedModelError(
+        f"GGUF architecture {arch!r} is not supported; only {archs} files load into the workbench "
+        "(use a HF checkpoint for other families)."
+    )
+
+
+def for_config(config: ModelConfig) -> Family:
+    """The first registered family that holds `config` exactly, or a ConfigError listing why each cannot."""
+    reasons = []
+    for family in _FAMILIES.values():
+        diffs = family.differences(config)
+        if not diffs:
+            return family
+        reasons.append(f"{family.name}: {', '.join(diffs)}")
+    raise ConfigError(
+        "No HF transformers architecture holds this config exactly (" + "; ".join(reasons) + "). "
+        "Save with format='workbench'."
+    )
