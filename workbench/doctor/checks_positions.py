@@ -40,9 +40,24 @@ def positions(ctx: Context) -> Result:
         stretched = a.logits(ids, positions=2 * _arange(0, T, a.device))
         moved = max_delta(full[:, 1:], stretched[:, 1:])[0]
         evidence = {"stretched_position_ids_delta": moved, "tolerance": tol}
+        how = f"logits move by {moved:.3g}"
         if not moved > tol:
-            return Result("fail", f"position ids 0,2,4,... give the same logits as 0,1,2,... (max |delta| {moved:.1e}, "
-                          f"tolerance {tol:.1e}): positions are not applied.", evidence)
+            # position_ids may be ignored by design (ALiBi and other relative schemes take positions from
+            # the mask): whether the first block sees token order at all is what decides.
+            probe = _first_block_reordering(a, ids)
+            if probe is None:
+                return na("position ids 0,2,4,... give the same logits as 0,1,2,..., and the model's blocks (an "
+                          "nn.ModuleList) could not be found to test whether positions come from elsewhere.")
+            reordered, block_tol = probe
+            evidence.update(position_ids_used=False, first_block_reordered_delta=Within(reordered, block_tol),
+                            first_block_tolerance=block_tol)
+            if not reordered > block_tol:
+                return Result("fail", f"position ids 0,2,4,... give the same logits as 0,1,2,..., and the first "
+                              f"block's output at the last token ignores the order of the tokens before it (max "
+                              f"|delta| {format_value(Within(reordered, block_tol))}): positions are not applied.",
+                              evidence)
+            how = (f"position_ids are ignored, but reversing the earlier tokens moves the first block's output at "
+                   f"the last token by {reordered:.3g}: a relative scheme such as ALiBi")
     else:
         # Without a position_ids argument: repeat one token. Models without positions compute the same
         # thing at every position; so do rotary models (values carry no position), hence only a warning.
@@ -54,9 +69,9 @@ def positions(ctx: Context) -> Result:
             return Result("warn", f"one token repeated gives the same logits at every position (spread {moved:.1e}): "
                           "positions are not applied, or are rotary; accept position_ids to test this fully.",
                           evidence)
+        how = f"logits move by {moved:.3g}"
     if a.cache_style is None:
-        return Result("pass", f"positions are applied (logits move by {moved:.3g}); no cache to test "
-                      "continuation with.", evidence)
+        return Result("pass", f"positions are applied ({how}); no cache to test continuation with.", evidence)
     _, state = a.cached(ids[:, :P], max_len=T)
     worst, at = -1.0, -1
     for t in range(P, T):
@@ -69,14 +84,43 @@ def positions(ctx: Context) -> Result:
         evidence["at_position"] = at
     if not worst <= tol and a.supports_positions and not _explicit_decode_ok(a, ids, P, full, tol):
         evidence["continuation_judged"] = False
-        return Result("pass", f"positions are applied (logits move by {moved:.3g}); continuation past the cache "
+        return Result("pass", f"positions are applied ({how}); continuation past the cache "
                       "is not judged because cached decoding is wrong even with explicit position ids (see "
                       "`kv_cache`).", evidence)
     if not worst <= tol:
         return Result("fail", f"decoding with a cache, without explicit position ids, moves the logits at position "
                       f"{at} by {worst:.3g}: positions do not continue from the cache length.", evidence)
-    return Result("pass", f"positions are applied (logits move by {moved:.3g}) and continue past the cache.",
+    return Result("pass", f"positions are applied ({how}) and continue past the cache.",
                   evidence)
+
+
+def _first_block_reordering(a, ids: torch.Tensor) -> tuple[float, float] | None:  # noqa: ANN001
+    """How far the first block's output at the last token moves when the tokens before it come in reverse
+    order, with its tolerance; None when the blocks cannot be found.
+
+    Without positions, the first block sees the earlier tokens as a set (attention sums over them), so only
+    float noise moves it. Later blocks would not do: under a causal mask each earlier token sees a different
+    prefix, which gives even a model without positions a sense of order.
+    """
+    found = a.blocks()
+    if found is None:
+        return None
+    outputs: list[torch.Tensor] = []
+
+    def keep(_m: torch.nn.Module, _args: tuple, out: object) -> None:
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        if isinstance(first, torch.Tensor):
+            outputs.append(first[:, -1].detach().float())  # (1, C) at the last token
+
+    handle = found[1][0][1].register_forward_hook(keep)
+    try:
+        a.logits(ids)
+        a.logits(torch.cat((ids[:, :-1].flip(1), ids[:, -1:]), dim=1))  # (1, T): earlier tokens reversed
+    finally:
+        handle.remove()
+    if len(outputs) != 2:
+        return None
+    return float((outputs[0] - outputs[1]).abs().max()), a.tolerance(outputs[0])
 
 
 def _explicit_decode_ok(a, ids: torch.Tensor, P: int, full: torch.Tensor, tol: float) -> bool:  # noqa: ANN001
