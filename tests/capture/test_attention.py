@@ -208,3 +208,15 @@ def test_decode_step_with_cache_uses_query_offset(tiny):
     assert a.query_offset == 5 and a.key_length == 6 and a.queries == [0]
     assert torch.allclose(a.map.float().sum(-1), torch.ones(1, 4, 1), atol=5e-3)
     assert max(a.metrics["future_max"]) == 0.0
+
+
+def test_sdpa_arguments_name_positional_and_keyword_calls_alike():
+    from workbench.capture.attention import sdpa_arguments
+
+    q, k, v, m = (torch.zeros(1) for _ in range(4))
+    positional = sdpa_arguments((q, k, v, m, 0.0, False, 0.5), {"enable_gqa": True})
+    keyword = sdpa_arguments((q,), {"key": k, "value": v, "attn_mask": m, "dropout_p": 0.0, "is_causal": False,
+                                    "scale": 0.5, "enable_gqa": True})
+    assert positional.keys() == keyword.keys() and positional["key"] is k and keyword["attn_mask"] is m
+    assert positional["scale"] == keyword["scale"] == 0.5 and positional["enable_gqa"] is True
+    assert "scale" not in sdpa_arguments((q, k, v), {})  # left to SDPA's default, 1/sqrt(D)

@@ -236,6 +236,16 @@ def _accumulate(acc: torch.Tensor, p: torch.Tensor, qpos: torch.Tensor) -> None:
 
 # --- interception of F.scaled_dot_product_attention and softmax -----------------------------------
 
+SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def sdpa_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of one `F.scaled_dot_product_attention` call by name, however they were passed."""
+    named = dict(zip(SDPA_ARGS, args))
+    named.update(kwargs)
+    return named
+
+
 Listener = Any  # object with on_sdpa(args, kwargs) and on_softmax(probs)
 _state = threading.local()
 _listeners: list[Listener] = []

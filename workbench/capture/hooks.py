@@ -301,9 +301,7 @@ class Recorder:
         module = self._name_stack[-1]
         if not self.collector.wants(module):
             return
-        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-        a = dict(zip(names, args))
-        a.update(kwargs)
+        a = attn.sdpa_arguments(args, kwargs)
         self.collector.add_sdpa(module, a["query"], a["key"], a.get("attn_mask"), bool(a.get("is_causal")),
                                 a.get("scale"), bool(a.get("enable_gqa")))
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture import trace
+from ..capture.attention import sdpa_arguments
 from .probes import SDPA, is_softmax, observe, sdpa_scores
 from .registry import Context, Result, check, na
 
@@ -38,7 +39,7 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
             ratio = _scale_ratio(scores, products.get(stack.current))
         elif func is SDPA:
             scores = sdpa_scores(args, kwargs)
-            scale = kwargs.get("scale", args[6] if len(args) > 6 else None)
+            scale = sdpa_arguments(args, kwargs).get("scale")
             ratio = 1.0 if scale is None else scale * math.sqrt(args[0].shape[-1])
         else:
             return

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..capture.attention import sdpa_arguments
+
 SOFTMAXES = {torch.softmax, F.softmax, torch.Tensor.softmax}
 SDPA = F.scaled_dot_product_attention
 
@@ -84,9 +86,7 @@ def is_softmax(func: Any) -> bool:
 
 def sdpa_scores(args: tuple, kwargs: dict) -> torch.Tensor:
     """Pre-softmax scores (B, H, T, S) in float32 of one SDPA call, with its scale (default 1/sqrt(D))."""
-    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-    a = dict(zip(names, args))
-    a.update(kwargs)
+    a = sdpa_arguments(args, kwargs)
     q, k = a["query"].float(), a["key"].float()
     if k.shape[-3] != q.shape[-3]:  # grouped-query attention: repeat each key head for its query group
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
