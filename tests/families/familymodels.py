@@ -6,6 +6,8 @@ llama.cpp's converter uses), so the workbench's family declarations are checked 
 
 from __future__ import annotations
 
+import json
+
 import gguf
 import numpy as np
 import torch
@@ -80,6 +82,28 @@ def gemma(transformers, *, tie: bool = True, head_dim: int = 24, kv_heads: int =
     )
     torch.manual_seed(12)
     return randomize(transformers.GemmaForCausalLM(cfg), (-0.5, 0.5))  # Gemma's norm weights are offsets
+
+
+def hf_round_trip(transformers, hf: torch.nn.Module, tmp_path, model_type: str, architecture: str) -> dict:
+    """HF checkpoint -> workbench -> `save_pretrained(format="hf")` -> transformers, and back again: the same
+    logits and bit-equal weights at every hop. Returns the config.json the workbench wrote."""
+    from workbench.io.load import load_pretrained
+
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_pretrained(tmp_path / "hf")
+    ours.save_pretrained(tmp_path / "ours", format="hf")
+    raw = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert raw["model_type"] == model_type and raw["architectures"] == [architecture]
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    assert type(again).__name__ == architecture
+    assert logit_diff(ours, again) <= 1e-4
+    for name, value in hf.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
+    back = load_pretrained(tmp_path / "ours")
+    assert back.config == ours.config
+    for (name, a), b in zip(ours.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(a, b), name
+    return raw
 
 
 def write_gguf(path, hf, arch: gguf.MODEL_ARCH, *, norm_plus_one: bool = False):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import gguf
 import pytest
 import torch
-from familymodels import VOCAB, gemma, logit_diff, padded_batch, write_gguf
+from familymodels import VOCAB, gemma, hf_round_trip, logit_diff, padded_batch, write_gguf
 
 import workbench as wb
 from workbench.io.gguf import load_gguf
@@ -37,21 +36,8 @@ def test_parity_with_left_padding(tmp_path, tie, head_dim, kv_heads, impl):
 
 
 def test_hf_save_load_round_trip(tmp_path):
-    hf = gemma(transformers)
-    hf.save_pretrained(tmp_path / "hf")
-    ours = load_pretrained(tmp_path / "hf")
-    ours.save_pretrained(tmp_path / "ours", format="hf")
-    raw = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert raw["model_type"] == "gemma" and raw["architectures"] == ["GemmaForCausalLM"] and raw["head_dim"] == 24
-    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
-    assert type(again).__name__ == "GemmaForCausalLM"
-    assert logit_diff(ours, again) <= 1e-4
-    for name, value in hf.state_dict().items():
-        assert torch.equal(again.state_dict()[name], value), name
-    back = load_pretrained(tmp_path / "ours")
-    assert back.config == ours.config
-    for (name, a), b in zip(ours.state_dict().items(), back.state_dict().values()):
-        assert torch.equal(a, b), name
+    raw = hf_round_trip(transformers, gemma(transformers), tmp_path, "gemma", "GemmaForCausalLM")
+    assert raw["head_dim"] == 24
 
 
 def test_gguf_written_like_llama_cpp_loads_to_hf_logits(tmp_path):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import gguf
 import pytest
-import torch
-from familymodels import logit_diff, qwen2, write_gguf
+from familymodels import hf_round_trip, logit_diff, qwen2, write_gguf
 
 import workbench as wb
 from workbench.io.gguf import load_gguf
@@ -33,21 +30,7 @@ def test_parity_with_left_padding(tmp_path, tie, impl):
 
 
 def test_hf_save_load_round_trip(tmp_path):
-    hf = qwen2(transformers)
-    hf.save_pretrained(tmp_path / "hf")
-    ours = load_pretrained(tmp_path / "hf")
-    ours.save_pretrained(tmp_path / "ours", format="hf")
-    raw = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert raw["model_type"] == "qwen2" and raw["architectures"] == ["Qwen2ForCausalLM"]
-    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
-    assert type(again).__name__ == "Qwen2ForCausalLM"
-    assert logit_diff(ours, again) <= 1e-4
-    for name, value in hf.state_dict().items():
-        assert torch.equal(again.state_dict()[name], value), name
-    back = load_pretrained(tmp_path / "ours")
-    assert back.config == ours.config
-    for (name, a), b in zip(ours.state_dict().items(), back.state_dict().values()):
-        assert torch.equal(a, b), name
+    hf_round_trip(transformers, qwen2(transformers), tmp_path, "qwen2", "Qwen2ForCausalLM")
 
 
 def test_gguf_written_like_llama_cpp_loads_to_hf_logits(tmp_path):
