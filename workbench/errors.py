@@ -50,5 +50,9 @@ class UnsupportedModelError(LoadError):
     """A file holds a model architecture or tokenizer type that the workbench cannot build."""
 
 
+class ModelContractError(WorkbenchError, ValueError):
+    """A model does not meet the calling contract a feature needs (its forward's arguments, outputs or cache)."""
+
+
 class DoctorError(WorkbenchError, ValueError):
     """`diagnose` got an unknown check name or a model whose forward it cannot drive."""

@@ -211,7 +211,7 @@ def test_decode_step_with_cache_uses_query_offset(tiny):
 
 
 def test_sdpa_arguments_name_positional_and_keyword_calls_alike():
-    from workbench.capture.attention import sdpa_arguments
+    from workbench.lm.observe import sdpa_arguments
 
     q, k, v, m = (torch.zeros(1) for _ in range(4))
     positional = sdpa_arguments((q, k, v, m, 0.0, False, 0.5), {"enable_gqa": True})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import pytest
 import torch
 
-from workbench.doctor.adapters import ModelAdapter, returned_cache
+from workbench.lm import ModelAdapter, returned_cache
 
 transformers = pytest.importorskip("transformers")
 

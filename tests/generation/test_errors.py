@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbench import GenerationError, WorkbenchError
+from workbench import GenerationError, ModelContractError, WorkbenchError
 from workbench.generation import GenerationSession, generate
 
 IDS = torch.tensor([[1, 2, 3]])
@@ -46,9 +46,12 @@ def test_generation_error_is_a_workbench_error():
     assert issubclass(GenerationError, WorkbenchError)
 
 
-def test_a_module_without_the_generation_interface_is_refused():
-    with pytest.raises(GenerationError, match="new_cache"):
+def test_a_module_that_is_not_a_causal_lm_is_refused():
+    with pytest.raises(ModelContractError, match="could not be called as a causal LM") as err:
         generate(nn.Linear(3, 3), IDS, max_new_tokens=2)
+    assert "mat1 and mat2" in str(err.value)  # the model's own complaint is kept
+    with pytest.raises(GenerationError, match="nn.Module"):
+        generate(lambda ids: ids, IDS, max_new_tokens=2)
 
 
 def test_bad_prompt_ids_are_caught_before_decoding(tiny):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import workbench as wb
-from workbench.doctor.adapters import ModelAdapter
+from workbench.lm import ModelAdapter
 from workbench.model.placement import module_device, module_dtype
 
 

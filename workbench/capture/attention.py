@@ -1,27 +1,24 @@
 """Attention capture: probabilities, per-head metrics and budgeted CPU storage.
 
-Three sources feed one `AttentionCollector`:
+The three kinds of event of the observation layer (`workbench.lm.observe`) feed one `AttentionCollector`:
 - "hook": the workbench model's `hook_pattern` sites (hooking one switches that layer to eager);
 - "sdpa": calls of `torch.nn.functional.scaled_dot_product_attention`, whose probabilities are
   recomputed (float32, one query chunk at a time) for the selected layers only;
 - "softmax": a hand-written softmax over the last dim of a 4-D (B, H, T, S) tensor.
-The last two come from `intercept()`, which patches those functions while any trace needs them and
-restores the originals when the last one exits.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..lm.observe import SdpaCall
 from .records import HEAD_METRICS, AttentionRecord
 
 CHUNK_BYTES = 32 * 2**20  # float32 probabilities materialised at once per layer while recomputing
@@ -95,39 +92,17 @@ class AttentionCollector:
         used = sub.amax(dim=(0, 1, 2)) > 0  # (S,) keys that receive any weight
         self._record(module, source, [B, H, T, S], batch, queries, q_idx, chunks, _key_length(used, T))
 
-    def add_sdpa(self, module: str, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None,
-                 is_causal: bool, scale: float | None, enable_gqa: bool) -> None:
-        """Recompute softmax(q k^T * scale + mask) for `module`; q (B, H, T, D), k (B, K, S, D)."""
-        B, H, T, D = q.shape
-        S = k.shape[-2]
+    def add_sdpa(self, module: str, call: SdpaCall) -> None:
+        """Recompute softmax(q k^T * scale + mask) of one SDPA call of `module`, a query chunk at a time."""
+        B, H, T, S = call.shape
         batch, queries = _rows(self.sel.batch, B), _rows(self.sel.queries, T)
-        q_idx = torch.tensor(queries, device=q.device)
-        qb = q.detach()[batch].float()  # (b, H, T, D)
-        kb = k.detach()[batch if k.shape[0] > 1 else [0] * len(batch)].float()  # (b, K, S, D)
-        if kb.shape[1] != H:
-            kb = kb.repeat_interleave(H // kb.shape[1], dim=1)  # (b, H, S, D)
-        scale = D**-0.5 if scale is None else scale
-        m = None
-        if mask is not None:
-            m = mask.detach()
-            while m.dim() < 4:
-                m = m.unsqueeze(0)
-            m = m[batch] if m.shape[0] > 1 else m  # (b or 1, H or 1, T or 1, S)
+        q_idx = torch.tensor(queries, device=call.query.device)
 
         def chunks(rows: torch.Tensor) -> torch.Tensor:
-            s = (qb.index_select(2, rows) @ kb.transpose(-2, -1)) * scale  # (b, H, t, S)
-            if m is not None:
-                mr = m.index_select(2, rows) if m.shape[2] > 1 else m
-                s = s.masked_fill(~mr, float("-inf")) if mr.dtype == torch.bool else s + mr.float()
-            if is_causal:  # SDPA aligns the causal mask to the top-left corner
-                keep = torch.arange(S, device=s.device)[None, :] <= rows[:, None]  # (t, S)
-                s = s.masked_fill(~keep, float("-inf"))
-            return torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)  # fully masked rows -> 0
+            return call.probabilities(batch, rows)  # (b, H, t, S)
 
-        key_length = S
-        if m is not None:  # keys masked for every row (unwritten static-cache slots) do not count
-            allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
-            key_length = _key_length(allowed.reshape(-1, allowed.shape[-1]).any(0), T)
+        allowed = call.allowed_keys()  # keys masked for every row (unwritten static-cache slots) do not count
+        key_length = S if allowed is None else _key_length(allowed, T)
         self._record(module, source="sdpa", full_shape=[B, H, T, S], batch=batch, queries=queries,
                      q_idx=q_idx, chunks=chunks, key_length=key_length)
 
@@ -232,122 +207,3 @@ def _accumulate(acc: torch.Tensor, p: torch.Tensor, qpos: torch.Tensor) -> None:
     fut = (p * future).amax(dim=(0, 2, 3)) if t else torch.zeros(H, device=p.device)
     acc[5, 0] = torch.maximum(acc[5, 0], fut)
     acc[5, 1] += rows
-
-
-# --- interception of F.scaled_dot_product_attention and softmax -----------------------------------
-
-SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-
-
-def sdpa_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
-    """The arguments of one `F.scaled_dot_product_attention` call by name, however they were passed."""
-    named = dict(zip(SDPA_ARGS, args))
-    named.update(kwargs)
-    return named
-
-
-Listener = Any  # object with on_sdpa(args, kwargs) and on_softmax(probs)
-_state = threading.local()
-_listeners: list[Listener] = []
-_originals: dict[str, Any] = {}
-
-
-def _busy() -> bool:
-    return getattr(_state, "busy", False)
-
-
-def _dispatch(method: str, *payload: Any) -> None:
-    if _busy():
-        return
-    _state.busy = True
-    try:
-        for listener in list(_listeners):
-            getattr(listener, method)(*payload)
-    finally:
-        _state.busy = False
-
-
-def _quiet(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Call an original function with capture suppressed (F.softmax calls Tensor.softmax inside)."""
-    if _busy():
-        return _originals[name](*args, **kwargs)
-    _state.busy = True
-    try:
-        return _originals[name](*args, **kwargs)
-    finally:
-        _state.busy = False
-
-
-def _sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
-    nested = _busy()
-    out = _quiet("sdpa", *args, **kwargs)
-    if not nested:
-        _dispatch("on_sdpa", args, kwargs)
-    return out
-
-
-def _is_attention_softmax(x: torch.Tensor, dim: int | None) -> bool:
-    return isinstance(x, torch.Tensor) and x.dim() == 4 and dim in (-1, 3)
-
-
-def _softmax_then_dispatch(name: str, axis: int | None, *args: Any, **kwargs: Any) -> torch.Tensor:
-    nested = _busy()
-    out = _quiet(name, *args, **kwargs)
-    if not nested and _is_attention_softmax(out, axis):
-        _dispatch("on_softmax", out)
-    return out
-
-
-def _f_softmax(input, dim=None, _stacklevel=3, dtype=None):  # noqa: ANN001 - mirrors F.softmax
-    return _softmax_then_dispatch("F.softmax", dim, input, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
-
-
-def _torch_softmax(input, dim, dtype=None):  # noqa: ANN001 - mirrors torch.softmax
-    return _softmax_then_dispatch("torch.softmax", dim, input, dim, dtype=dtype)
-
-
-def _tensor_softmax(self, dim, dtype=None):  # noqa: ANN001 - mirrors Tensor.softmax
-    return _softmax_then_dispatch("Tensor.softmax", dim, self, dim, dtype=dtype)
-
-
-def _install() -> None:
-    _originals.update({
-        "sdpa": F.scaled_dot_product_attention, "F.softmax": F.softmax,
-        "torch.softmax": torch.softmax, "Tensor.softmax": torch.Tensor.softmax,
-        "tensor_had_own": "softmax" in torch.Tensor.__dict__,
-    })
-    F.scaled_dot_product_attention = _sdpa
-    F.softmax = _f_softmax
-    torch.softmax = _torch_softmax  # type: ignore[assignment]  # deliberate patch of a torch-stubbed function
-    torch.Tensor.softmax = _tensor_softmax  # type: ignore[method-assign]  # deliberate patch, undone by _uninstall
-
-
-def _uninstall() -> None:
-    F.scaled_dot_product_attention = _originals["sdpa"]
-    F.softmax = _originals["F.softmax"]
-    torch.softmax = _originals["torch.softmax"]
-    if _originals["tensor_had_own"]:
-        torch.Tensor.softmax = _originals["Tensor.softmax"]  # type: ignore[method-assign]  # restores the original
-    else:
-        del torch.Tensor.softmax
-    _originals.clear()
-
-
-def add_listener(listener: Listener) -> None:
-    """Start routing SDPA/softmax calls to `listener`; patches on the first listener."""
-    if not _listeners:
-        _install()
-    _listeners.append(listener)
-
-
-def remove_listener(listener: Listener) -> None:
-    """Stop routing to `listener`; restores the original functions after the last one."""
-    if listener in _listeners:
-        _listeners.remove(listener)
-        if not _listeners:
-            _uninstall()
-
-
-def original_sdpa() -> Callable[..., torch.Tensor]:
-    """The unpatched SDPA function (for tests and for code that must bypass capture)."""
-    return _originals.get("sdpa", F.scaled_dot_product_attention)

@@ -9,6 +9,7 @@ of stacking hooks.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -20,8 +21,9 @@ from torch import nn
 
 from ..distributed.shards import local_tensor
 from ..errors import CaptureError
+from ..lm.observe import SdpaCall, pattern_sites, watch_attention
 from ..model.layers import HookPoint
-from . import attention as attn
+from .attention import AttentionCollector, AttentionSelection
 from .memory import CudaAllocatorMeter, SavedTensorsMeter, layer_module_names, uses_allocator
 from .params import parameters_of, static_cached
 from .records import ModuleRecord
@@ -42,7 +44,7 @@ class CaptureOptions:
     stats: bool = True
     stats_modules: tuple[str, ...] | None = None  # with stats: only these recorded modules (None = all)
     samples: int = 0
-    attention: attn.AttentionSelection | None = None
+    attention: AttentionSelection | None = None
     attention_source: str = "auto"  # "auto", "hooks" (workbench hook_pattern) or "intercept"
 
 
@@ -94,7 +96,7 @@ class Recorder:
             raise CaptureError(f"modules={modules!r} matched no module; check model.named_modules().")
         self.records: list[ModuleRecord] = []
         self.stats = StatsBuffer(options.samples)
-        self.collector = attn.AttentionCollector(options.attention) if options.attention else None
+        self.collector = AttentionCollector(options.attention) if options.attention else None
         self.attention_mode = "off"
         self.saved: SavedTensorsMeter | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -110,7 +112,7 @@ class Recorder:
         self._mem_layers: set[str] = set()
         self._modes: list[tuple[nn.Module, bool]] = []
         self._flags: list[tuple[torch.Tensor, bool]] = []
-        self._listening = False
+        self._watch = contextlib.ExitStack()  # the observation layer's hooks and patches
         self._events_pool: EventPool | None = None  # CUDA timing events (None: perf_counter)
         self._stream: Any = None  # the stream they are recorded on (the model device's current stream)
         self.attached = False
@@ -163,22 +165,21 @@ class Recorder:
     def _setup_attention(self, named: list[tuple[str, nn.Module]]) -> None:
         if self.collector is None:
             return
-        sites = [(n, m) for n, m in named if n.endswith("hook_pattern") and isinstance(m, HookPoint)]
+        sites = pattern_sites(self.model, named)
         mode = self.opt.attention_source
         if mode == "auto":
             mode = "hooks" if sites else "intercept"
         if mode == "hooks":
             if not sites:
                 raise CaptureError("attention_source='hooks' needs HookPoint sites named '*hook_pattern'.")
-            for i, (name, site) in enumerate(sites):
-                owner = name.rsplit(".", 1)[0] if "." in name else ""
+            wanted = []
+            for i, (owner, site) in enumerate(sites):
                 self.collector.assign_layer(owner, i)
                 if self.collector.sel.wants_layer(i, owner):
-                    fn = lambda _m, _a, out, owner=owner: self.collector.add_probs(owner, "hook", out)
-                    self._handles.append(site.register_forward_hook(fn))
+                    wanted.append((owner, site))
+            self._watch.enter_context(watch_attention(self, intercept=False, patterns=wanted))
         elif mode == "intercept":
-            attn.add_listener(self)
-            self._listening = True
+            self._watch.enter_context(watch_attention(self))
         else:
             raise CaptureError(f"attention_source={mode!r} is unknown; use 'auto', 'hooks' or 'intercept'.")
         self.attention_mode = mode
@@ -189,9 +190,7 @@ class Recorder:
             for h in self._handles:
                 h.remove()
             self._handles.clear()
-            if self._listening:
-                attn.remove_listener(self)
-                self._listening = False
+            self._watch.close()
             if self.saved is not None:
                 self.saved.__exit__(None, None, None)
         finally:
@@ -294,18 +293,19 @@ class Recorder:
         rec.end_index = self._ended
         self._ended += 1
 
-    # --- attention listener (called by the SDPA/softmax patches) --------------------------------
-    def on_sdpa(self, args: tuple, kwargs: dict) -> None:
+    # --- attention listener (called by the observation layer) -----------------------------------
+    def on_pattern(self, module: str, probs: torch.Tensor) -> None:
+        if self.collector is not None:
+            self.collector.add_probs(module, "hook", probs)
+
+    def on_sdpa(self, call: SdpaCall) -> None:
         if not self._name_stack or self.collector is None:
             return
         module = self._name_stack[-1]
-        if not self.collector.wants(module):
-            return
-        a = attn.sdpa_arguments(args, kwargs)
-        self.collector.add_sdpa(module, a["query"], a["key"], a.get("attn_mask"), bool(a.get("is_causal")),
-                                a.get("scale"), bool(a.get("enable_gqa")))
+        if self.collector.wants(module):
+            self.collector.add_sdpa(module, call)
 
-    def on_softmax(self, probs: torch.Tensor) -> None:
+    def on_softmax(self, _scores: torch.Tensor, probs: torch.Tensor) -> None:
         if self._name_stack and self.collector is not None and self.collector.wants(self._name_stack[-1]):
             self.collector.add_probs(self._name_stack[-1], "softmax", probs)
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import config_value
+from ..lm import config_value
 from .registry import Context, Result, check, na
 
 

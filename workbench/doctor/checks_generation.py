@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DoctorError
-from .adapters import cache_bytes, cache_tensors, returned_cache
+from ..lm import cache_bytes, cache_tensors, returned_cache
 from .registry import Context, Result, check, na
 from .report import Within, format_value
 
@@ -119,7 +119,7 @@ def beam_search(ctx: Context) -> Result:
 
         greedy = generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, fast=False).sequences[0]
         with torch.no_grad():
-            width1_out = run_beams(ctx.model, ids, None, Strategy(num_beams=1), NEW_TOKENS, "static", 0, None)
+            width1_out = run_beams(ctx.adapter, ids, None, Strategy(num_beams=1), NEW_TOKENS, "static", 0, None)
         width1 = width1_out.sequences[0]
         beams = generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, num_beams=2, num_return_sequences=2)
         assert beams.scores is not None  # beam search scores every returned sequence

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture import trace
-from ..capture.attention import sdpa_arguments
-from .probes import SDPA, is_softmax, observe, sdpa_scores
+from ..lm.observe import SdpaCall, watch_attention
+from .probes import observe
 from .registry import Context, Result, check, na
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -30,28 +30,28 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
     handles = []
     products: dict[str, tuple[torch.Tensor, int]] = {}  # module -> last 4-D q @ k^T product and its D
 
-    def on_call(stack, func, args, kwargs, result) -> None:  # noqa: ANN001
+    def on_call(stack, func, args, _kwargs, result) -> None:  # noqa: ANN001
         if func in MATMULS and isinstance(result, torch.Tensor) and result.dim() == 4 and len(args) == 2:
             products[stack.current] = (result.detach(), args[0].shape[-1])
-            return
-        if is_softmax(func) and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
-            scores = args[0].detach().float()
-            ratio = _scale_ratio(scores, products.get(stack.current))
-        elif func is SDPA:
-            scores = sdpa_scores(args, kwargs)
-            scale = sdpa_arguments(args, kwargs).get("scale")
-            ratio = 1.0 if scale is None else scale * math.sqrt(args[0].shape[-1])
-        else:
-            return
-        entry = seen.setdefault(stack.current, {"max_score": 0.0, "nonfinite": 0, "scale_ratio": 1.0})
+
+    def note(module: str, scores: torch.Tensor, probs: torch.Tensor | None, ratio: float | None) -> None:
+        entry = seen.setdefault(module, {"max_score": 0.0, "nonfinite": 0, "scale_ratio": 1.0})
         if ratio is not None:
             entry["scale_ratio"] = ratio
         finite = scores[torch.isfinite(scores)]
         if finite.numel():
             entry["max_score"] = max(entry["max_score"], float(finite.abs().max()))
-        out = result if isinstance(result, torch.Tensor) else None
         overflow = int((scores == float("inf")).sum())  # +inf scores: overflow (-inf is a mask)
-        entry["nonfinite"] += overflow + (int((~torch.isfinite(out)).sum()) if out is not None else 0)
+        entry["nonfinite"] += overflow + (int((~torch.isfinite(probs)).sum()) if probs is not None else 0)
+
+    class Listener:  # attention events of the observation layer, attributed to the running module
+        def on_softmax(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
+            scores = scores.detach().float()
+            note(stack.current, scores, probs, _scale_ratio(scores, products.get(stack.current)))
+
+        def on_sdpa(self, call: SdpaCall) -> None:
+            ratio = call.effective_scale * math.sqrt(call.query.shape[-1])
+            note(stack.current, call.scores(), call.output, ratio)
 
     def amplify(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         arg_list, kwargs = list(args), dict(kwargs)
@@ -69,7 +69,7 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
                 handles.append(m.register_forward_pre_hook(amplify, with_kwargs=True))
         device = ctx.adapter.device.type
         cast = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with torch.no_grad(), cast, observe(ctx.model, on_call):
+        with torch.no_grad(), cast, observe(ctx.model, on_call) as stack, watch_attention(Listener()):
             logits = ctx.adapter.logits(ids, allow_nonfinite=True)
     finally:
         for h in handles:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .adapters import is_norm
+from ..lm import is_norm
 from .probes import observe
 from .registry import Context, Result, check, na
 

@@ -11,9 +11,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed.env import is_distributed, run_on_main, unwrap
-from ..errors import DoctorError
+from ..errors import DoctorError, ModelContractError
+from ..lm import ModelAdapter
 from . import checks_config, checks_generation, checks_masking, checks_numerics, checks_positions, checks_structure
-from .adapters import ModelAdapter
 from .registry import CHECKS, Context, Result, catalogue
 from .report import Finding, Report
 
@@ -70,7 +70,10 @@ def _diagnose(model: nn.Module, tokenizer: Any, names: list[str], device: torch.
             torch.manual_seed(seed)
             ctx = Context(ModelAdapter(model, tokenizer), seed=seed)
             with torch.no_grad():
-                _ = ctx.adapter.vocab_size  # one 2-token forward: a model whose output has no logits fails here
+                try:
+                    _ = ctx.adapter.vocab_size  # one 2-token forward: a model whose output has no logits fails here
+                except ModelContractError as err:
+                    raise DoctorError(f"diagnose cannot drive this model: {err}") from err
             findings = [_run(name, ctx) for name in tqdm(names, desc="doctor", disable=not progress, leave=False)]
     finally:
         if moved:
@@ -96,7 +99,7 @@ def _run(name: str, ctx: Context) -> Finding:
     try:
         with torch.no_grad():  # checks that need autograd turn it back on themselves
             result = spec.fn(ctx)
-    except DoctorError as err:  # the model cannot do what this check needs (e.g. no cache it can drive)
+    except (DoctorError, ModelContractError) as err:  # the model cannot do what this check needs (no cache...)
         result = Result("n/a", str(err), {})
     except Exception as err:  # the model raised on a valid probe: report it, keep the other checks going
         result = Result("fail", f"the model raised during this check: {type(err).__name__}: {err}"[:300],

@@ -1,5 +1,6 @@
 """Observation tools shared by checks: a module stack from forward hooks, and a `TorchFunctionMode` that
-sees every torch call made inside one forward (attention scores, host syncs, device transfers).
+sees every torch call made inside one forward (matmuls, host syncs, device transfers). Attention itself
+is observed through `workbench.lm.observe`, as capture and the session observe it.
 
 The hooks and the mode exist only inside `observe(...)`; every handle is removed in `finally`.
 """
@@ -10,15 +11,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-
-from ..capture.attention import sdpa_arguments
-
-SOFTMAXES = {torch.softmax, F.softmax, torch.Tensor.softmax}
-SDPA = F.scaled_dot_product_attention
 
 
 class ModuleStack:
@@ -78,17 +72,3 @@ def observe(model: nn.Module, on_call: Callable[[ModuleStack, Any, tuple, dict, 
             yield stack
     finally:
         stack.remove()
-
-
-def is_softmax(func: Any) -> bool:
-    return func in SOFTMAXES
-
-
-def sdpa_scores(args: tuple, kwargs: dict) -> torch.Tensor:
-    """Pre-softmax scores (B, H, T, S) in float32 of one SDPA call, with its scale (default 1/sqrt(D))."""
-    a = sdpa_arguments(args, kwargs)
-    q, k = a["query"].float(), a["key"].float()
-    if k.shape[-3] != q.shape[-3]:  # grouped-query attention: repeat each key head for its query group
-        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-    scale = a.get("scale") or q.shape[-1] ** -0.5
-    return (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)

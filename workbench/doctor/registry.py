@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import DoctorError
-from .adapters import ModelAdapter
+from ..lm import ModelAdapter
 
 
 class Precondition(DoctorError):

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .protocols import CausalLM
+from ..lm import ModelAdapter
+from .prompt import prefill
 from .records import GenerationOutput
 from .sampling import Strategy
 from .stopping import StopStrings
@@ -51,7 +52,7 @@ class Finished:
 
 
 def beam_search(
-    model: CausalLM,
+    lm: ModelAdapter,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     strategy: Strategy,
@@ -63,8 +64,8 @@ def beam_search(
     """Beam search over (B, T) prompts; returns a GenerationOutput with scores (B * num_return_sequences,)."""
     B, T = input_ids.shape
     nb, eos = strategy.num_beams, set(strategy.eos_token_ids)
-    cache = model.new_cache(B, T + max_new_tokens, mode=cache_mode)
-    logits = model(input_ids, attention_mask=attention_mask, cache=cache)[:, -1]  # (B, V)
+    cache = lm.new_cache(B, T + max_new_tokens, mode=cache_mode)
+    logits = prefill(lm, cache, input_ids, attention_mask)[:, -1]  # (B, V)
     expand = torch.arange(B, device=input_ids.device).repeat_interleave(nb)  # (B*nb,)
     cache.reorder(expand)
     logits = logits[expand]  # (B*nb, V)
@@ -99,7 +100,7 @@ def beam_search(
         cache.reorder(index)
         if step + 1 < max_new_tokens:
             token = torch.tensor(tokens, device=input_ids.device)[:, None]  # (B*nb, 1)
-            logits = model(token, cache=cache, validate=False)[:, -1]  # (B*nb, V)
+            logits = lm.step(token, cache)[:, -1]  # (B*nb, V)
     for b in range(B):
         if not done[b]:
             for j, s in enumerate(running[b].tolist()):

@@ -13,11 +13,13 @@ runs the plain forward, so nothing a user attached is skipped.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import GenerationError
+from ..lm import ModelAdapter
 from ..model.decoder import FastDecoder, supports_fast_decode
 from ..model.placement import module_device
 
@@ -60,8 +62,8 @@ def resolve_fast(model: nn.Module, fast: bool | str | None, cache_mode: str, num
     return fast
 
 
-def decode_stepper(model: nn.Module, cache, fast: bool | str) -> Step:
-    """The function that feeds one token per row into `cache`: the fast decoder or the plain forward."""
+def decode_stepper(lm: ModelAdapter, cache: Any, fast: bool | str) -> Step:
+    """The function that feeds one token per row into `cache`: the fast decoder or the adapter's step."""
     if fast:
-        return FastDecoder(model, cache, compiled=fast == "compile")
-    return lambda ids: model(ids, cache=cache, validate=False)
+        return FastDecoder(lm.model, cache, compiled=fast == "compile")
+    return lambda ids: lm.step(ids, cache)

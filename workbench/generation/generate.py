@@ -1,11 +1,9 @@
 """`generate`: batched decoding with a KV cache: greedy, sampling (temperature/top-k/top-p) or beam search.
 
-The model contract (met by `TransformerLM`, and by any module that mimics it):
-- `model.config.max_seq_len` bounds prompt + new tokens;
-- `model.new_cache(batch_size, max_len, mode=...)` returns a cache with `length`, `reorder(index)`
-  and `bytes_allocated`;
-- `model(input_ids, attention_mask=..., cache=cache, validate=...)` returns logits (B, T, V) and
-  appends the new positions to the cache, continuing positions per row from the cache's key mask.
+Any causal LM works: a workbench `TransformerLM`, a transformers causal LM (through its own `Cache`:
+static or dynamic, sliding-window layers included), a module returning a legacy tuple as
+`past_key_values`, or a module without a cache (each step then recomputes the sequence). How each is
+called is `workbench.lm.ModelAdapter`'s business; this module only decides which tokens to feed.
 
 The prompt is checked once (validate=True at prefill); decode steps feed ids the model produced
 itself, so they skip validation and its host sync. The cache is a local: it is freed on return.
@@ -15,18 +13,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import GenerationError
-from ..model.placement import module_device
+from ..lm import ModelAdapter
 from .beam import beam_search
 from .fast import decode_stepper, resolve_fast
-from .protocols import CausalLM, TokenDecoder
+from .prompt import check_pad, check_request, prefill
+from .protocols import TokenDecoder
 from .records import REASONS, GenerationOutput
-from .sampling import CACHE_MODES, Strategy, as_eos_tuple, choose
+from .sampling import Strategy, as_eos_tuple, choose
 from .stopping import StopStrings
 
 
@@ -75,52 +73,21 @@ def generate(
         length_penalty=length_penalty, num_return_sequences=num_return_sequences,
         eos_token_ids=as_eos_tuple(eos_token_id), stop_strings=tuple(stop_strings or ()), seed=seed,
     )  # fmt: skip
-    input_ids, attention_mask = check_request(model, input_ids, attention_mask, max_new_tokens, cache_mode)
+    lm = ModelAdapter(model) if isinstance(model, nn.Module) else None
+    if lm is None:
+        raise GenerationError(f"generate needs a causal LM (a torch nn.Module), got {type(model).__name__}.")
+    input_ids, attention_mask = check_request(lm, input_ids, attention_mask, max_new_tokens, cache_mode)
     if generator is not None and seed is not None:
         raise GenerationError("pass either seed or generator, not both.")
     stop = StopStrings(tokenizer, strategy.stop_strings) if strategy.stop_strings else None
     if pad_token_id is None:
         pad_token_id = strategy.eos_token_ids[0] if strategy.eos_token_ids else 0
+    check_pad(lm, pad_token_id)
     generator = generator if generator is not None else strategy.new_generator(input_ids.device)
     use_fast = resolve_fast(model, fast, cache_mode, num_beams, max_new_tokens)
-    args = (model, input_ids, attention_mask, strategy, max_new_tokens, cache_mode, pad_token_id, stop)
+    args = (lm, input_ids, attention_mask, strategy, max_new_tokens, cache_mode, pad_token_id, stop)
     with eval_no_grad(model):
         return beam_search(*args) if num_beams > 1 else _decode(*args, generator, use_fast)
-
-
-def check_request(
-    model: nn.Module, input_ids: Any, attention_mask: Any, max_new_tokens: Any, cache_mode: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Reject what the model's own checks cannot see; returns (B, T) ids and the mask (None if no padding)."""
-    config: Any = getattr(model, "config", None)  # checked for max_seq_len just below
-    if not callable(getattr(model, "new_cache", None)) or not hasattr(config, "max_seq_len"):
-        raise GenerationError(
-            f"{type(model).__name__} cannot be used for generation: it needs `config.max_seq_len` and "
-            "`new_cache(batch_size, max_len, mode=...)` like workbench.TransformerLM."
-        )
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
-        raise GenerationError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
-    if cache_mode not in CACHE_MODES:
-        raise GenerationError(f"cache_mode={cache_mode!r} is unknown; use one of {CACHE_MODES}.")
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() not in (1, 2):
-        raise GenerationError("input_ids must be a tensor of token ids shaped (B, T) or (T,).")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]  # (1, T)
-        attention_mask = attention_mask[None] if isinstance(attention_mask, torch.Tensor) else attention_mask
-    device = module_device(model)
-    if input_ids.device != device:  # a tokenizer's CPU ids for a GPU model
-        input_ids = input_ids.to(device)
-    if isinstance(attention_mask, torch.Tensor) and attention_mask.device != device:
-        attention_mask = attention_mask.to(device)
-    T = input_ids.shape[1]
-    if T + max_new_tokens > config.max_seq_len:
-        raise GenerationError(
-            f"prompt length {T} + max_new_tokens {max_new_tokens} = {T + max_new_tokens} exceeds the "
-            f"model's max_seq_len={config.max_seq_len}; ask for at most {config.max_seq_len - T} new tokens."
-        )
-    if attention_mask is not None and attention_mask.shape == input_ids.shape and bool(attention_mask.all()):
-        attention_mask = None  # no padding: the plain causal path is faster and identical
-    return input_ids, attention_mask
 
 
 @contextlib.contextmanager
@@ -144,7 +111,7 @@ def eval_no_grad(model: nn.Module, modules: Sequence[nn.Module] | None = None) -
 
 
 def _decode(
-    model: CausalLM,
+    lm: ModelAdapter,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     strategy: Strategy,
@@ -162,9 +129,9 @@ def _decode(
         attention_mask = attention_mask.repeat_interleave(n, dim=0) if attention_mask is not None else None
     B, T = input_ids.shape
     device = input_ids.device
-    cache = model.new_cache(B, T + max_new_tokens, mode=cache_mode)
-    logits = model(input_ids, attention_mask=attention_mask, cache=cache)[:, -1]  # (B, V)
-    step_fn = decode_stepper(model, cache, fast)
+    cache = lm.new_cache(B, T + max_new_tokens, mode=cache_mode)
+    logits = prefill(lm, cache, input_ids, attention_mask)[:, -1]  # (B, V)
+    step_fn = decode_stepper(lm, cache, fast)
     new = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)  # (B, N)
     reason = torch.zeros(B, dtype=torch.long, device=device)  # index into REASONS; 0 while running
     counts = torch.zeros(B, dtype=torch.long, device=device)

@@ -2,12 +2,15 @@
 
 The prompt is prefilled once, at construction; each `step()` chooses a token from the pending
 distribution and feeds exactly that one token, so the cache grows by one position per step and the
-prompt is never recomputed (`reset()` rewinds the cache instead of refilling it). The widgets in
-`workbench.widgets` drive this class; its `StepRecord`s are what they draw.
+prompt is never recomputed (`reset()` rewinds a workbench cache instead of refilling it). Any causal LM
+works, through `workbench.lm.ModelAdapter`; the new token's attention comes from the observation layer
+(`workbench.lm.observe`), so SDPA models show it too. The widgets in `workbench.widgets` drive this
+class; its `StepRecord`s are what they draw.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,11 +19,13 @@ import torch
 from torch import nn
 
 from ..errors import GenerationError
+from ..lm import ForeignCache, ModelAdapter
+from ..lm.observe import SdpaCall, pattern_sites, watch_attention
 from ..model.cache import KVCache
-from ..model.placement import module_device
 from .fast import Step, decode_stepper, resolve_fast
 from .generate import eval_no_grad
-from .protocols import CausalLM, TokenizerLike
+from .prompt import prefill
+from .protocols import TokenizerLike
 from .records import StepRecord
 from .sampling import CACHE_MODES, Strategy, as_eos_tuple, choose, entropy
 from .stopping import StopStrings
@@ -45,7 +50,7 @@ class GenerationSession:
     prompt_length: int
     prompt_attention: torch.Tensor | None
     finish_reason: str | None
-    _cache: KVCache | None
+    _cache: KVCache | ForeignCache | None
     _step_fn: Step
     _logits: torch.Tensor  # (1, V) the pending distribution
     _prefill_logits: torch.Tensor  # (1, V) after the prompt
@@ -82,19 +87,23 @@ class GenerationSession:
         stops = strategy.pop("stop_strings", None) or ()
         stops = (stops,) if isinstance(stops, str) else tuple(stops)
         self.strategy = Strategy(eos_token_ids=as_eos_tuple(eos), stop_strings=stops, **strategy)
-        self.model: CausalLM = model
+        if not isinstance(model, nn.Module):
+            raise GenerationError("a GenerationSession needs a causal LM (a torch nn.Module), got "
+                                  f"{type(model).__name__}.")
+        self.model = model
+        self.lm = ModelAdapter(model, tokenizer)
         self.tokenizer = tokenizer
         self.capture_attention, self.top_k_candidates = capture_attention, top_k_candidates
         self.cache_mode, self.reserve = cache_mode, max(1, int(reserve))
         self.fast = resolve_fast(model, fast, cache_mode)
         self._module_list = list(model.modules())  # scanned for training mode at every step
         self._stop = StopStrings(tokenizer, stops) if stops else None
-        self._hook_sites = _pattern_sites(model) if capture_attention else []
+        self._hook_sites = pattern_sites(model) if capture_attention else []
         self._start(prompt)
 
     # --- state a widget reads ------------------------------------------------------------------
     @property
-    def cache(self) -> KVCache:
+    def cache(self) -> KVCache | ForeignCache:
         """The live KV cache (prompt + fed tokens)."""
         assert self._cache is not None  # None only while _start replaces it
         return self._cache
@@ -163,8 +172,8 @@ class GenerationSession:
 
     def reset(self, prompt: str | Sequence[int] | torch.Tensor | None = None) -> None:
         """Back to just after the prefill (no recompute), or start over with a new `prompt`."""
-        if prompt is not None:
-            self._start(prompt)
+        if prompt is not None or not isinstance(self.cache, KVCache):  # a model's own cache: refill the prompt
+            self._start(self.prompt_ids if prompt is None else prompt)
             return
         self.cache.truncate(self.prompt_length)
         self._logits = self._prefill_logits
@@ -174,53 +183,59 @@ class GenerationSession:
     # --- internals -----------------------------------------------------------------------------
     def _start(self, prompt: str | Sequence[int] | torch.Tensor) -> None:
         ids = _prompt_ids(self.tokenizer, prompt)
-        max_seq_len = self.model.config.max_seq_len
-        if len(ids) >= max_seq_len:
+        limit = self.lm.max_len
+        if limit is not None and len(ids) >= limit:
             raise GenerationError(
-                f"the prompt has {len(ids)} tokens but the model's max_seq_len is {max_seq_len}; "
+                f"the prompt has {len(ids)} tokens but the model's max_seq_len is {limit}; "
                 "shorten the prompt so at least one token can be generated."
             )
         self.prompt_ids, self.prompt_length = ids, len(ids)
-        self._cache = None  # free the old cache before allocating the new one
-        self._cache = self.model.new_cache(1, min(max_seq_len, len(ids) + self.reserve), mode=self.cache_mode)
-        self._step_fn = decode_stepper(self.model, self._cache, self.fast)
-        device = module_device(self.model)
         with eval_no_grad(self.model, self._module_list):
-            self._logits, attention = self._forward(torch.tensor([ids], device=device), validate=True)
+            self._logits, attention = self._fill(ids, len(ids) + self.reserve)
         # (L, H, T): the last prompt token's attention over the prompt (the full (T, T) maps would
         # cost L*H*T*T floats; trace the prompt with workbench.trace for those)
         self.prompt_attention = attention.float().cpu() if attention is not None else None
         self._prefill_logits = self._logits
         self._generated, self._history, self.finish_reason = [], [], None
-        self._generator = self.strategy.new_generator(device)
+        self._generator = self.strategy.new_generator(self.lm.device)
+
+    def _fill(self, ids: list[int], capacity: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A new cache of `capacity` positions (within the model's limit) holding `ids`; the last logits."""
+        limit = self.lm.max_len
+        capacity = min(limit, capacity) if limit is not None else capacity
+        self._cache = None  # free the old cache before allocating the new one
+        self._cache = self.lm.new_cache(1, capacity, mode=self.cache_mode)
+        self._step_fn = decode_stepper(self.lm, self._cache, self.fast)
+        prompt = torch.tensor([ids], device=self.lm.device)
+        return self._forward(prompt, validate=True)
 
     def _forward(self, ids: torch.Tensor, validate: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed ids (1, T); returns last logits (1, V) and, when capturing, the last query's attention (L, H, S)."""
-        rows: dict[int, torch.Tensor] = {}
-        handles = []
-        try:
-            for i, site in enumerate(self._hook_sites):
-                handles.append(site.register_forward_hook(_keep_last_row(rows, i)))
-            if validate:  # the prompt: the plain forward checks it
-                logits = self.model(ids, cache=self._cache, validate=True)[:, -1]  # (1, V)
+        rows = _LastRows()
+        watching = watch_attention(rows, intercept=not self._hook_sites, patterns=self._hook_sites) \
+            if self.capture_attention else contextlib.nullcontext()
+        with watching:
+            if validate:  # the prompt: checked by the adapter
+                logits = prefill(self.lm, self._cache, ids, None)[:, -1]  # (1, V)
             else:
                 logits = self._step_fn(ids)[:, -1]  # (1, V)
-        finally:
-            for h in handles:
-                h.remove()
-        attention = torch.stack([rows[i] for i in range(len(rows))]) if rows else None  # (L, H, S)
-        return logits, attention  # still on the device: copied after the step's one sync
+        return logits, rows.stacked(self.cache.length)  # still on the device: copied after the step's one sync
 
     def _make_room(self) -> None:
-        cache, limit = self.cache, self.model.config.max_seq_len
+        cache, limit = self.cache, self.lm.max_len
         if cache.length + 1 <= cache.max_len:
             return
-        if cache.max_len >= limit:
+        if limit is not None and cache.max_len >= limit:
             raise GenerationError(
                 f"the session reached the model's max_seq_len={limit} ({self.prompt_length} prompt + "
                 f"{len(self._generated)} generated tokens); call reset() or use a shorter prompt."
             )
-        cache.resize(min(limit, 2 * cache.max_len))
+        grown = 2 * cache.max_len if limit is None else min(limit, 2 * cache.max_len)
+        if isinstance(cache, KVCache):
+            cache.resize(grown)
+        else:  # a model's own preallocated cache cannot grow: refill every token fed so far into a larger one
+            with eval_no_grad(self.model, self._module_list):
+                self._fill(self.tokens, grown)
 
     def _record(self, token: int, top, summary: list[float], attention, elapsed: float) -> StepRecord:
         self._generated.append(token)
@@ -263,22 +278,34 @@ def _prompt_ids(tokenizer: TokenizerLike, prompt: str | Sequence[int] | torch.Te
     return ids
 
 
-def _pattern_sites(model: CausalLM) -> list[nn.Module]:
-    """The `blocks.{i}.attn.hook_pattern` HookPoints, in layer order (hooking one makes it eager)."""
-    sites = []
-    for i in range(model.config.n_layers):
-        try:
-            sites.append(model.get_submodule(f"blocks.{i}.attn.hook_pattern"))
-        except AttributeError as exc:
-            raise GenerationError(
-                f"capture_attention needs `blocks.{i}.attn.hook_pattern` on the model ({exc}); "
-                "use a workbench.TransformerLM or capture_attention=False."
-            ) from exc
-    return sites
+class _LastRows:
+    """Listener of the observation layer: the newest query's attention (H, S) of each attention call in a
+    forward, in call order (one call per layer)."""
 
+    def __init__(self) -> None:
+        self.rows: list[torch.Tensor] = []
 
-def _keep_last_row(rows: dict[int, torch.Tensor], layer: int):
-    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        rows[layer] = output[0, :, -1, :].detach()  # (H, S): the newest query over every key
+    def on_pattern(self, _module: str, probs: torch.Tensor) -> None:
+        self.rows.append(probs[0, :, -1, :].detach())  # (H, S)
 
-    return hook
+    def on_sdpa(self, call: SdpaCall) -> None:
+        T = call.shape[2]
+        self.rows.append(call.probabilities([0], torch.tensor([T - 1]))[0, :, 0, :])  # (H, S)
+
+    def on_softmax(self, _scores: torch.Tensor, probs: torch.Tensor) -> None:
+        self.rows.append(probs[0, :, -1, :].detach())  # (H, S)
+
+    def stacked(self, length: int) -> torch.Tensor | None:
+        """(L, H, length) over the positions the cache holds: a preallocated cache's unwritten slots are
+        cut off, and a sliding-window layer's shorter row lines up with the newest positions."""
+        if not self.rows:
+            return None
+        H = max(r.shape[0] for r in self.rows)
+        out = self.rows[0].new_zeros(len(self.rows), H, length)
+        for i, r in enumerate(self.rows):
+            S = r.shape[-1]
+            if S >= length:
+                out[i, : r.shape[0]] = r[:, :length]
+            else:
+                out[i, : r.shape[0], length - S :] = r
+        return out

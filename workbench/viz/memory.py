@@ -16,6 +16,7 @@ from .style import COLORS, HALF_WIDTH, base_layout, format_bytes, int_dtick, leg
 if TYPE_CHECKING:
     from ..capture.trace import Trace
     from ..generation.records import StepRecord
+    from ..lm.caches import ForeignCache
     from ..model.cache import KVCache
 
 KINDS = ("params", "grads", "saved", "optimizer", "kv")
@@ -36,7 +37,7 @@ def _add(rows: dict[str, dict[str, int]], group: str, kind: str, nbytes: int) ->
 
 def memory_breakdown(trace: Trace | None = None, *, model: nn.Module | None = None,
                      optimizer: torch.optim.Optimizer | None = None,
-                     cache: KVCache | None = None) -> dict[str, dict[str, int]]:
+                     cache: KVCache | ForeignCache | None = None) -> dict[str, dict[str, int]]:
     """Bytes per layer group and kind (KINDS), in model order.
 
     params: own parameters counted once (tied weights under their first owner); grads: gradient

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from ..capture.trace import Trace
     from ..generation.session import GenerationSession
+    from ..lm.caches import ForeignCache
     from ..model.cache import KVCache
 
 
@@ -31,7 +32,7 @@ class MemoryPanel(View):
     title = "Memory"
 
     def __init__(self, source: Trace | GenerationSession | None, *, model: nn.Module | None = None,
-                 optimizer: torch.optim.Optimizer | None = None, cache: KVCache | None = None) -> None:
+                 optimizer: torch.optim.Optimizer | None = None, cache: KVCache | ForeignCache | None = None) -> None:
         super().__init__()
         self.session: GenerationSession | None = None
         self.trace: Trace | None = None
@@ -48,7 +49,7 @@ class MemoryPanel(View):
         self.update()
 
     @property
-    def cache(self) -> KVCache | None:
+    def cache(self) -> KVCache | ForeignCache | None:
         return self.session.cache if self.session is not None else self._cache
 
     def breakdown(self) -> dict[str, dict[str, int]]:

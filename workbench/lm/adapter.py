@@ -1,4 +1,4 @@
-"""Uniform access to the models the doctor examines.
+"""How to call a causal LM: the one answer that generation, the session, the doctor and the widgets share.
 
 Three kinds are driven the same way through `ModelAdapter`:
 - "workbench": `TransformerLM` (a `KVCache` from `new_cache`, `cache=` in forward);
@@ -7,21 +7,26 @@ Three kinds are driven the same way through `ModelAdapter`:
 - "module": any `nn.Module` whose `forward(input_ids, attention_mask=None, ...)` returns logits
   (B, T, V) or an object with `.logits`. Position ids and an HF-style cache are used when its forward
   signature names `position_ids` / `past_key_values`; the cache may be a transformers `Cache` or a
-  legacy tuple of (k, v) per layer, returned as `.past_key_values`.
+  legacy tuple of (k, v) per layer, returned as `.past_key_values`. A module without a cache still
+  generates: each step recomputes the whole sequence.
+
+`logits` and `cached` are the low-level calls (explicit positions and masks, the model's own cache object);
+`new_cache` and `step` are what decoding uses: the cache they share keeps the mask over every position
+so far, so positions continue per row after left padding, whatever the model's cache is.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import fields, is_dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import DoctorError
+from ..errors import InputError, ModelContractError
 from ..model.placement import module_device, module_dtype
+from .caches import ForeignCache, new_hf_cache, returned_cache
 
 _NORM_NAME = re.compile(r"norm", re.IGNORECASE)
 
@@ -44,8 +49,8 @@ def extract_logits(out: Any) -> torch.Tensor:
         logits = out.get("logits")
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
-        raise DoctorError(
-            f"the model's forward returned {got}; diagnose needs logits shaped (B, T, V), as a tensor or "
+        raise ModelContractError(
+            f"the model's forward returned {got}; a causal LM must return logits shaped (B, T, V), as a tensor or "
             "as `.logits` of the output. Wrap the model in a module whose forward returns them."
         )
     return logits
@@ -58,7 +63,7 @@ def is_norm(module: nn.Module) -> bool:
     return bool(_NORM_NAME.search(type(module).__name__)) and not list(module.children())
 
 
-class NonFiniteLogits(DoctorError):
+class NonFiniteLogits(ModelContractError):
     """A probe's logits hold NaN/Inf, so comparing them says nothing; the `nonfinite` check reports why."""
 
 
@@ -67,7 +72,7 @@ class ModelAdapter:
 
     def __init__(self, model: nn.Module, tokenizer: Any = None) -> None:
         if not isinstance(model, nn.Module):
-            raise DoctorError(f"diagnose needs a torch nn.Module, got {type(model).__name__}.")
+            raise ModelContractError(f"a causal LM must be a torch nn.Module, got {type(model).__name__}.")
         self.model, self.tokenizer = model, tokenizer
         self.config = getattr(model, "config", None)
         self.kind = _kind(model)
@@ -84,6 +89,7 @@ class ModelAdapter:
         # transformers renamed `past_key_values` to `cache` (the old name warns, then goes away): follow the
         # spelling this forward declares.
         self.cache_kwarg = "cache" if hf and "cache" in params else "past_key_values"
+        self.takes_use_cache = hf or "use_cache" in params
         self.device, self.dtype = module_device(model), module_dtype(model)
         self._vocab: int | None = None
 
@@ -101,7 +107,13 @@ class ModelAdapter:
         """Longest sequence the model claims to accept (None when it says nothing)."""
         value = config_value(self.config, "max_seq_len", "max_position_embeddings", "n_positions",
                              "block_size", "n_ctx")
-        return int(value) if isinstance(value, int) else None
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def embedding_rows(self) -> int | None:
+        """Rows of the input embedding: the ids it can look up (None when there is no nn.Embedding)."""
+        emb = self.input_embedding()
+        return int(emb.num_embeddings) if isinstance(emb, nn.Embedding) else None
 
     @property
     def pad_id(self) -> int:
@@ -147,7 +159,7 @@ class ModelAdapter:
         mask covers every position so far, cached and new (B, L+T). state=None starts a new cache.
         """
         if self.cache_style is None:
-            raise DoctorError("this model has no KV cache the doctor can drive.")
+            raise ModelContractError("this model has no KV cache the doctor can drive.")
         kwargs = self._kwargs(mask, positions)
         if self.cache_style == "workbench":
             if state is None:
@@ -156,22 +168,89 @@ class ModelAdapter:
                 assert isinstance(self.model, TransformerLM)  # what cache_style "workbench" means
                 state = self.model.new_cache(ids.shape[0], max_len)
             return self._finite(extract_logits(self.model(ids, cache=state, **kwargs)), False), state
+        logits, past = self._call_cached(ids, state, kwargs)
+        return self._finite(logits, False), past
+
+    def _call_cached(self, ids: torch.Tensor, state: Any, kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         kwargs[self.cache_kwarg] = state
-        out = self.model(ids, use_cache=True, **kwargs)
+        if self.takes_use_cache:
+            kwargs["use_cache"] = True
+        out = self.model(ids, **kwargs)
         past = returned_cache(out)
         if past is None:
-            raise DoctorError("forward(use_cache=True) returned no cache (`.cache` or `.past_key_values`).")
-        return self._finite(extract_logits(out), False), past
+            raise ModelContractError("the model's forward returned no cache (`.cache` or `.past_key_values`) "
+                                     "though it takes `past_key_values`; return it, or drop the argument.")
+        return extract_logits(out), past
+
+    # --- decoding -------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int, mode: str = "static") -> Any:
+        """An empty cache for `step`: a `KVCache` for a workbench model, else a `ForeignCache` holding the
+        model's own kind (a transformers `StaticCache` for mode "static", a `DynamicCache` for "growing";
+        a module's own tuples; or none, and every step recomputes)."""
+        if self.kind == "workbench":
+            from ..model.transformer import TransformerLM
+
+            assert isinstance(self.model, TransformerLM)  # what kind "workbench" means
+            return self.model.new_cache(batch_size, max_len, mode=mode)
+        if self.kind == "hf":
+            state = new_hf_cache(self.model, batch_size, max_len, mode)
+            return ForeignCache("hf", batch_size, max_len, state, self.device, static=mode == "static")
+        return ForeignCache("tuple" if self.cache_style else "none", batch_size, max_len, None, self.device)
+
+    def step(self, ids: torch.Tensor, cache: Any, attention_mask: torch.Tensor | None = None, *,
+             validate: bool = False) -> torch.Tensor:
+        """Feed ids (B, T) after what `cache` holds; returns their logits (B, T, V) and grows the cache.
+
+        attention_mask covers the new ids (B, T) or every position (B, L+T), 1 = token; None = all tokens.
+        validate checks the ids against the embedding first (prompts; decode steps feed the model's own ids).
+        Positions continue per row from the mask, as transformers' own generate counts them.
+        """
+        if self.kind == "workbench":
+            return self.model(ids, attention_mask=attention_mask, cache=cache, validate=validate)
+        if validate:
+            self.check_ids(ids)
+        mask, positions = cache.extend(ids, attention_mask)  # (B, L+T) each
+        padded = bool(cache.padded)
+        if padded and not self.supports_mask:
+            raise ModelContractError("this batch is padded, but the model's forward takes no attention_mask; "
+                                     "generate one prompt at a time, or add the argument.")
+        kwargs: dict[str, Any] = {}
+        if self.supports_mask:
+            kwargs["attention_mask"] = mask
+        T = ids.shape[1]
+        if cache.style == "none":
+            if self.supports_positions:
+                kwargs["position_ids"] = positions
+            everything = torch.cat((cache.ids, ids), dim=1)  # (B, L+T): no cache, recompute all
+            logits = extract_logits(self.model(everything, **kwargs))[:, -T:]
+            cache.commit(ids, mask, None)
+            return logits
+        if self.supports_positions:
+            kwargs["position_ids"] = positions[:, -T:]
+        logits, state = self._call_cached(ids, cache.state, kwargs)
+        cache.commit(ids, mask, state)
+        return logits
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """Refuse ids the embedding cannot look up (a raw IndexError, or a device assert on CUDA)."""
+        if ids.dtype not in (torch.long, torch.int32, torch.int64):
+            raise InputError(f"input_ids must hold integer token ids, got dtype {ids.dtype}.")
+        rows = self.embedding_rows
+        if ids.numel() and rows is not None:
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= rows:
+                raise InputError(f"token id {low if low < 0 else high} is outside the model's vocabulary "
+                                 f"[0, {rows}); check the tokenizer matches the model.")
 
     def _kwargs(self, mask: torch.Tensor | None, positions: torch.Tensor | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         if mask is not None:
             if not self.supports_mask:
-                raise DoctorError("this model's forward takes no attention_mask.")
+                raise ModelContractError("this model's forward takes no attention_mask.")
             kwargs["attention_mask"] = mask.to(self.device)
         if positions is not None:
             if not self.supports_positions:
-                raise DoctorError("this model's forward takes no position_ids.")
+                raise ModelContractError("this model's forward takes no position_ids.")
             kwargs["position_ids"] = positions.to(self.device)
         return kwargs
 
@@ -228,55 +307,3 @@ def _forward_params(model: nn.Module) -> set[str]:
         return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
         return set()
-
-
-def returned_cache(out: Any) -> Any:
-    """The cache a forward returned: its `cache` field (transformers after the rename), else `past_key_values`.
-
-    Only declared fields are read, so the deprecated alias of a renamed output is never touched.
-    """
-    if is_dataclass(out) and not isinstance(out, type):
-        names = {f.name for f in fields(out)}
-        for name in ("cache", "past_key_values"):
-            if name in names:
-                return getattr(out, name)
-    if isinstance(out, dict):
-        for name in ("cache", "past_key_values"):
-            if dict.__contains__(out, name):
-                return dict.__getitem__(out, name)
-    return None
-
-
-def cache_bytes(state: Any, _depth: int = 0) -> int:
-    """Bytes of the tensors a KV cache holds: a workbench KVCache, a transformers Cache or nested tuples."""
-    used = getattr(state, "bytes_used", None)
-    if isinstance(used, int):
-        return used
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if _depth > 4 or state is None:
-        return 0
-    if isinstance(state, (tuple, list)):
-        return sum(cache_bytes(s, _depth + 1) for s in state)
-    layers = getattr(state, "layers", None)
-    if isinstance(layers, (list, tuple)):
-        return sum(cache_bytes(getattr(ly, "keys", None), _depth + 1) + cache_bytes(getattr(ly, "values", None),
-                                                                                     _depth + 1) for ly in layers)
-    total = 0
-    for attr in ("key_cache", "value_cache"):
-        total += cache_bytes(getattr(state, attr, None), _depth + 1)
-    return total
-
-
-def cache_tensors(state: Any, _depth: int = 0) -> list[torch.Tensor]:
-    """Every tensor a cache object holds (for weak references that show whether it was freed)."""
-    if isinstance(state, torch.Tensor):
-        return [state]
-    if _depth > 4 or state is None:
-        return []
-    if isinstance(state, (tuple, list)):
-        return [t for s in state for t in cache_tensors(s, _depth + 1)]
-    out: list[torch.Tensor] = []
-    for attr in ("keys", "values", "key_cache", "value_cache", "layers"):
-        out += cache_tensors(getattr(state, attr, None), _depth + 1)
-    return out

@@ -1,0 +1,262 @@
+"""The one observation layer for attention: every way a model computes attention probabilities, as events.
+
+`watch_attention(listener, model)` is the entry point that capture, the doctor and the generation session
+share. Inside it the listener sees, in call order:
+- `on_pattern(module, probs)`: the workbench model's `hook_pattern` sites, probabilities (B, H, T, S)
+  (hooking a site switches that layer to its eager path);
+- `on_sdpa(call)`: a call of `torch.nn.functional.scaled_dot_product_attention`, as an `SdpaCall` whose
+  `probabilities(...)` recomputes what SDPA never materialises (float32, for the rows asked);
+- `on_softmax(scores, probs)`: a hand-written softmax over the last dim of a 4-D (B, H, T, S) tensor.
+The last two come from patching those functions while any listener needs them; the originals are restored
+when the last one leaves. Calls made while a listener runs are not reported again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.layers import HookPoint
+
+SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+class AttentionListener(Protocol):
+    """What `watch_attention` reports to; a listener may leave out the events it does not want."""
+
+    def on_pattern(self, module: str, probs: torch.Tensor) -> None: ...
+
+    def on_sdpa(self, call: SdpaCall) -> None: ...
+
+    def on_softmax(self, scores: torch.Tensor, probs: torch.Tensor) -> None: ...
+
+
+def sdpa_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of one `F.scaled_dot_product_attention` call by name, however they were passed."""
+    named = dict(zip(SDPA_ARGS, args))
+    named.update(kwargs)
+    return named
+
+
+@dataclass(frozen=True)
+class SdpaCall:
+    """One SDPA call: q (B, H, T, D), k (B, K, S, D), with its mask, causal flag and scale."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    attn_mask: torch.Tensor | None
+    is_causal: bool
+    scale: float | None  # as passed; None means SDPA's default 1/sqrt(D)
+    enable_gqa: bool
+    output: torch.Tensor | None = None  # what SDPA returned (B, H, T, Dv)
+
+    @classmethod
+    def from_call(cls, args: tuple, kwargs: dict, output: torch.Tensor | None = None) -> SdpaCall:
+        a = sdpa_arguments(args, kwargs)
+        return cls(a["query"], a["key"], a.get("attn_mask"), bool(a.get("is_causal")), a.get("scale"),
+                   bool(a.get("enable_gqa")), output)
+
+    @property
+    def effective_scale(self) -> float:
+        return self.query.shape[-1] ** -0.5 if self.scale is None else float(self.scale)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(B, H, T, S) of the probabilities; 3-D calls (N, T, D) count as one head."""
+        q = self.query if self.query.dim() == 4 else self.query.unsqueeze(1)
+        return q.shape[0], q.shape[1], q.shape[2], self.key.shape[-2]
+
+    def scores(self, batch: Sequence[int] | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled, masked pre-softmax scores (b, H, t, S) in float32 for batch rows `batch` and query rows
+        `rows` (all by default); masked keys are -inf."""
+        q, k = self.query.detach(), self.key.detach()
+        if q.dim() == 3:  # (N, T, D): one head
+            q, k = q.unsqueeze(1), k.unsqueeze(1)
+        if batch is not None:
+            q, k = q[list(batch)], k[list(batch) if k.shape[0] > 1 else [0] * len(batch)]
+        if rows is not None:
+            q = q.index_select(2, rows.to(q.device))
+        q, k = q.float(), k.float()
+        if k.shape[1] != q.shape[1]:  # grouped-query attention: each key head serves a group of query heads
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (b, H, S, D)
+        s = (q @ k.transpose(-2, -1)) * self.effective_scale  # (b, H, t, S)
+        S = s.shape[-1]
+        qrows = rows.to(s.device) if rows is not None else torch.arange(s.shape[2], device=s.device)
+        if self.attn_mask is not None:
+            m = self.attn_mask.detach()
+            while m.dim() < 4:
+                m = m.unsqueeze(0)
+            if batch is not None and m.shape[0] > 1:
+                m = m[list(batch)]
+            if m.shape[2] > 1:
+                m = m.index_select(2, qrows)
+            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
+        if self.is_causal:  # SDPA aligns the causal mask to the top-left corner
+            keep = torch.arange(S, device=s.device)[None, :] <= qrows[:, None]  # (t, S)
+            s = s.masked_fill(~keep, float("-inf"))
+        return s
+
+    def probabilities(self, batch: Sequence[int] | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(scores) (b, H, t, S) in float32; a fully masked row is all zeros."""
+        return torch.nan_to_num(torch.softmax(self.scores(batch, rows), dim=-1), nan=0.0)
+
+    def allowed_keys(self) -> torch.Tensor | None:
+        """(S,) bool: keys some query may attend to under the mask (None without a mask)."""
+        if self.attn_mask is None:
+            return None
+        m = self.attn_mask.detach()
+        allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+        return allowed.reshape(-1, allowed.shape[-1]).any(0)
+
+
+def pattern_sites(model: nn.Module,
+                  named: Sequence[tuple[str, nn.Module]] | None = None) -> list[tuple[str, HookPoint]]:
+    """The workbench model's `hook_pattern` HookPoints, each with the name of the attention module that
+    owns it, in model order. `named` may pass a cached `list(model.named_modules())`."""
+    sites = []
+    for name, m in named if named is not None else model.named_modules():
+        if name.endswith("hook_pattern") and isinstance(m, HookPoint):
+            sites.append((name.rsplit(".", 1)[0] if "." in name else "", m))
+    return sites
+
+
+@contextlib.contextmanager
+def watch_attention(listener: Any, *, intercept: bool = True,
+                    patterns: Sequence[tuple[str, HookPoint]] = ()) -> Iterator[None]:
+    """Report attention to `listener` inside the block: SDPA and softmax calls when `intercept`, and the
+    `hook_pattern` sites in `patterns` ((owner, site) pairs from `pattern_sites`).
+    Every hook and patch is removed on exit, also when the block raises."""
+    handles = []
+    try:
+        for owner, site in patterns:
+            handles.append(site.register_forward_hook(_pattern_hook(listener, owner)))
+        if intercept:
+            _add_listener(listener)
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        if intercept:
+            _remove_listener(listener)
+
+
+def _pattern_hook(listener: Any, owner: str) -> Callable[..., None]:
+    def hook(_m: nn.Module, _args: Any, out: torch.Tensor) -> None:
+        listener.on_pattern(owner, out)
+
+    return hook
+
+
+def original_sdpa() -> Callable[..., torch.Tensor]:
+    """The unpatched SDPA function (for code that must bypass observation)."""
+    return _originals.get("sdpa", F.scaled_dot_product_attention)
+
+
+# --- interception of F.scaled_dot_product_attention and softmax -------------------------------------
+
+_state = threading.local()
+_listeners: list[Any] = []
+_originals: dict[str, Any] = {}
+
+
+def _busy() -> bool:
+    return getattr(_state, "busy", False)
+
+
+def _dispatch(method: str, *payload: Any) -> None:
+    if _busy():
+        return
+    _state.busy = True
+    try:
+        for listener in list(_listeners):
+            handler = getattr(listener, method, None)
+            if handler is not None:
+                handler(*payload)
+    finally:
+        _state.busy = False
+
+
+def _quiet(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Call an original function with observation suppressed (F.softmax calls Tensor.softmax inside)."""
+    if _busy():
+        return _originals[name](*args, **kwargs)
+    _state.busy = True
+    try:
+        return _originals[name](*args, **kwargs)
+    finally:
+        _state.busy = False
+
+
+def _sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
+    nested = _busy()
+    out = _quiet("sdpa", *args, **kwargs)
+    if not nested:
+        _dispatch("on_sdpa", SdpaCall.from_call(args, kwargs, out))
+    return out
+
+
+def _is_attention_softmax(x: Any, dim: int | None) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 4 and dim in (-1, 3)
+
+
+def _softmax_then_dispatch(name: str, axis: int | None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    nested = _busy()
+    out = _quiet(name, *args, **kwargs)
+    if not nested and _is_attention_softmax(out, axis):
+        _dispatch("on_softmax", args[0], out)
+    return out
+
+
+def _f_softmax(input, dim=None, _stacklevel=3, dtype=None):  # noqa: ANN001 - mirrors F.softmax
+    return _softmax_then_dispatch("F.softmax", dim, input, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
+
+
+def _torch_softmax(input, dim, dtype=None):  # noqa: ANN001 - mirrors torch.softmax
+    return _softmax_then_dispatch("torch.softmax", dim, input, dim, dtype=dtype)
+
+
+def _tensor_softmax(self, dim, dtype=None):  # noqa: ANN001 - mirrors Tensor.softmax
+    return _softmax_then_dispatch("Tensor.softmax", dim, self, dim, dtype=dtype)
+
+
+def _install() -> None:
+    _originals.update({
+        "sdpa": F.scaled_dot_product_attention, "F.softmax": F.softmax,
+        "torch.softmax": torch.softmax, "Tensor.softmax": torch.Tensor.softmax,
+        "tensor_had_own": "softmax" in torch.Tensor.__dict__,
+    })
+    F.scaled_dot_product_attention = _sdpa
+    F.softmax = _f_softmax
+    torch.softmax = _torch_softmax  # type: ignore[assignment]  # deliberate patch of a torch-stubbed function
+    torch.Tensor.softmax = _tensor_softmax  # type: ignore[method-assign]  # deliberate patch, undone by _uninstall
+
+
+def _uninstall() -> None:
+    F.scaled_dot_product_attention = _originals["sdpa"]
+    F.softmax = _originals["F.softmax"]
+    torch.softmax = _originals["torch.softmax"]
+    if _originals["tensor_had_own"]:
+        torch.Tensor.softmax = _originals["Tensor.softmax"]  # type: ignore[method-assign]  # restores the original
+    else:
+        del torch.Tensor.softmax
+    _originals.clear()
+
+
+def _add_listener(listener: Any) -> None:
+    if not _listeners:
+        _install()
+    _listeners.append(listener)
+
+
+def _remove_listener(listener: Any) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
+        if not _listeners:
+            _uninstall()
