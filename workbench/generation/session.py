@@ -211,7 +211,7 @@ class GenerationSession:
 
     def _forward(self, ids: torch.Tensor, validate: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed ids (1, T); returns last logits (1, V) and, when capturing, the last query's attention (L, H, S)."""
-        rows = _LastRows()
+        rows = _LastRows(ids.shape[1])
         watching = watch_attention(rows, intercept=not self._hook_sites, patterns=self._hook_sites) \
             if self.capture_attention else contextlib.nullcontext()
         with watching:
@@ -282,13 +282,15 @@ class _LastRows:
     """Listener of the observation layer: the newest query's attention (H, S) of each attention call in a
     forward, in call order (one call per layer)."""
 
-    def __init__(self) -> None:
+    def __init__(self, query_length: int) -> None:
         self.rows: list[torch.Tensor] = []
+        self.query_length = query_length
 
     def on_pattern(self, _module: str, probs: torch.Tensor) -> None:
         self.rows.append(probs[0, :, -1, :].detach())  # (H, S)
 
     def on_sdpa(self, call: SdpaCall) -> None:
+        call = call.unpacked(self.query_length)
         T = call.shape[2]
         self.rows.append(call.probabilities([0], torch.tensor([T - 1]))[0, :, 0, :])  # (H, S)
 

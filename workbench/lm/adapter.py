@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -227,7 +228,16 @@ class ModelAdapter:
             return logits
         if self.supports_positions:
             kwargs["position_ids"] = positions[:, -T:]
-        logits, state = self._call_cached(ids, cache.state, kwargs)
+        try:
+            logits, state = self._call_cached(ids, cache.state, dict(kwargs))
+        except RuntimeError:
+            if not (cache.style == "hf" and cache.static and cache.length == 0):
+                raise
+            # some families (BLOOM's ALiBi sizes its bias by the cache) cannot decode into a StaticCache
+            warnings.warn(f"{type(self.model).__name__} cannot decode into a transformers StaticCache; "
+                          "cache_mode='static' uses a DynamicCache for it.", stacklevel=3)
+            cache.make_dynamic(new_hf_cache(self.model, cache.batch_size, cache.max_len, "growing"))
+            logits, state = self._call_cached(ids, cache.state, kwargs)
         cache.commit(ids, mask, state)
         return logits
 

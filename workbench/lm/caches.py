@@ -138,6 +138,10 @@ class ForeignCache:
             self.ids = torch.cat((self.ids, ids), dim=1)
         self.length += ids.shape[1]
 
+    def make_dynamic(self, state: Any) -> None:
+        """Swap an empty preallocated cache for a growing one (a model that cannot use the former)."""
+        self.state, self.static, self.mode = state, False, "growing"
+
     # --- editing ---------------------------------------------------------------------------------
     def reorder(self, index: torch.Tensor) -> None:
         """Reorder (or repeat) the batch rows, as beam search needs: row i becomes row index[i]."""

@@ -73,6 +73,19 @@ class SdpaCall:
         q = self.query if self.query.dim() == 4 else self.query.unsqueeze(1)
         return q.shape[0], q.shape[1], q.shape[2], self.key.shape[-2]
 
+    def unpacked(self, query_length: int) -> SdpaCall:
+        """This call with one query token's heads restored, when the caller packed them: transformers feeds a
+        single grouped-query token as (B, K, H/K, D) so SDPA runs on the K key heads; knowing the real query
+        length (1) gives back (B, H, 1, D). Any other call is returned as it is."""
+        q, k = self.query, self.key
+        if query_length != 1 or q.dim() != 4 or q.shape[2] == 1 or q.shape[1] != k.shape[1]:
+            return self
+        B, K, n, D = q.shape
+        m = self.attn_mask
+        if m is not None and m.dim() == 4 and m.shape[1] == K and m.shape[2] == n:
+            m = m.reshape(m.shape[0], K * n, 1, m.shape[-1])  # per-head masks were packed the same way
+        return SdpaCall(q.reshape(B, K * n, 1, D), k, m, self.is_causal, self.scale, True, self.output)
+
     def scores(self, batch: Sequence[int] | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled, masked pre-softmax scores (b, H, t, S) in float32 for batch rows `batch` and query rows
         `rows` (all by default); masked keys are -inf."""
