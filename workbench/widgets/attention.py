@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as W
 import numpy as np
 
 from ..capture.records import HEAD_METRICS, AttentionRecord
+from ..capture.trace import Trace
 from ..viz import attention as va
 from ..viz.style import FULL_WIDTH
-from .base import View, figure_widget, header, notice, row
-
-if TYPE_CHECKING:
-    from ..capture.trace import Trace
+from .base import View, check_arg, figure_widget, header, is_count, notice, row
 
 HEATMAP_WIDTH = 520  # the single-head map; the metric matrix takes the rest of FULL_WIDTH
 CACHE_LAYERS = 8  # float32 layer maps kept in memory (SmolLM2, 256 tokens: 2.4 MB each)
@@ -31,10 +29,20 @@ class AttentionView(View):
 
     title = "Attention"
 
-    def __init__(self, trace: Trace | Sequence[AttentionRecord], tokens: Sequence[str] | None = None, *,
+    def __init__(self, trace: Trace | Sequence[AttentionRecord] | None, tokens: Sequence[str] | None = None, *,
                  call: int = 0, layer: int | None = None, head: int = 0, metric: str = "entropy",
                  max_cells: int = va.MAX_CELLS) -> None:
-        records: list[AttentionRecord] = list((trace.attention if hasattr(trace, "attention") else trace) or [])
+        given = trace.attention if isinstance(trace, Trace) else [] if trace is None else trace
+        check_arg("trace", trace, isinstance(given, (list, tuple))
+                  and all(isinstance(r, AttentionRecord) for r in given), "a Trace, a list of AttentionRecords or None")
+        check_arg("tokens", tokens, tokens is None or (isinstance(tokens, Sequence) and not isinstance(tokens, str)
+                                                     and all(isinstance(t, str) for t in tokens)),
+                  "None or a list of strings, one per position")
+        check_arg("metric", metric, metric in HEAD_METRICS, f"one of {HEAD_METRICS}")
+        check_arg("max_cells", max_cells, is_count(max_cells), "an integer >= 1")
+        check_arg("call", call, is_count(call, 0), "an integer >= 0")
+        check_arg("head", head, is_count(head, 0), "an integer >= 0")
+        records: list[AttentionRecord] = list(given)
         super().__init__()
         self.tokens, self.max_cells = tokens, max_cells
         self.records = va.layer_records(records, call) if records else {}

@@ -9,6 +9,7 @@ from typing import Any
 import ipywidgets as W
 import plotly.graph_objects as go
 
+from ..errors import InputError
 from ..viz.export import save_png, write_html
 from ..viz.style import FULL_WIDTH
 
@@ -76,8 +77,6 @@ class View(W.VBox):
 
     def static_figure(self) -> Any:
         """A matplotlib Figure for PNG export (views without one raise)."""
-        from ..errors import InputError
-
         raise InputError(f"{type(self).__name__} has no static picture; use save_html instead.")
 
     def save_png(self, path: str | Path, dpi: int = 150) -> Path:
@@ -126,3 +125,14 @@ def row(*items: W.Widget) -> W.HBox:
     The row wraps: in a column narrower than the panels they stack instead of being clipped."""
     boxes = [W.Box([item], layout=W.Layout(flex="0 0 auto", max_width="100%", overflow="visible")) for item in items]
     return W.HBox(boxes, layout=W.Layout(width="100%", flex_flow="row wrap", align_items="flex-start"))
+
+
+def check_arg(name: str, value: Any, ok: bool, expected: str) -> None:
+    """Refuse a widget argument of the wrong kind with an InputError that says what was expected."""
+    if not ok:
+        raise InputError(f"{name} must be {expected}, got {type(value).__name__} {value!r:.80}.")
+
+
+def is_count(value: Any, low: int = 1) -> bool:
+    """An int (not a bool) that is at least `low`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low

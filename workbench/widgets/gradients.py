@@ -11,7 +11,7 @@ import ipywidgets as W
 from ..capture.gradients import GradientHistory
 from ..viz import gradients as vg
 from ..viz.style import FULL_WIDTH
-from .base import View, figure_widget, header, notice, replace_figure
+from .base import View, check_arg, figure_widget, header, notice, replace_figure
 
 if TYPE_CHECKING:
     from ..capture.trace import Trace
@@ -28,8 +28,11 @@ class GradientFlow(View):
     title = "Gradient flow"
 
     def __init__(self, history: GradientHistory | Trace, *, min_interval: float = 0.5) -> None:
+        check_arg("min_interval", min_interval, isinstance(min_interval, (int, float))
+                  and not isinstance(min_interval, bool) and min_interval >= 0, "a number of seconds >= 0")
+        history = vg.as_history(history)  # refused before the widget exists
         super().__init__()
-        self.history: GradientHistory = vg.as_history(history)
+        self.history: GradientHistory = history
         self.min_interval = min_interval
         self.draws = 0  # redraws so far (the throttle's effect is visible here)
         self._last = 0.0
@@ -83,7 +86,9 @@ class GradientFlow(View):
 
     def close(self) -> None:
         """Stop listening to the history, then close the widget."""
-        self._unsubscribe()
+        unsubscribe = getattr(self, "_unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe()
         super().close()
 
     def static_figure(self) -> Any:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as W
 
+from ..capture.trace import Trace
 from ..viz.modules import COLUMNS, SORT_KEYS, activation_histogram, detail_html, filter_records, module_row
 from ..viz.style import FULL_WIDTH, format_bytes, format_count, format_ms
-from .base import View, figure_widget, header, notice, replace_figure, row
-
-if TYPE_CHECKING:
-    from ..capture.trace import Trace
+from .base import View, check_arg, figure_widget, header, is_count, notice, replace_figure, row
 
 # characters per column: 127 in all, about 850 px at 11.5 px monospace, inside a 900 px notebook column
 WIDTHS = {"module": 31, "type": 14, "out shape": 18, "params": 8, "time": 9, "memory": 9, "mean": 9,
@@ -40,7 +38,10 @@ class LayerInspector(View):
 
     title = "Layer inspector"
 
-    def __init__(self, trace: Trace, *, max_rows: int = 2000) -> None:
+    def __init__(self, trace: Trace | None, *, max_rows: int = 2000) -> None:
+        check_arg("trace", trace, trace is None or isinstance(trace, Trace),
+                  "a Trace (from `with workbench.trace(model) as tr:`) or None")
+        check_arg("max_rows", max_rows, is_count(max_rows), "an integer >= 1")
         super().__init__()
         self.trace, self.max_rows = trace, max_rows
         records = list(getattr(trace, "records", []) or [])
@@ -82,7 +83,7 @@ class LayerInspector(View):
 
     def _subtitle(self, records: list) -> str:
         meta = getattr(self.trace, "meta", {}) or {}
-        bad = self.trace.first_nonfinite() if hasattr(self.trace, "first_nonfinite") else None
+        bad = self.trace.first_nonfinite() if self.trace is not None else None
         parts = [f"{len(records)} calls", f"{format_count(meta.get('total_params', 0))} params",
                  format_bytes(meta.get("param_bytes")), f"wall {format_ms(meta.get('wall_ms'))}",
                  f"first non-finite: {bad.display_name}" if bad else "all finite"]

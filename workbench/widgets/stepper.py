@@ -16,7 +16,7 @@ from ..viz import generation as vgen
 from ..viz.attention import token_attention_layers
 from ..viz.memory import kv_growth
 from ..viz.style import HALF_WIDTH, format_bytes
-from .base import View, figure_widget, header, notice, replace_figure, row
+from .base import View, check_arg, figure_widget, header, is_count, notice, replace_figure, row
 
 H = 320  # height of each of the four plots
 
@@ -32,6 +32,12 @@ class GenerationStepper(View):
 
     def __init__(self, model: nn.Module, tokenizer: TokenizerLike, prompt: str, *, top_k: int = 10, run_n: int = 8,
                  **session_kwargs: Any) -> None:
+        check_arg("model", model, isinstance(model, nn.Module), "an nn.Module (a causal language model)")
+        check_arg("tokenizer", tokenizer, callable(getattr(tokenizer, "encode", None))
+                  and callable(getattr(tokenizer, "decode", None)), "a tokenizer with encode and decode")
+        check_arg("prompt", prompt, isinstance(prompt, str), "a string")
+        check_arg("top_k", top_k, is_count(top_k), "an integer >= 1")
+        check_arg("run_n", run_n, is_count(run_n) and run_n <= 4096, "an integer in [1, 4096]")
         super().__init__()
         self.model, self.tokenizer, self._kwargs = model, tokenizer, session_kwargs
         self.prompt = W.Textarea(value=prompt, placeholder="prompt", layout=W.Layout(width="100%", height="60px"))
@@ -110,6 +116,11 @@ class GenerationStepper(View):
         except GenerationError as err:
             self.session = None
             self.messages.children = [notice(f"Cannot start generation: {err}")]
+        except Exception as err:  # a model the session cannot drive: said in the view, not a traceback
+            self.session = None
+            self.messages.children = [notice(f"Cannot start generation for {type(self.model).__name__}: "
+                                             f"{type(err).__name__}: {err}. The stepper needs a causal LM whose "
+                                             "forward takes (ids, cache=...) like the workbench's TransformerLM.")]
         n_heads = getattr(getattr(self.model, "config", None), "n_heads", 0)
         self.head.options = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(n_heads)]
 
