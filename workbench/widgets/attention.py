@@ -11,9 +11,10 @@ import numpy as np
 
 from ..capture.records import HEAD_METRICS, AttentionRecord
 from ..capture.trace import Trace
+from ..safehtml import html, join
 from ..viz import attention as va
 from ..viz.style import FULL_WIDTH
-from .base import View, check_arg, figure_widget, header, is_count, notice, row
+from .base import SafeHTML, View, check_arg, figure_widget, header, is_count, notice, row
 
 HEATMAP_WIDTH = 520  # the single-head map; the metric matrix takes the rest of FULL_WIDTH
 CACHE_LAYERS = 8  # float32 layer maps kept in memory (SmolLM2, 256 tokens: 2.4 MB each)
@@ -66,7 +67,7 @@ class AttentionView(View):
             w.style.description_width = "48px"
         self.q_start = W.IntSlider(0, 0, 0, description="queries from", continuous_update=False)
         self.k_start = W.IntSlider(0, 0, 0, description="keys from", continuous_update=False)
-        self.summary = W.HTML()
+        self.summary = SafeHTML()
         rec = self.records[first]
         self.heatmap = figure_widget(va.attention_heatmap(rec, self.head.value, tokens, max_cells=max_cells,
                                                           maps=self._layer_maps(first)))
@@ -198,16 +199,16 @@ class AttentionView(View):
 
     def _update_summary(self) -> None:
         rec, h = self.records[self.layer.value], self.head.value
-        td, num = "<td style='padding:1px 0'>", "<td style='padding:1px 0 1px 16px;text-align:right'>"
-        cells = "".join(f"<tr>{td}{va.METRIC_INFO[m][0]}</td>{num}<b>{rec.metrics[m][h]:.4g}</b></td></tr>"
-                        for m in HEAD_METRICS if m in rec.metrics)
+        cells = join("", (html("<tr><td style='padding:1px 0'>{}</td><td style='padding:1px 0 1px 16px;"
+                                "text-align:right'><b>{:.4g}</b></td></tr>", va.METRIC_INFO[m][0], rec.metrics[m][h])
+                           for m in HEAD_METRICS if m in rec.metrics))
         leak = rec.metrics.get("future_max", [0.0] * (h + 1))[h] > 1e-6
-        warn = ("<div style='color:#C44E52;font-weight:600'>This head attends to future positions: "
-                "the causal mask leaks.</div>" if leak else "")
-        self.summary.value = (f"<div style='font-size:12px;line-height:1.6;padding-left:60px'>"
-                              f"<b>Layer {rec.layer}, head {h}</b> "
-                              f"<span style='color:#888'>({rec.source})</span>{warn}"
-                              f"<table style='border-collapse:collapse'>{cells}</table></div>")
+        warn = html("<div style='color:#C44E52;font-weight:600'>This head attends to future positions: "
+                    "the causal mask leaks.</div>") if leak else ""
+        self.summary.value = html("<div style='font-size:12px;line-height:1.6;padding-left:60px'>"
+                                  "<b>Layer {}, head {}</b> <span style='color:#888'>({})</span>{}"
+                                  "<table style='border-collapse:collapse'>{}</table></div>",
+                                  rec.layer, h, rec.source, warn, cells)
 
     def static_figure(self) -> Any:
         return va.attention_heatmap_mpl(self.records[self.layer.value], self.head.value, self.tokens,
