@@ -71,3 +71,64 @@ def test_lab_starts_jupyterlab_on_loopback(tmp_path, monkeypatch, capsys):
     assert ("--allow-root" in cmd) == (os.geteuid() == 0)  # jupyter refuses to start as root without it
     assert main(["lab", "--dir", str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+# --- issue 17: failures are one line; a bug says it is one, with the traceback only under --debug ---------
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["trace", "tiny", "--prompt", "x", "--device", "bogus"], "device='bogus' is not a device name"),
+        (["trace", "tiny", "--prompt", "x", "--device", "cuda:7"], "cuda:7"),
+    ],
+)
+def test_bad_devices_are_one_line(argv, message, capsys):
+    if "cuda" in argv[-1] and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_negative_depth_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trace", "tiny", "--prompt", "x", "--depth", "-1"])
+    assert exit_info.value.code == 2 and "--depth" in capsys.readouterr().err
+
+
+def _broken_trace(monkeypatch):
+    import workbench.cli_commands as commands
+
+    def boom(spec, device=None):
+        raise RuntimeError("kaput\nsecond line")
+
+    monkeypatch.setattr(commands, "resolve_model", boom)
+
+
+def test_an_unexpected_exception_is_reported_as_a_bug_without_traceback(monkeypatch, capsys):
+    _broken_trace(monkeypatch)
+    assert main(["trace", "tiny", "--prompt", "x"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "internal error (RuntimeError: kaput)" in err and "bug in workbench" in err and "--debug" in err
+
+
+def test_debug_prints_the_traceback(monkeypatch, capsys):
+    _broken_trace(monkeypatch)
+    assert main(["trace", "tiny", "--prompt", "x", "--debug"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "kaput" in err and "bug in workbench" in err
+    monkeypatch.undo()
+    assert main(["trace", "/no/such/model", "--prompt", "x", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("workbench trace: error:")
+
+
+def test_ctrl_c_exits_130(monkeypatch, capsys):
+    import workbench.cli_commands as commands
+
+    def interrupted(spec, device=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "resolve_model", interrupted)
+    assert main(["trace", "tiny", "--prompt", "x"]) == 130
+    assert "interrupted" in capsys.readouterr().err

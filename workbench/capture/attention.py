@@ -10,14 +10,17 @@ The three kinds of event of the observation layer (`workbench.lm.observe`) feed 
 from __future__ import annotations
 
 import math
+import operator
 import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import CaptureError
 from ..lm.observe import SdpaCall
 from .records import HEAD_METRICS, AttentionRecord
 
@@ -35,6 +38,24 @@ class AttentionSelection:
     batch: int | Sequence[int] | None = 0  # batch rows; None = all
     budget_bytes: int = 256 * 2**20  # float16 map bytes kept on the CPU for the whole trace
 
+    def __post_init__(self) -> None:
+        """Refuse, before any forward runs, what is wrong whatever the model: types, negative layers or
+        heads, duplicates, empty lists, a zero slice step, a negative budget. Indices past a layer's
+        heads, batch rows or queries depend on shapes and are reported when the trace exits."""
+        _check_indices("attention_layers", self.layers, allow_str=True, allow_negative=False)
+        _check_indices("attention_heads", self.heads, allow_negative=False)
+        _check_indices("attention_batch", self.batch)
+        if isinstance(self.queries, slice):
+            parts = (self.queries.start, self.queries.stop, self.queries.step)
+            if not all(v is None or _is_int(v) for v in parts):
+                raise CaptureError(f"attention_queries={self.queries!r}: slice bounds must be integers or None.")
+            if self.queries.step is not None and self.queries.step <= 0:
+                raise CaptureError(f"attention_queries={self.queries!r}: the slice step must be positive.")
+        else:
+            _check_indices("attention_queries", self.queries)
+        if not _is_int(self.budget_bytes) or self.budget_bytes < 0:
+            raise CaptureError(f"attention_budget_bytes must be an integer >= 0, got {self.budget_bytes!r}.")
+
     def wants_layer(self, layer: int, module: str) -> bool:
         if self.layers is None:
             return True
@@ -46,14 +67,56 @@ class AttentionSelection:
         return False
 
 
-def _rows(sel: Sequence[int] | slice | int | None, n: int) -> list[int]:
+def _is_int(v: Any) -> bool:
+    """An integer index (Python, numpy or a 0-d integer tensor), but not a bool."""
+    if isinstance(v, bool):
+        return False
+    try:
+        operator.index(v)  # probing: anything without __index__ raises
+    except TypeError:
+        return False
+    return True
+
+
+def _check_indices(name: str, sel: Any, *, allow_str: bool = False, allow_negative: bool = True) -> None:
+    """`sel` is None, an int, or a non-empty sequence of distinct ints (or regex strings, allow_str)."""
+    if sel is None or _is_int(sel):
+        items = [] if sel is None else [sel]
+    elif isinstance(sel, (str, bytes)) or not isinstance(sel, Sequence):
+        what = "ordinals or module-path regexes" if allow_str else "integers"
+        raise CaptureError(f"{name} must be a list of {what} (or None for all), got {type(sel).__name__} {sel!r}.")
+    else:
+        items = list(sel)
+        if not items:
+            raise CaptureError(f"{name}=[] selects nothing; pass None to keep all, or name at least one.")
+    for v in items:
+        if allow_str and isinstance(v, str):
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise CaptureError(f"{name}: {v!r} is not a valid regular expression ({err}).") from err
+            continue
+        if not _is_int(v):
+            raise CaptureError(f"{name} holds {v!r} ({type(v).__name__}); use integers.")
+        if not allow_negative and operator.index(v) < 0:
+            raise CaptureError(f"{name} holds {v}; {name.split('_')[1]} count from 0.")
+    ints = [operator.index(v) for v in items if not isinstance(v, str)]
+    if len(set(ints)) != len(ints):
+        raise CaptureError(f"{name}={list(items)!r} repeats an index; name each one once.")
+
+
+def _rows(sel: Sequence[int] | slice | int | None, n: int) -> tuple[list[int], list[int]]:
+    """(selected rows in [0, n), sorted; the selected indices that do not exist for length n)."""
     idx = torch.arange(n)
     if sel is None:
-        return idx.tolist()
-    if isinstance(sel, int):
-        sel = [sel]
-    picked = idx[sel] if isinstance(sel, slice) else idx[[i for i in sel if -n <= i < n]]
-    return sorted(set(picked.tolist()))
+        return idx.tolist(), []
+    if isinstance(sel, slice):
+        return sorted(set(idx[sel].tolist())), []
+    given: list[Any] = [sel] if _is_int(sel) else list(sel)  # type: ignore[arg-type]  # a sequence here
+    items = [operator.index(i) for i in given]
+    inside = [i for i in items if -n <= i < n]
+    picked = idx[inside].tolist() if inside else []
+    return sorted(set(picked)), [i for i in items if not -n <= i < n]
 
 
 class AttentionCollector:
@@ -68,6 +131,8 @@ class AttentionCollector:
         self._layers: dict[str, int] = {}
         self._calls: dict[str, int] = {}
         self._pending: list[tuple[AttentionRecord, torch.Tensor]] = []
+        self.errors: list[str] = []  # selections that cannot apply (heads or batch rows that do not exist)
+        self.notes: list[str] = []  # calls recorded partly or not at all (queries outside, unusual shapes)
 
     # --- layer bookkeeping ----------------------------------------------------------------------
     def assign_layer(self, module: str, layer: int | None = None) -> int:
@@ -79,10 +144,53 @@ class AttentionCollector:
         return self.sel.wants_layer(self.assign_layer(module), module)
 
     # --- entry points ---------------------------------------------------------------------------
+    # Both run inside the model's forward, so they never raise: a selection that cannot apply to this
+    # call, or a failure, is kept in `errors`/`notes` and reported by the trace after its hooks are gone.
     def add_probs(self, module: str, source: str, probs: torch.Tensor) -> None:
         """Record materialised probabilities (B, H, T, S) of `module`."""
+        self._guard(module, self._add_probs, module, source, probs)
+
+    def add_sdpa(self, module: str, call: SdpaCall) -> None:
+        """Recompute softmax(q k^T * scale + mask) of one SDPA call of `module`, a query chunk at a time;
+        q (B, H, T, D) or (N, T, D), k alike.
+
+        A 3-D call (N, T, D) is recorded with H=1 and N batch rows: that is what the call says, and
+        a module that folds heads into N cannot be unfolded without guessing its layout."""
+        self._guard(module, self._add_sdpa, module, call)
+
+    def _guard(self, module: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as err:  # never kill the user's forward; reported at exit instead
+            self.errors.append(f"{module or 'root'}: attention capture failed ({type(err).__name__}: {err})")
+
+    def _select(self, module: str, B: int, H: int, T: int) -> tuple[list[int], list[int], list[int]] | None:
+        """Batch rows, heads and queries of one call, or None (noted) when the selection cannot apply."""
+        batch, bad_batch = _rows(self.sel.batch, B)
+        heads, bad_heads = _rows(self.sel.heads, H)
+        queries, bad_queries = _rows(self.sel.queries, T)
+        name = module or "root"
+        if bad_heads:
+            self.errors.append(f"attention_heads={self.sel.heads!r} names head(s) {bad_heads}, but "
+                               f"{name} has {H} heads; choose heads in [0, {H}).")
+        if bad_batch:
+            self.errors.append(f"attention_batch={self.sel.batch!r} names row(s) {bad_batch}, but the forward ran on "
+                               f"a batch of {B}; choose rows in [0, {B}) (negative counts from the end).")
+        if bad_heads or bad_batch:
+            return None
+        if bad_queries or not queries:
+            self.notes.append(f"{name} call with {T} queries: attention_queries={self.sel.queries!r} "
+                              f"{'selects none of them' if not queries else f'misses {bad_queries}'}")
+        if not queries:
+            return None
+        return batch, heads, queries
+
+    def _add_probs(self, module: str, source: str, probs: torch.Tensor) -> None:
         B, H, T, S = probs.shape
-        batch, queries = _rows(self.sel.batch, B), _rows(self.sel.queries, T)
+        picked = self._select(module, B, H, T)
+        if picked is None:
+            return
+        batch, heads, queries = picked
         q_idx = torch.tensor(queries, device=probs.device)
         sub = probs.detach()[batch]  # (b, H, T, S)
 
@@ -90,12 +198,18 @@ class AttentionCollector:
             return sub.index_select(2, rows).float()  # (b, H, t, S)
 
         used = sub.amax(dim=(0, 1, 2)) > 0  # (S,) keys that receive any weight
-        self._record(module, source, [B, H, T, S], batch, queries, q_idx, chunks, _key_length(used, T))
+        self._record(module, source, [B, H, T, S], batch, heads, queries, q_idx, chunks, _key_length(used, T))
 
-    def add_sdpa(self, module: str, call: SdpaCall) -> None:
-        """Recompute softmax(q k^T * scale + mask) of one SDPA call of `module`, a query chunk at a time."""
+    def _add_sdpa(self, module: str, call: SdpaCall) -> None:
+        if call.query.dim() not in (3, 4) or call.key.dim() != call.query.dim():
+            self.notes.append(f"{module or 'root'}: an SDPA call with {call.query.dim()}-D queries was not recorded "
+                              "(only (B, H, T, D) and (N, T, D) are)")
+            return
         B, H, T, S = call.shape
-        batch, queries = _rows(self.sel.batch, B), _rows(self.sel.queries, T)
+        picked = self._select(module, B, H, T)
+        if picked is None:
+            return
+        batch, heads, queries = picked
         q_idx = torch.tensor(queries, device=call.query.device)
 
         def chunks(rows: torch.Tensor) -> torch.Tensor:
@@ -103,7 +217,7 @@ class AttentionCollector:
 
         allowed = call.allowed_keys()  # keys masked for every row (unwritten static-cache slots) do not count
         key_length = S if allowed is None else _key_length(allowed, T)
-        self._record(module, source="sdpa", full_shape=[B, H, T, S], batch=batch, queries=queries,
+        self._record(module, source="sdpa", full_shape=[B, H, T, S], batch=batch, heads=heads, queries=queries,
                      q_idx=q_idx, chunks=chunks, key_length=key_length)
 
     # --- core -----------------------------------------------------------------------------------
@@ -117,10 +231,10 @@ class AttentionCollector:
             f *= 2
         return 0
 
-    def _record(self, module: str, source: str, full_shape: list[int], batch: list[int], queries: list[int],
-                q_idx: torch.Tensor, chunks: Callable[[torch.Tensor], torch.Tensor], key_length: int) -> None:
+    def _record(self, module: str, source: str, full_shape: list[int], batch: list[int], heads: list[int],
+                queries: list[int], q_idx: torch.Tensor, chunks: Callable[[torch.Tensor], torch.Tensor],
+                key_length: int) -> None:
         B, H, T, S = full_shape
-        heads = _rows(self.sel.heads, H)
         offset = max(0, key_length - T)
         call = self._calls.get(module, 0)
         self._calls[module] = call + 1
@@ -160,6 +274,14 @@ class AttentionCollector:
             vals[-1] = sums[-1]  # future_max is a max, not a mean
             rec.metrics = {name: vals[i].tolist() for i, name in enumerate(HEAD_METRICS)}
         self._pending.clear()
+        if self.notes:
+            distinct = list(dict.fromkeys(self.notes))
+            warnings.warn(
+                f"{len(self.notes)} attention call(s) were recorded partly or not at all: "
+                + "; ".join(distinct[:3]) + (f"; and {len(distinct) - 3} more" if len(distinct) > 3 else "")
+                + ". Select query rows that exist in every call (negative indices count from the end), or None.",
+                stacklevel=3,
+            )
         if self.skipped or self.downsampled:
             warnings.warn(
                 f"Attention maps exceeded attention_budget_bytes={self.sel.budget_bytes}: "

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..distributed.shards import local_tensor, reduce_rows, shard_groups
+from ..errors import CaptureError
 from .records import ParamGradRecord
 
 
@@ -167,12 +168,30 @@ class GradientHistory:
     norms: list[list[float]] = field(default_factory=list)
     _listeners: list[Callable[[GradientHistory], None]] = field(default_factory=list, repr=False)
 
+    def __post_init__(self) -> None:
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                 for v in (self.vanishing, self.exploding))
+        if not ok or self.vanishing >= self.exploding:
+            raise CaptureError(f"GradientHistory needs finite thresholds 0 < vanishing < exploding, got "
+                               f"vanishing={self.vanishing!r}, exploding={self.exploding!r}.")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise CaptureError(f"max_steps must be None or an integer >= 1, got {self.max_steps!r}.")
+
     def append(self, source: nn.Module | Any, step: int | None = None) -> None:
         """Add one step from a model's current .grad tensors or from a Trace's gradient records."""
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+            raise CaptureError(f"step must be an integer or None, got {step!r}.")
         if isinstance(source, nn.Module):
             norms = self._model_norms(source)
         else:
-            norms = module_norms(source.gradients)
+            records = getattr(source, "gradients", None)
+            if not isinstance(records, list) or not all(isinstance(r, ParamGradRecord) for r in records):
+                raise CaptureError(
+                    f"GradientHistory.append takes a model (after loss.backward()) or a Trace taken with "
+                    f"gradients=True, got {type(source).__name__}."
+                )
+            norms = module_norms(records)
         for name in norms:
             if name not in self.modules:
                 self.modules.append(name)

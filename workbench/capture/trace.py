@@ -78,22 +78,50 @@ def trace(
     if not isinstance(module, nn.Module):
         raise CaptureError(f"trace() needs an nn.Module, got {type(module).__name__}; pass the model itself.")
     module, wrapper = unwrap(module)
-    if attention_budget_bytes < 0 or samples < 0:
-        raise CaptureError("attention_budget_bytes and samples must be >= 0.")
+    flags = dict(shapes=shapes, timing=timing, memory=memory, samples=samples, attention=attention,
+                 gradients=gradients)
+    for name, value in flags.items():
+        if name == "samples":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CaptureError(f"samples must be an integer >= 0 (values kept per call), got {value!r}.")
+        elif not isinstance(value, bool):
+            raise CaptureError(f"{name} must be True or False, got {value!r}.")
+    if not isinstance(stats, bool) and stats is None:
+        raise CaptureError("stats must be True, False or a module filter (regex, names or predicate), got None.")
     wants_attn = attention or any(
         x is not None for x in (attention_layers, attention_heads, attention_queries)
     )
+    # Built even when attention is off, so a malformed selection is refused here, not silently ignored.
     sel = AttentionSelection(attention_layers, attention_heads, attention_queries, attention_batch,
-                             attention_budget_bytes) if wants_attn else None
+                             attention_budget_bytes)
+    if wants_attn:
+        _check_heads(module, sel)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise CaptureError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
     named = list(module.named_modules())
     targets = select_modules(module, modules, named)  # fail here, not later inside the with statement
     if not targets:
         raise CaptureError(f"modules={modules!r} matched no module; check model.named_modules().")
     stats_on, stats_modules = _stats_selection(module, stats, named, targets)
-    opts = CaptureOptions(shapes, timing, memory, stats_on, stats_modules, samples, sel, attention_source)
+    opts = CaptureOptions(shapes, timing, memory, stats_on, stats_modules, samples, sel if wants_attn else None,
+                          attention_source)
     tr = Trace(module, opts, modules, gradients, optimizer)
     tr._targets, tr._named, tr._wrapper = targets, named, wrapper
     return tr
+
+
+def _check_heads(module: nn.Module, sel: AttentionSelection) -> None:
+    """Refuse heads past the model's head count before the forward, when its config says it (workbench
+    `n_heads`, HF `num_attention_heads`); other models are checked per call, reported at exit."""
+    config = getattr(module, "config", None)
+    n = getattr(config, "n_heads", None) or getattr(config, "num_attention_heads", None)
+    if sel.heads is None or isinstance(n, bool) or not isinstance(n, int):
+        return
+    heads = [sel.heads] if isinstance(sel.heads, int) else list(sel.heads)
+    bad = [h for h in heads if h >= n]
+    if bad:
+        raise CaptureError(f"attention_heads={sel.heads!r} names head(s) {bad}, but the model has {n} heads; "
+                           f"choose heads in [0, {n}).")
 
 
 def _stats_selection(module: nn.Module, stats: bool | ModuleFilter, named: list[tuple[str, nn.Module]],
@@ -219,6 +247,10 @@ class Trace:
             item.rank = self.meta["rank"]
         # Detach from the model so a finished trace holds no reference to it.
         self._model = None
+        errors = list(dict.fromkeys(rec.collector.errors)) if rec.collector is not None else []
+        if errors:  # raised here, with every hook already removed and the records kept
+            raise CaptureError("attention selection could not apply: " + " ".join(errors[:3])
+                               + (f" ({len(errors) - 3} more)" if len(errors) > 3 else ""))
 
     # --- queries --------------------------------------------------------------------------------
     def first_nonfinite(self, *, include_neginf: bool = False) -> ModuleRecord | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..safehtml import html, join
 
 STATUSES = ("pass", "warn", "fail", "n/a")
 _COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "n/a": "#6e7781"}
@@ -144,24 +145,26 @@ class Report:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
+        """The findings as an HTML table; every value goes through `workbench.safehtml` (escaped)."""
         rows = []
         for f in self.findings:
-            colour, bg = _COLOURS[f.status], _BACKGROUNDS[f.status]
-            status = (f'<td style="color:{colour};background:{bg};font-weight:bold;text-align:center">'
-                      f"{html.escape(f.status.upper())}</td>")
-            evidence = "<br>".join(f"<code>{html.escape(k)}</code> = {html.escape(format_value(v))}"
-                                   for k, v in f.evidence.items())
-            fix = html.escape(f.fix) if f.status in ("warn", "fail") else ""
-            rows.append(  # cells aligned left explicitly: JupyterLab right-aligns table cells by default
-                f'<tr class="doctor-{f.status.replace("/", "")}"><td style="{_LEFT}"><b>{html.escape(f.check)}</b>'
-                f"</td>{status}<td style='{_LEFT}'>{html.escape(f.summary)}<br><small>{html.escape(f.pitfall)}"
-                f"</small></td><td style='{_LEFT};font-size:smaller'>{evidence}</td><td style='{_LEFT}'>{fix}</td></tr>"
-            )
-        return (
-            f"<div class='workbench-doctor'><p><b>{html.escape(self.headline())}</b></p>"
+            known = f.status in _COLOURS
+            colour, bg = (_COLOURS[f.status], _BACKGROUNDS[f.status]) if known else ("#000", "#fff")
+            status = html('<td style="color:{};background:{};font-weight:bold;text-align:center">{}</td>',
+                          colour, bg, str(f.status).upper())
+            evidence = join("<br>", (html("<code>{}</code> = {}", k, format_value(v)) for k, v in f.evidence.items()))
+            fix = f.fix if f.status in ("warn", "fail") else ""
+            rows.append(html(  # cells aligned left explicitly: JupyterLab right-aligns table cells by default
+                '<tr class="doctor-{}"><td style="{}"><b>{}</b></td>{}<td style="{}">{}<br><small>{}</small></td>'
+                '<td style="{};font-size:smaller">{}</td><td style="{}">{}</td></tr>',
+                str(f.status).replace("/", ""), _LEFT, f.check, status, _LEFT, f.summary, f.pitfall, _LEFT, evidence,
+                _LEFT, fix,
+            ))
+        return str(html(
+            "<div class='workbench-doctor'><p><b>{}</b></p>"
             "<table><thead><tr><th>check</th><th>status</th><th>finding / pitfall</th><th>evidence</th>"
-            f"<th>fix</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-        )
+            "<th>fix</th></tr></thead><tbody>{}</tbody></table></div>", self.headline(), join("", rows),
+        ))
 
     def __str__(self) -> str:
         width = max((len(f.check) for f in self.findings), default=5)

@@ -12,6 +12,7 @@ from ..errors import CorruptFileError, LoadError
 from ..families.registry import Family, for_hf_model_type
 from ..model.config import ModelConfig
 from ..model.hf_config import config_from_hf
+from ..model.placement import check_dtype, resolve_device
 from ..model.transformer import TransformerLM
 from .hf_naming import from_hf
 from .safetensors import read_safetensors, read_weights
@@ -57,6 +58,8 @@ def load_pretrained(
     (llama, qwen2 or gemma architecture).
     Pickle files (.bin/.pt) load only with allow_pickle=True, and then with weights_only=True.
     """
+    device = resolve_device(device)  # before any file is read: a bad device fails in milliseconds
+    check_dtype(dtype)
     path = Path(path).expanduser()
     if not path.exists():
         raise LoadError(f"{path} does not exist; pass a checkpoint directory, a .safetensors or a .gguf file.")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
+
+from ..safehtml import html, join
 
 
 @dataclass
@@ -51,11 +52,7 @@ class LoadReport:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        body = "".join(
-            f"<tr><td>{html.escape(k)}</td><td><code>{html.escape(n)}</code></td><td>{html.escape(d)}</td></tr>"
-            for k, n, d in self.rows()
-        )
-        return (
-            f"<div><b>{html.escape(self.summary())}</b><table><thead><tr><th>kind</th><th>key</th>"
-            f"<th>detail</th></tr></thead><tbody>{body}</tbody></table></div>"
-        )
+        body = join("", (html("<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>", k, n, d)
+                         for k, n, d in self.rows()))
+        return str(html("<div><b>{}</b><table><thead><tr><th>kind</th><th>key</th><th>detail</th></tr></thead>"
+                        "<tbody>{}</tbody></table></div>", self.summary(), body))

@@ -90,7 +90,8 @@ class SdpaCall:
         """Scaled, masked pre-softmax scores (b, H, t, S) in float32 for batch rows `batch` and query rows
         `rows` (all by default); masked keys are -inf."""
         q, k = self.query.detach(), self.key.detach()
-        if q.dim() == 3:  # (N, T, D): one head
+        folded = q.dim() == 3
+        if folded:  # (N, T, D): one head
             q, k = q.unsqueeze(1), k.unsqueeze(1)
         if batch is not None:
             q, k = q[list(batch)], k[list(batch) if k.shape[0] > 1 else [0] * len(batch)]
@@ -104,6 +105,8 @@ class SdpaCall:
         qrows = rows.to(s.device) if rows is not None else torch.arange(s.shape[2], device=s.device)
         if self.attn_mask is not None:
             m = self.attn_mask.detach()
+            if folded and m.dim() == 3:
+                m = m.unsqueeze(1)  # (N, 1, T, S)
             while m.dim() < 4:
                 m = m.unsqueeze(0)
             if batch is not None and m.shape[0] > 1:

@@ -13,6 +13,7 @@ from ..errors import InputError
 from .config import ModelConfig
 
 MODES = ("static", "growing")
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 class KVCache:
@@ -89,7 +90,25 @@ class KVCache:
 
     # --- editing -------------------------------------------------------------------------------
     def reorder(self, index: torch.Tensor) -> None:
-        """Reorder (or repeat) the batch rows, as beam search needs: row i becomes row index[i]."""
+        """Reorder (or repeat) the batch rows, as beam search needs: row i becomes row index[i].
+
+        index: 1-D integer tensor (or list) of rows in [0, batch_size); refused otherwise."""
+        if not isinstance(index, torch.Tensor):
+            try:
+                index = torch.as_tensor(index)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise InputError(f"cache.reorder needs a 1-D tensor of row numbers, got {type(index).__name__}.") \
+                    from err
+        if index.dim() != 1 or index.numel() == 0 or index.dtype not in _INDEX_DTYPES:
+            raise InputError(
+                f"cache.reorder needs a non-empty 1-D integer tensor of row numbers, got shape "
+                f"{tuple(index.shape)} and dtype {index.dtype}."
+            )
+        if bool(((index < 0) | (index >= self.batch_size)).any()):
+            raise InputError(
+                f"cache.reorder rows must lie in [0, {self.batch_size}) (the cache's batch size), got "
+                f"min {int(index.min())} and max {int(index.max())}."
+            )
         index = index.to(self.device)
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]

@@ -11,6 +11,7 @@ import torch
 from ..errors import InputError
 from .cache import KVCache
 from .config import ModelConfig
+from .placement import same_device
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -27,6 +28,14 @@ def check_inputs(
     model's (its embedding's) device: inputs elsewhere are refused before any kernel runs."""
     if not isinstance(input_ids, torch.Tensor):
         raise InputError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}.")
+    for name, value in (("attention_mask", attention_mask), ("position_ids", position_ids)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise InputError(
+                f"{name} must be a torch.Tensor or None, got {type(value).__name__}; "
+                f"pass torch.tensor({name}) with the same shape as input_ids."
+            )
+    if cache is not None:
+        check_cache(config, cache, device)
     if device is not None:
         for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask)):  # position_ids are moved
             if isinstance(t, torch.Tensor) and t.device != device:
@@ -62,8 +71,8 @@ def check_inputs(
         )
     if cache is not None and cache.batch_size != B:
         raise InputError(f"cache batch size {cache.batch_size} does not match input batch size {B}.")
-    if position_ids is not None and tuple(position_ids.shape) not in ((B, T), (1, T)):
-        raise InputError(f"position_ids shape {tuple(position_ids.shape)} does not match input_ids {(B, T)}.")
+    if position_ids is not None:
+        check_positions(config, position_ids, B, T)
     if attention_mask is None:
         return None
     if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, past + T):
@@ -83,6 +92,44 @@ def check_inputs(
     if cache is None and not bool(attention_mask.any(dim=1).all()):
         raise InputError("a row of attention_mask is all zeros: every sequence needs at least one token.")
     return attention_mask
+
+
+def check_positions(config: ModelConfig, position_ids: torch.Tensor, B: int, T: int) -> None:
+    """Given position ids must be integers of shape (B, T) or (1, T), >= 0, and inside a learned table."""
+    if tuple(position_ids.shape) not in ((B, T), (1, T)):
+        raise InputError(f"position_ids shape {tuple(position_ids.shape)} does not match input_ids {(B, T)}.")
+    if position_ids.dtype not in _INT_DTYPES:
+        raise InputError(
+            f"position_ids must hold integer positions, got dtype {position_ids.dtype}; pass "
+            "torch.arange(T) (torch.long). Fractional or NaN positions are refused, not rounded."
+        )
+    lo, hi = int(position_ids.min()), int(position_ids.max())
+    if lo < 0:
+        raise InputError(f"position_ids contain negative positions (min {lo}); positions count from 0.")
+    if config.positions == "learned" and hi >= config.max_seq_len:
+        raise InputError(
+            f"position_ids reach {hi}, but this model learned positions [0, {config.max_seq_len}) only; "
+            "keep positions below max_seq_len."
+        )
+
+
+def check_cache(config: ModelConfig, cache: object, device: torch.device | None = None) -> None:
+    """A cache must be a `KVCache` built for a model of this shape (layers, KV heads, head size), on its device."""
+    if not isinstance(cache, KVCache):
+        raise InputError(
+            f"cache must be a workbench KVCache, got {type(cache).__name__}; create one with model.new_cache(B)."
+        )
+    mine = (config.n_layers, config.kv_heads, config.head_dim)
+    theirs = (cache.config.n_layers, cache.config.kv_heads, cache.config.head_dim)
+    if mine != theirs:
+        raise InputError(
+            f"the cache was built for another model (layers, KV heads, head size) = {theirs}, but this model "
+            f"has {mine}; create the cache with this model's new_cache(B)."
+        )
+    if device is not None and not same_device(cache.device, device):
+        raise InputError(
+            f"the cache is on {cache.device} but the model is on {device}; create the cache with model.new_cache(B)."
+        )
 
 
 def resolve_positions(

@@ -119,11 +119,11 @@ class TransformerLM(nn.Module):
         validate: check ids, shapes and lengths (one host sync); generation turns it off for its
         own decode steps, whose ids the model itself produced.
         """
-        past = cache.length if cache is not None else 0
         if validate:
             attention_mask = check_inputs(
                 self.config, input_ids, attention_mask, position_ids, cache, self.embed.weight.device
             )
+        past = cache.length if cache is not None else 0
         T = input_ids.shape[1]
         if cache is not None:
             cache.check_room(T)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
-import plotly.io as pio
 
 from ..errors import InputError
+from ..safehtml import Markup, html, join, plotly_div, text
 
 PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title>
@@ -31,26 +30,26 @@ table.wb td:first-child, table.wb th:first-child {{ text-align: left; }}
 """
 
 
-def figure_div(fig: go.Figure, *, first: bool) -> str:
+def figure_div(fig: go.Figure, *, first: bool) -> Markup:
     """One figure as a <div>; the first one on a page carries the whole plotly.js bundle inline."""
-    return pio.to_html(fig, include_plotlyjs=True if first else False, full_html=False,
-                       config={"displaylogo": False, "responsive": True})
+    return plotly_div(fig, include_plotlyjs=first)
 
 
 def write_html(path: str | Path, title: str, parts: Sequence[str | go.Figure | Any]) -> Path:
-    """Write a standalone page: `parts` are HTML strings, plotly figures (FigureWidgets included)."""
+    """Write a standalone page: `parts` are HTML (`workbench.safehtml` Markup), plain strings (escaped:
+    shown as text) and plotly figures (FigureWidgets included)."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"save_html writes an HTML page; give a path ending in .html, not {path.name!r}.")
     chunks, first = [], True
     for part in parts:
         if isinstance(part, str):
-            chunks.append(part)
+            chunks.append(text(part))  # Markup passes as is; any other string is shown as text
         else:
             chunks.append(figure_div(go.Figure(part), first=first))
             first = False
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(PAGE.format(title=html.escape(title), body="\n".join(chunks)), encoding="utf-8")
+    path.write_text(html(PAGE, title=title, body=join("\n", chunks)), encoding="utf-8")
     return path
 
 

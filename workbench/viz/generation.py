@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
+from ..safehtml import Markup, html, join
 from .style import COLORS, HALF_WIDTH, base_layout, format_bytes, int_dtick, legend_on_top, message_figure
 
 if TYPE_CHECKING:
     from ..generation.records import StepRecord
 
 
-def text_html(token_texts: Sequence[str], prompt_length: int, *, probs: Sequence[float] = ()) -> str:
+def text_html(token_texts: Sequence[str], prompt_length: int, *, probs: Sequence[float] = ()) -> Markup:
     """The sequence as HTML: prompt muted, generated tokens plain, the newest one highlighted.
 
     probs[i] is the probability of generated token i (shown on hover)."""
     parts = []
     n = len(token_texts)
     for i, t in enumerate(token_texts):
-        text = html.escape(t).replace("\n", "⏎<br>")
+        shown = join("⏎<br>", str(t).split("\n"))
         if i < prompt_length:
-            parts.append(f"<span style='color:#777'>{text}</span>")
+            parts.append(html("<span style='color:#777'>{}</span>", shown))
             continue
         g = i - prompt_length
-        tip = f" title='step {g}: p={probs[g]:.3f}'" if g < len(probs) else ""
+        tip = html(" title='step {}: p={:.3f}'", g, probs[g]) if g < len(probs) else ""
         style = ("background:#FFE08A;border-radius:3px;outline:1px solid #E1A23A;font-weight:600"
                  if i == n - 1 else "background:#EAF2FB;border-radius:3px")
-        parts.append(f"<span style='{style}'{tip}>{text}</span>")
-    return ("<div class='wb-text' style='font-family:ui-monospace,Menlo,monospace;font-size:13px;"
-            "white-space:pre-wrap;line-height:1.7;padding:8px 10px;border:1px solid #e3e3e3;border-radius:6px;"
-            "max-height:160px;overflow:auto'>" + "".join(parts) + "</div>")
+        parts.append(html("<span style='{}'{}>{}</span>", style, tip, shown))
+    return html("<div class='wb-text' style='font-family:ui-monospace,Menlo,monospace;font-size:13px;"
+                "white-space:pre-wrap;line-height:1.7;padding:8px 10px;border:1px solid #e3e3e3;border-radius:6px;"
+                "max-height:160px;overflow:auto'>{}</div>", join("", parts))
 
 
 def topk_bars(step: StepRecord | None, *, height: int = 300, width: int | None = None) -> go.Figure:

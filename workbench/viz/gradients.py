@@ -10,6 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..capture.gradients import GradientHistory
+from ..errors import InputError
 from .style import COLORS, GRAD_SCALE, base_layout, int_dtick, log_ticks, message_figure
 
 if TYPE_CHECKING:
@@ -25,6 +26,9 @@ def as_history(source: GradientHistory | Trace) -> GradientHistory:
     """A GradientHistory from a history (returned as is) or a Trace taken with gradients=True."""
     if isinstance(source, GradientHistory):
         return source
+    if not isinstance(getattr(source, "gradients", None), list):
+        raise InputError(f"expected a GradientHistory or a Trace (taken with gradients=True), got "
+                         f"{type(source).__name__}.")
     hist = GradientHistory()
     if getattr(source, "gradients", None):
         hist.append(source)

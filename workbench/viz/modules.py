@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..capture.records import ModuleRecord, TensorMeta
+from ..safehtml import Markup, html, join
 from .style import COLORS, base_layout, format_bytes, format_count, format_ms, message_figure
 
 SORT_KEYS = {
@@ -49,42 +50,43 @@ def filter_records(records: Sequence[ModuleRecord], *, text: str = "", sort: str
     return sorted(out, key=SORT_KEYS[sort])
 
 
-def html_table(records: Sequence[ModuleRecord], *, max_rows: int = 300) -> str:
+def html_table(records: Sequence[ModuleRecord], *, max_rows: int = 300) -> Markup:
     """A plain HTML table of module rows (class "wb"), for reports."""
-    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+    head = join("", (html("<th>{}</th>", c) for c in COLUMNS))
     body = []
     for r in records[:max_rows]:
         row = module_row(r)
-        style = ' style="background:#fde8e8"' if row["NaN"] else ""
-        body.append(f"<tr{style}>" + "".join(f"<td>{_esc(row[c])}</td>" for c in COLUMNS) + "</tr>")
-    more = f"<p class='wb-note'>{len(records) - max_rows} more rows not shown.</p>" if len(records) > max_rows else ""
-    return f"<table class='wb'><tr>{head}</tr>{''.join(body)}</table>{more}"
+        cells = join("", (html("<td>{}</td>", _indent(row[c])) for c in COLUMNS))
+        body.append(html('<tr style="background:#fde8e8">{}</tr>', cells) if row["NaN"] else html("<tr>{}</tr>", cells))
+    more = (html("<p class='wb-note'>{} more rows not shown.</p>", len(records) - max_rows)
+            if len(records) > max_rows else "")
+    return html("<table class='wb'><tr>{}</tr>{}</table>{}", head, join("", body), more)
 
 
-def _esc(s: str) -> str:
-    import html
+def _indent(s: str) -> Markup:
+    """Escaped text whose runs of two spaces stay visible (the depth indent of the module column)."""
+    return join("&nbsp;&nbsp;", s.split("  "))
 
-    return html.escape(s).replace("  ", "&nbsp;&nbsp;")
 
-
-def detail_html(r: ModuleRecord) -> str:
+def detail_html(r: ModuleRecord) -> Markup:
     """Shapes, sizes and stats of one call as a small HTML block."""
-    def metas(ms: Sequence[TensorMeta]) -> str:
-        return "<br>".join(f"<code>{_esc(m.path)}</code> {_esc(m.short())} · {format_bytes(m.nbytes)}"
-                           for m in ms) or "-"
+    def metas(ms: Sequence[TensorMeta]) -> Markup:
+        return join("<br>", (html("<code>{}</code> {} · {}", _indent(m.path), m.short(), format_bytes(m.nbytes))
+                             for m in ms)) or html("-")
 
-    where = f"{_esc(r.type)} · call {r.call} · depth {r.depth}"
-    lines = [f"<b>{_esc(r.display_name)}</b> <span style='color:#888'>{where}</span>",
-             f"<b>inputs</b><br>{metas(r.inputs)}", f"<b>outputs</b><br>{metas(r.outputs)}",
-             f"<b>params</b> {format_count(r.params)} ({format_bytes(r.param_bytes)}) · "
-             f"<b>time</b> {format_ms(r.time_ms)} (self {format_ms(r.self_time_ms)})",
-             f"<b>saved for backward</b> {format_bytes(r.saved_bytes)} · <b>output</b> {format_bytes(r.output_bytes)}"]
+    lines = [html("<b>{}</b> <span style='color:#888'>{} · call {} · depth {}</span>",
+                  _indent(r.display_name), r.type, r.call, r.depth),
+             html("<b>inputs</b><br>{}", metas(r.inputs)), html("<b>outputs</b><br>{}", metas(r.outputs)),
+             html("<b>params</b> {} ({}) · <b>time</b> {} (self {})", format_count(r.params),
+                  format_bytes(r.param_bytes), format_ms(r.time_ms), format_ms(r.self_time_ms)),
+             html("<b>saved for backward</b> {} · <b>output</b> {}", format_bytes(r.saved_bytes),
+                  format_bytes(r.output_bytes))]
     for label, st in (("input", r.in_stats), ("output", r.out_stats)):
         if st is not None:
-            flag = " <span style='color:#C44E52'><b>non-finite</b></span>" if st.nonfinite else ""
-            lines.append(f"<b>{label} stats</b> mean {st.mean:.4g} · std {st.std:.4g} · min {st.min:.4g} · "
-                         f"max {st.max:.4g} · NaN {st.nan} · Inf {st.inf}{flag}")
-    return "<div style='line-height:1.5;font-size:12px'>" + "<br>".join(lines) + "</div>"
+            flag = html(" <span style='color:#C44E52'><b>non-finite</b></span>") if st.nonfinite else ""
+            lines.append(html("<b>{} stats</b> mean {:.4g} · std {:.4g} · min {:.4g} · max {:.4g} · NaN {} · Inf {}{}",
+                              label, st.mean, st.std, st.min, st.max, st.nan, st.inf, flag))
+    return html("<div style='line-height:1.5;font-size:12px'>{}</div>", join("<br>", lines))
 
 
 def activation_histogram(r: ModuleRecord | None, *, bins: int = 60, height: int = 260,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..safehtml import Markup, html, join
 from .attention import attention_heatmap, heads_grid, layer_records, metric_matrix
 from .export import write_html
 from .gradients import as_history, grad_norm_bars
@@ -29,12 +29,12 @@ def report_html(trace: Trace, path: str | Path, *, tokens: Sequence[str] | None 
     128 x 128). `tokens` labels the attention axes (one string per position).
     """
     meta = trace.meta or {}
-    parts: list[Any] = [_summary(trace, meta), "<h2>Modules</h2>", html_table(trace.records)]
+    parts: list[Any] = [_summary(trace, meta), html("<h2>Modules</h2>"), html_table(trace.records)]
     parts.append(time_bars(trace.records))
-    parts += ["<h2>Memory</h2>", memory_bars(memory_breakdown(trace), note=cuda_peak_note(trace))]
-    parts.append("<h2>Gradients</h2>")
+    parts += [html("<h2>Memory</h2>"), memory_bars(memory_breakdown(trace), note=cuda_peak_note(trace))]
+    parts.append(html("<h2>Gradients</h2>"))
     parts.append(grad_norm_bars(as_history(trace)))
-    parts.append("<h2>Attention</h2>")
+    parts.append(html("<h2>Attention</h2>"))
     parts.append(metric_matrix(trace.attention, "entropy"))
     if trace.attention:
         parts.append(metric_matrix(trace.attention, "future_max"))
@@ -45,7 +45,7 @@ def report_html(trace: Trace, path: str | Path, *, tokens: Sequence[str] | None 
     return write_html(path, f"workbench trace report · {meta.get('model', 'model')}", parts)
 
 
-def _summary(trace: Trace, meta: dict) -> str:
+def _summary(trace: Trace, meta: dict) -> Markup:
     bad = trace.first_nonfinite() if trace.records else None
     items = [
         ("model", meta.get("model", "?")), ("device", meta.get("device", "?")), ("dtype", meta.get("dtype", "?")),
@@ -56,5 +56,5 @@ def _summary(trace: Trace, meta: dict) -> str:
         ("attention maps", f"{len(trace.attention)} ({format_bytes(meta.get('attention_bytes', 0))})"),
         ("first non-finite", bad.display_name if bad else "none (all finite)"),
     ]
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in items)
-    return f"<table class='wb'>{rows}</table>"
+    rows = join("", (html("<tr><td>{}</td><td>{}</td></tr>", k, v) for k, v in items))
+    return html("<table class='wb'>{}</table>", rows)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as W
 import numpy as np
 
 from ..capture.records import HEAD_METRICS, AttentionRecord
+from ..capture.trace import Trace
+from ..safehtml import html, join
 from ..viz import attention as va
 from ..viz.style import FULL_WIDTH
-from .base import View, figure_widget, header, notice, row
-
-if TYPE_CHECKING:
-    from ..capture.trace import Trace
+from .base import SafeHTML, View, check_arg, figure_widget, header, is_count, notice, row
 
 HEATMAP_WIDTH = 520  # the single-head map; the metric matrix takes the rest of FULL_WIDTH
 CACHE_LAYERS = 8  # float32 layer maps kept in memory (SmolLM2, 256 tokens: 2.4 MB each)
@@ -31,10 +30,20 @@ class AttentionView(View):
 
     title = "Attention"
 
-    def __init__(self, trace: Trace | Sequence[AttentionRecord], tokens: Sequence[str] | None = None, *,
+    def __init__(self, trace: Trace | Sequence[AttentionRecord] | None, tokens: Sequence[str] | None = None, *,
                  call: int = 0, layer: int | None = None, head: int = 0, metric: str = "entropy",
                  max_cells: int = va.MAX_CELLS) -> None:
-        records: list[AttentionRecord] = list((trace.attention if hasattr(trace, "attention") else trace) or [])
+        given = trace.attention if isinstance(trace, Trace) else [] if trace is None else trace
+        check_arg("trace", trace, isinstance(given, (list, tuple))
+                  and all(isinstance(r, AttentionRecord) for r in given), "a Trace, a list of AttentionRecords or None")
+        check_arg("tokens", tokens, tokens is None or (isinstance(tokens, Sequence) and not isinstance(tokens, str)
+                                                     and all(isinstance(t, str) for t in tokens)),
+                  "None or a list of strings, one per position")
+        check_arg("metric", metric, metric in HEAD_METRICS, f"one of {HEAD_METRICS}")
+        check_arg("max_cells", max_cells, is_count(max_cells), "an integer >= 1")
+        check_arg("call", call, is_count(call, 0), "an integer >= 0")
+        check_arg("head", head, is_count(head, 0), "an integer >= 0")
+        records: list[AttentionRecord] = list(given)
         super().__init__()
         self.tokens, self.max_cells = tokens, max_cells
         self.records = va.layer_records(records, call) if records else {}
@@ -58,7 +67,7 @@ class AttentionView(View):
             w.style.description_width = "48px"
         self.q_start = W.IntSlider(0, 0, 0, description="queries from", continuous_update=False)
         self.k_start = W.IntSlider(0, 0, 0, description="keys from", continuous_update=False)
-        self.summary = W.HTML()
+        self.summary = SafeHTML()
         rec = self.records[first]
         self.heatmap = figure_widget(va.attention_heatmap(rec, self.head.value, tokens, max_cells=max_cells,
                                                           maps=self._layer_maps(first)))
@@ -190,16 +199,16 @@ class AttentionView(View):
 
     def _update_summary(self) -> None:
         rec, h = self.records[self.layer.value], self.head.value
-        td, num = "<td style='padding:1px 0'>", "<td style='padding:1px 0 1px 16px;text-align:right'>"
-        cells = "".join(f"<tr>{td}{va.METRIC_INFO[m][0]}</td>{num}<b>{rec.metrics[m][h]:.4g}</b></td></tr>"
-                        for m in HEAD_METRICS if m in rec.metrics)
+        cells = join("", (html("<tr><td style='padding:1px 0'>{}</td><td style='padding:1px 0 1px 16px;"
+                                "text-align:right'><b>{:.4g}</b></td></tr>", va.METRIC_INFO[m][0], rec.metrics[m][h])
+                           for m in HEAD_METRICS if m in rec.metrics))
         leak = rec.metrics.get("future_max", [0.0] * (h + 1))[h] > 1e-6
-        warn = ("<div style='color:#C44E52;font-weight:600'>This head attends to future positions: "
-                "the causal mask leaks.</div>" if leak else "")
-        self.summary.value = (f"<div style='font-size:12px;line-height:1.6;padding-left:60px'>"
-                              f"<b>Layer {rec.layer}, head {h}</b> "
-                              f"<span style='color:#888'>({rec.source})</span>{warn}"
-                              f"<table style='border-collapse:collapse'>{cells}</table></div>")
+        warn = html("<div style='color:#C44E52;font-weight:600'>This head attends to future positions: "
+                    "the causal mask leaks.</div>") if leak else ""
+        self.summary.value = html("<div style='font-size:12px;line-height:1.6;padding-left:60px'>"
+                                  "<b>Layer {}, head {}</b> <span style='color:#888'>({})</span>{}"
+                                  "<table style='border-collapse:collapse'>{}</table></div>",
+                                  rec.layer, h, rec.source, warn, cells)
 
     def static_figure(self) -> Any:
         return va.attention_heatmap_mpl(self.records[self.layer.value], self.head.value, self.tokens,

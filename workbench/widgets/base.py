@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
 import plotly.graph_objects as go
+import traitlets
 
+from ..errors import InputError
+from ..safehtml import html, is_safe, join, static, text
 from ..viz.export import save_png, write_html
 from ..viz.style import FULL_WIDTH
 
@@ -22,22 +24,33 @@ CSS = """<style>
   font-size: 13px; border-radius: 3px; }
 .wb-notice code { background: #e8edf5; padding: 1px 4px; border-radius: 3px; }
 </style>"""
+STYLE = static(CSS)
 
 
-def notice(text: str) -> W.HTML:
+class SafeHTML(W.HTML):
+    """The only HTML widget the views use: a value that is not `safehtml` Markup is escaped on
+    assignment, so text from a trace (module names, tokens, notes) can never become markup."""
+
+    @traitlets.validate("value")
+    def _escape_plain(self, proposal: Any) -> str:
+        value = proposal["value"]
+        return value if is_safe(value) else text(value)
+
+
+def notice(message: str) -> SafeHTML:
     """A friendly info box (used instead of a traceback when records lack what a view shows).
 
     Text between backticks is rendered as code."""
-    parts = html.escape(text).split("`")
-    body = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-    box = W.HTML(f"<div class='wb-notice'>{body}</div>")
+    parts = str(message).split("`")
+    body = join("", (html("<code>{}</code>", p) if i % 2 else p for i, p in enumerate(parts)))
+    box = SafeHTML(html("<div class='wb-notice'>{}</div>", body))
     box.add_class("wb-notice-box")
     return box
 
 
-def header(title: str, subtitle: str = "") -> W.HTML:
-    sub = f" <span style='color:#888;font-weight:400;font-size:13px'>{html.escape(subtitle)}</span>" if subtitle else ""
-    return W.HTML(f"{CSS}<div class='wb-title'>{html.escape(title)}{sub}</div>")
+def header(title: str, subtitle: str = "") -> SafeHTML:
+    sub = html(" <span style='color:#888;font-weight:400;font-size:13px'>{}</span>", subtitle) if subtitle else ""
+    return SafeHTML(html("{}<div class='wb-title'>{}{}</div>", STYLE, title, sub))
 
 
 def figure_widget(fig: go.Figure, width: int | None = None, height: int | None = None) -> go.FigureWidget:
@@ -68,7 +81,7 @@ class View(W.VBox):
 
     def export_parts(self) -> list[Any]:
         """HTML strings and figures written by `save_html` (override to add text)."""
-        return [w.value for w in _walk(self) if isinstance(w, W.HTML) and "wb-notice" in w.value] + self.figures()
+        return [html_value(w) for w in _walk(self) if isinstance(w, W.HTML) and "wb-notice" in w.value] + self.figures()
 
     def save_html(self, path: str | Path) -> Path:
         """Write what the view shows now to a standalone HTML file (plotly.js inline, works offline)."""
@@ -76,8 +89,6 @@ class View(W.VBox):
 
     def static_figure(self) -> Any:
         """A matplotlib Figure for PNG export (views without one raise)."""
-        from ..errors import InputError
-
         raise InputError(f"{type(self).__name__} has no static picture; use save_html instead.")
 
     def save_png(self, path: str | Path, dpi: int = 150) -> Path:
@@ -89,6 +100,11 @@ class View(W.VBox):
             return save_png(fig, path, dpi=dpi)
         finally:
             plt.close(fig)
+
+
+def html_value(widget: W.HTML) -> Any:
+    """A widget's HTML for export: SafeHTML values are Markup already; any other value is escaped on the page."""
+    return widget.value
 
 
 def _walk(widget: W.Widget):
@@ -126,3 +142,14 @@ def row(*items: W.Widget) -> W.HBox:
     The row wraps: in a column narrower than the panels they stack instead of being clipped."""
     boxes = [W.Box([item], layout=W.Layout(flex="0 0 auto", max_width="100%", overflow="visible")) for item in items]
     return W.HBox(boxes, layout=W.Layout(width="100%", flex_flow="row wrap", align_items="flex-start"))
+
+
+def check_arg(name: str, value: Any, ok: bool, expected: str) -> None:
+    """Refuse a widget argument of the wrong kind with an InputError that says what was expected."""
+    if not ok:
+        raise InputError(f"{name} must be {expected}, got {type(value).__name__} {value!r:.80}.")
+
+
+def is_count(value: Any, low: int = 1) -> bool:
+    """An int (not a bool) that is at least `low`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low

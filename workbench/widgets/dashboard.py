@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture.trace import Trace, trace
-from ..errors import InputError
+from ..errors import InputError, WorkbenchError
 from ..generation.protocols import TokenizerLike
 from ..model.placement import module_device
 from .attention import AttentionView
-from .base import View, header
+from .base import View, check_arg, header, is_count
 from .gradients import GradientFlow
 from .inspector import LayerInspector
 from .memory import MemoryPanel
@@ -44,6 +44,24 @@ def token_texts(tokenizer: TokenizerLike, ids: list[int]) -> list[str]:
     return [tokenizer.decode([i]) for i in ids]
 
 
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model(x) as logits (1, T, V), or an InputError saying why this model cannot be shown."""
+    try:
+        out = model(x)
+    except WorkbenchError:
+        raise
+    except Exception as err:  # the model's own failure, named with the call that caused it
+        raise InputError(f"show() calls model(ids) with ids of shape {tuple(x.shape)} and it raised "
+                         f"{type(err).__name__}: {err}; show() needs a causal language model.") from err
+    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.dim() == 3
+            and tuple(logits.shape[:2]) == tuple(x.shape)):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
+        raise InputError(f"show() needs a causal language model: model(ids (1, {x.shape[1]})) must return float "
+                         f"logits (1, {x.shape[1]}, V) or an object with .logits, got {got}.")
+    return logits
+
+
 def show(model: nn.Module, tokenizer: TokenizerLike, text: str, *, backward: bool = False, samples: int = 512,
          generate: bool = True, **stepper_kwargs: Any) -> Dashboard:
     """Trace one forward of `text` (attention, memory, stats, samples) and show every view in tabs.
@@ -52,6 +70,10 @@ def show(model: nn.Module, tokenizer: TokenizerLike, text: str, *, backward: boo
     shows gradients and saved activations and the gradient tab has data; the model's existing
     .grad tensors are restored afterwards. generate=False leaves out the generation tab.
     """
+    check_arg("model", model, isinstance(model, nn.Module), "an nn.Module (a causal language model)")
+    check_arg("tokenizer", tokenizer, callable(getattr(tokenizer, "encode", None)), "a tokenizer with encode")
+    check_arg("text", text, isinstance(text, str), "a string")
+    check_arg("samples", samples, is_count(samples, 0), "an integer >= 0")
     ids = list(tokenizer.encode(text))
     if not ids:
         raise InputError("text encodes to zero tokens; pass non-empty text.")
@@ -60,8 +82,7 @@ def show(model: nn.Module, tokenizer: TokenizerLike, text: str, *, backward: boo
     try:
         with torch.set_grad_enabled(backward):
             with trace(model, attention=True, memory=True, samples=samples, gradients=backward) as tr:
-                out = model(x)
-                logits = out if isinstance(out, torch.Tensor) else out.logits  # (1, T, V)
+                logits = _logits(model, x)  # (1, T, V)
                 if backward:
                     if len(ids) < 2:
                         raise InputError("backward=True needs at least 2 tokens (next-token loss).")

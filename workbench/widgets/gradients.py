@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import html
 import time
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
 from ..capture.gradients import GradientHistory
+from ..safehtml import html, join
 from ..viz import gradients as vg
 from ..viz.style import FULL_WIDTH
-from .base import View, figure_widget, header, notice, replace_figure
+from .base import SafeHTML, View, check_arg, figure_widget, header, notice, replace_figure
 
 if TYPE_CHECKING:
     from ..capture.trace import Trace
@@ -28,14 +28,17 @@ class GradientFlow(View):
     title = "Gradient flow"
 
     def __init__(self, history: GradientHistory | Trace, *, min_interval: float = 0.5) -> None:
+        check_arg("min_interval", min_interval, isinstance(min_interval, (int, float))
+                  and not isinstance(min_interval, bool) and min_interval >= 0, "a number of seconds >= 0")
+        history = vg.as_history(history)  # refused before the widget exists
         super().__init__()
-        self.history: GradientHistory = vg.as_history(history)
+        self.history: GradientHistory = history
         self.min_interval = min_interval
         self.draws = 0  # redraws so far (the throttle's effect is visible here)
         self._last = 0.0
         self._pending = False
         self.notice = notice(vg.NO_GRADIENTS)
-        self.flags = W.HTML()
+        self.flags = SafeHTML()
         self.step = W.IntSlider(0, 0, 0, description="Step", continuous_update=False, layout=W.Layout(width="420px"))
         self.follow = W.Checkbox(value=True, description="follow latest", indent=False)
         self.bars = figure_widget(vg.grad_norm_bars(self.history), width=FULL_WIDTH)
@@ -76,14 +79,16 @@ class GradientFlow(View):
         replace_figure(self.bars, vg.grad_norm_bars(h, self.step.value if h.norms else -1))
         replace_figure(self.heatmap, vg.grad_heatmap(h))
         flagged = h.flagged()
-        self.flags.value = "" if not flagged else (
-            "<div style='color:#C44E52;font-size:12px'><b>Flagged modules</b> (outside "
-            f"[{h.vanishing:g}, {h.exploding:g}]): " + ", ".join(
-                f"{html.escape(m)} ({len(s)} steps)" for m, s in list(flagged.items())[:12]) + "</div>")
+        self.flags.value = "" if not flagged else html(
+            "<div style='color:#C44E52;font-size:12px'><b>Flagged modules</b> (outside [{:g}, {:g}]): {}</div>",
+            h.vanishing, h.exploding,
+            join(", ", (html("{} ({} steps)", m, len(s)) for m, s in list(flagged.items())[:12])))
 
     def close(self) -> None:
         """Stop listening to the history, then close the widget."""
-        self._unsubscribe()
+        unsubscribe = getattr(self, "_unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe()
         super().close()
 
     def static_figure(self) -> Any:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import html
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as W
 
+from ..capture.trace import Trace
+from ..safehtml import html
 from ..viz.modules import COLUMNS, SORT_KEYS, activation_histogram, detail_html, filter_records, module_row
 from ..viz.style import FULL_WIDTH, format_bytes, format_count, format_ms
-from .base import View, figure_widget, header, notice, replace_figure, row
-
-if TYPE_CHECKING:
-    from ..capture.trace import Trace
+from .base import SafeHTML, View, check_arg, figure_widget, header, is_count, notice, replace_figure, row
 
 # characters per column: 127 in all, about 850 px at 11.5 px monospace, inside a 900 px notebook column
 WIDTHS = {"module": 31, "type": 14, "out shape": 18, "params": 8, "time": 9, "memory": 9, "mean": 9,
@@ -40,7 +38,10 @@ class LayerInspector(View):
 
     title = "Layer inspector"
 
-    def __init__(self, trace: Trace, *, max_rows: int = 2000) -> None:
+    def __init__(self, trace: Trace | None, *, max_rows: int = 2000) -> None:
+        check_arg("trace", trace, trace is None or isinstance(trace, Trace),
+                  "a Trace (from `with workbench.trace(model) as tr:`) or None")
+        check_arg("max_rows", max_rows, is_count(max_rows), "an integer >= 1")
         super().__init__()
         self.trace, self.max_rows = trace, max_rows
         records = list(getattr(trace, "records", []) or [])
@@ -61,11 +62,10 @@ class LayerInspector(View):
         self.table = W.Select(options=[], rows=18, layout=W.Layout(width=f"{FULL_WIDTH}px", max_width="100%"))
         self.table.add_class("wb-mono")
         self.table.add_class("wb-table")
-        self.count = W.HTML()
-        self.columns = W.HTML("<div class='wb-mono' style='color:#555;font-weight:600;white-space:pre;"
-                              "padding-left:4px'>"
-                              + html.escape(row_text({c: c for c in COLUMNS})).replace(NBSP, "&nbsp;") + "</div>")
-        self.detail = W.HTML("<i style='color:#888'>Select a row to inspect it.</i>")
+        self.count = SafeHTML()
+        self.columns = SafeHTML(html("<div class='wb-mono' style='color:#555;font-weight:600;white-space:pre;"
+                                     "padding-left:4px'>{}</div>", row_text({c: c for c in COLUMNS})))
+        self.detail = SafeHTML(html("<i style='color:#888'>Select a row to inspect it.</i>"))
         self.histogram = figure_widget(activation_histogram(None, width=HIST_WIDTH), width=HIST_WIDTH)
         for w in (self.filter, self.sort, self.depth, self.nonfinite):
             w.observe(self._refresh, names="value")
@@ -82,7 +82,7 @@ class LayerInspector(View):
 
     def _subtitle(self, records: list) -> str:
         meta = getattr(self.trace, "meta", {}) or {}
-        bad = self.trace.first_nonfinite() if hasattr(self.trace, "first_nonfinite") else None
+        bad = self.trace.first_nonfinite() if self.trace is not None else None
         parts = [f"{len(records)} calls", f"{format_count(meta.get('total_params', 0))} params",
                  format_bytes(meta.get("param_bytes")), f"wall {format_ms(meta.get('wall_ms'))}",
                  f"first non-finite: {bad.display_name}" if bad else "all finite"]
@@ -98,8 +98,8 @@ class LayerInspector(View):
                                max_depth=self.depth.value, only_nonfinite=self.nonfinite.value)
         self.table.options = [(row_text(module_row(r)), r.index) for r in shown[: self.max_rows]]
         more = f" (first {self.max_rows})" if len(shown) > self.max_rows else ""
-        self.count.value = (f"<span style='color:#666;white-space:nowrap'>{len(shown)} of {len(self._by_index)} "
-                            f"rows{more}</span>")
+        self.count.value = html("<span style='color:#666;white-space:nowrap'>{} of {} rows{}</span>",
+                                len(shown), len(self._by_index), more)
 
     def _on_select(self, change: Any) -> None:
         if change["new"] is None:

@@ -8,17 +8,17 @@ import ipywidgets as W
 import torch
 from torch import nn
 
+from ..capture.trace import Trace
+from ..lm.caches import ForeignCache
+from ..model.cache import KVCache
 from ..viz import memory as vm
 from ..viz.style import FULL_WIDTH
-from .base import View, figure_widget, header, notice, replace_figure
+from .base import View, check_arg, figure_widget, header, notice, replace_figure
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
-    from ..capture.trace import Trace
     from ..generation.session import GenerationSession
-    from ..lm.caches import ForeignCache
-    from ..model.cache import KVCache
 
 
 class MemoryPanel(View):
@@ -33,6 +33,13 @@ class MemoryPanel(View):
 
     def __init__(self, source: Trace | GenerationSession | None, *, model: nn.Module | None = None,
                  optimizer: torch.optim.Optimizer | None = None, cache: KVCache | ForeignCache | None = None) -> None:
+        check_arg("source", source, source is None or isinstance(source, Trace) or _is_session(source),
+                  "a Trace, a GenerationSession or None")
+        check_arg("model", model, model is None or isinstance(model, nn.Module), "an nn.Module or None")
+        check_arg("optimizer", optimizer, optimizer is None or isinstance(optimizer, torch.optim.Optimizer),
+                  "a torch.optim.Optimizer or None")
+        check_arg("cache", cache, cache is None or isinstance(cache, (KVCache, ForeignCache)),
+                  "a KV cache (workbench.KVCache or a session's cache) or None")
         super().__init__()
         self.session: GenerationSession | None = None
         self.trace: Trace | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 from typing import Any
 
@@ -12,11 +11,12 @@ from torch import nn
 from ..errors import GenerationError
 from ..generation.protocols import TokenizerLike
 from ..generation.session import GenerationSession
+from ..safehtml import html
 from ..viz import generation as vgen
 from ..viz.attention import token_attention_layers
 from ..viz.memory import kv_growth
 from ..viz.style import HALF_WIDTH, format_bytes
-from .base import View, figure_widget, header, notice, replace_figure, row
+from .base import SafeHTML, View, check_arg, figure_widget, header, is_count, notice, replace_figure, row
 
 H = 320  # height of each of the four plots
 
@@ -32,6 +32,12 @@ class GenerationStepper(View):
 
     def __init__(self, model: nn.Module, tokenizer: TokenizerLike, prompt: str, *, top_k: int = 10, run_n: int = 8,
                  **session_kwargs: Any) -> None:
+        check_arg("model", model, isinstance(model, nn.Module), "an nn.Module (a causal language model)")
+        check_arg("tokenizer", tokenizer, callable(getattr(tokenizer, "encode", None))
+                  and callable(getattr(tokenizer, "decode", None)), "a tokenizer with encode and decode")
+        check_arg("prompt", prompt, isinstance(prompt, str), "a string")
+        check_arg("top_k", top_k, is_count(top_k), "an integer >= 1")
+        check_arg("run_n", run_n, is_count(run_n) and run_n <= 4096, "an integer in [1, 4096]")
         super().__init__()
         self.model, self.tokenizer, self._kwargs = model, tokenizer, session_kwargs
         self.prompt = W.Textarea(value=prompt, placeholder="prompt", layout=W.Layout(width="100%", height="60px"))
@@ -44,9 +50,9 @@ class GenerationStepper(View):
         self.head = W.Dropdown(options=[("mean of heads", -1)], value=-1, description="Attention",
                                layout=W.Layout(width="230px"))
         self.head.style.description_width = "64px"
-        self.status = W.HTML()
+        self.status = SafeHTML()
         self.messages = W.VBox()
-        self.text = W.HTML()
+        self.text = SafeHTML()
         size: dict[str, Any] = dict(width=HALF_WIDTH, height=H)  # two per row in a notebook column
         self.topk = figure_widget(vgen.topk_bars(None, **size))
         self.cache_bars = figure_widget(vgen.cache_layer_bars(None, **size))
@@ -110,6 +116,11 @@ class GenerationStepper(View):
         except GenerationError as err:
             self.session = None
             self.messages.children = [notice(f"Cannot start generation: {err}")]
+        except Exception as err:  # a model the session cannot drive: said in the view, not a traceback
+            self.session = None
+            self.messages.children = [notice(f"Cannot start generation for {type(self.model).__name__}: "
+                                             f"{type(err).__name__}: {err}. The stepper needs a causal LM whose "
+                                             "forward takes (ids, cache=...) like the workbench's TransformerLM.")]
         n_heads = getattr(getattr(self.model, "config", None), "n_heads", 0)
         self.head.options = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(n_heads)]
 
@@ -123,11 +134,11 @@ class GenerationStepper(View):
         probs = [r.token_prob for r in s.history]
         self.text.value = vgen.text_html(s.token_texts, s.prompt_length, probs=probs)
         ms = f"{last.step_time * 1e3:.1f} ms" if last else "-"
-        end = (f" · <b style='color:#C44E52'>finished: {html.escape(s.finish_reason)}</b>"
+        end = (html(" · <b style='color:#C44E52'>finished: {}</b>", s.finish_reason)
                if s.finish_reason is not None else "")
-        self.status.value = (f"<span style='font-size:12px;color:#555'>prompt {s.prompt_length} tokens · generated "
-                             f"{len(s.generated_ids)} · cache {s.cache.length} positions "
-                             f"({format_bytes(s.cache.bytes_used)} used) · last step {ms}{end}</span>")
+        self.status.value = html("<span style='font-size:12px;color:#555'>prompt {} tokens · generated {} · cache {} "
+                                 "positions ({} used) · last step {}{}</span>", s.prompt_length, len(s.generated_ids),
+                                 s.cache.length, format_bytes(s.cache.bytes_used), ms, end)
         self.step_button.disabled = self.run_button.disabled = s.finished
         replace_figure(self.topk, vgen.topk_bars(last, height=H, width=HALF_WIDTH))
         replace_figure(self.cache_bars, vgen.cache_layer_bars(last, height=H, width=HALF_WIDTH))
