@@ -13,8 +13,8 @@ from ..families.registry import Family, for_hf_model_type
 from ..model.config import ModelConfig
 from ..model.hf_config import config_from_hf
 from ..model.transformer import TransformerLM
-from .hf_naming import from_hf
 from ..schema import read_json_object
+from .hf_naming import from_hf
 from .safetensors import read_header, read_safetensors, read_weights, weight_files
 from .sizes import check_sizes
 from .state import load_state

@@ -131,14 +131,34 @@ def _gguf_type(kind: str) -> Any:
 
 
 @cache
-def gguf_metadata(arch: str) -> Any:
-    """The GGUF metadata keys the workbench reads for architecture `arch`, by their full dotted names."""
+def gguf_metadata(arch: str | None) -> Any:
+    """The GGUF metadata keys the workbench reads, by their full dotted names: the tokenizer's, and
+    with an architecture (`general.architecture`) also that architecture's `{arch}.*` keys."""
     from pydantic import Field, create_model
 
     from ..schema import strict_config
 
-    keys = {f"{arch}.{k}": kind for k, kind in GGUF_ARCH_KEYS.items()} | GGUF_TOKENIZER_KEYS
+    arch_keys = {f"{arch}.{k}": kind for k, kind in GGUF_ARCH_KEYS.items()} if arch else {}
+    keys = arch_keys | GGUF_TOKENIZER_KEYS
     fields: dict[str, Any] = {
         f"f{i}": (_gguf_type(kind) | None, Field(None, alias=key)) for i, (key, kind) in enumerate(keys.items())
     }
     return create_model("GGUFMetadata", __config__=strict_config(extra="ignore"), **fields)
+
+
+def gguf_token_id_problem(values: dict[str, Any]) -> str | None:
+    """What is wrong with the special token ids of validated tokenizer metadata, or None.
+
+    Ids must name tokens of `tokenizer.ggml.tokens`; token types, when given, one per token.
+    """
+    tokens = values.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        return None
+    for key in ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id"):
+        token_id = values.get(f"tokenizer.ggml.{key}")
+        if token_id is not None and token_id >= len(tokens):
+            return f"tokenizer.ggml.{key}={token_id} is outside the vocabulary of {len(tokens)} tokens"
+    types = values.get("tokenizer.ggml.token_type")
+    if types is not None and len(types) != len(tokens):
+        return f"{len(tokens)} tokens but {len(types)} token types"
+    return None

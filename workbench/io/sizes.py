@@ -37,12 +37,17 @@ def expected_shapes(config: ModelConfig) -> Shapes:
     return shapes
 
 
-def _foreign(shapes: Shapes, config: ModelConfig, naming: Naming | None) -> Shapes:
-    """`shapes` renamed as the file names its tensors (fused projections split, Conv1D transposed)."""
+def _foreign(shapes: Shapes, config: ModelConfig, naming: Naming | None) -> tuple[Shapes, dict[str, str]]:
+    """`shapes` renamed as the file names its tensors (fused projections split, Conv1D transposed),
+    and the workbench name of each foreign name."""
     if naming is None:
-        return shapes
-    meta = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
-    return {name: tuple(t.shape) for name, t in naming.from_workbench(meta, config).items()}
+        return shapes, {name: name for name in shapes}
+    out: Shapes = {}
+    ours: dict[str, str] = {}
+    for name, shape in shapes.items():
+        for theirs, t in naming.from_workbench({name: torch.empty(shape, device="meta")}, config).items():
+            out[theirs], ours[theirs] = tuple(t.shape), name
+    return out, ours
 
 
 def _blocks_in(names: list[str], naming: Naming | None) -> int:
@@ -76,7 +81,7 @@ def check_sizes(
             f"{declared} declares {config.n_layers} layers but {source} holds tensors for {blocks} blocks; "
             "the metadata is corrupt or belongs to another checkpoint. Fix the layer count or re-download."
         )
-    expected = _foreign(expected_shapes(config), config, naming)
+    expected, ours = _foreign(expected_shapes(config), config, naming)
     prefix = naming.prefix if naming is not None else ""
     by_name = {**{k.removeprefix(prefix): v for k, v in file_shapes.items()}, **file_shapes}
     missing = [k for k in expected if k not in by_name and k.removeprefix(prefix) not in by_name]
@@ -86,8 +91,11 @@ def check_sizes(
         if k not in missing and by_name.get(k, by_name.get(k.removeprefix(prefix))) != v
     ]
     if strict and (missing or mismatched):
-        shown = [f"{k}: file {list(a or ())} vs config {list(b)}" for k, a, b in mismatched[:3]]
-        shown += [f"{k}: not in file" for k in missing[: max(0, 3 - len(shown))]]
+        def named(k: str) -> str:
+            return k if ours[k] == k else f"{k} ({ours[k]})"
+
+        shown = [f"{named(k)}: file {list(a or ())} vs config {list(b)}" for k, a, b in mismatched[:3]]
+        shown += [f"{named(k)}: not in file" for k in missing[: max(0, 3 - len(shown))]]
         raise WeightMismatchError(
             f"{len(missing)} missing and {len(mismatched)} mismatched weights: {declared} does not fit the "
             f"tensors in {source} ({'; '.join(shown)}). The config and the weights belong to different "
