@@ -97,6 +97,7 @@ def tiny(
             f"{path / 'tokenizer_config.json'} names no {', '.join(f'{r}_token' for r in missing)}; "
             "the tiny model needs all three. Regenerate the assets with: python scripts/train_tiny.py"
         )
-    tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id = special["bos"], special["eos"], special["pad"]
+    tokenizer.bos_token_id, tokenizer.eos_token_id = special["bos"], special["eos"]
+    tokenizer.pad_token_id = special["pad"]
     tokenizer.add_bos = True if special["add_bos"] is None else special["add_bos"]
     return model, tokenizer

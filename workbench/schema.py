@@ -98,13 +98,14 @@ def _field_type(hint: Any, nested: Mapping[type, Any]) -> Any:
     if origin is list:
         return list[_field_type(args[0], nested)]  # type: ignore[misc]
     if origin is dict:
-        return dict[args[0], _field_type(args[1], nested)]  # type: ignore[misc]
+        key, value = args[0], _field_type(args[1], nested)
+        return dict[key, value]  # type: ignore[valid-type]
     return hint
 
 
 @cache
 def dataclass_schema(
-    cls: type, *, allow_inf_nan: bool = False, skip: tuple[str, ...] = (), add: tuple[tuple[str, Any], ...] = ()
+    cls: Any, *, allow_inf_nan: bool = False, skip: tuple[str, ...] = (), add: tuple[tuple[str, Any], ...] = ()
 ) -> Any:
     """A strict pydantic model with the fields of dataclass `cls` (types and defaults), extra keys refused.
 

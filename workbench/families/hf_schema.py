@@ -29,14 +29,13 @@ _ROPE_FLOATS = ("factor", "low_freq_factor", "high_freq_factor", "rope_theta", "
 def _schema() -> Any:
     from pydantic import Field, PositiveFloat, PositiveInt, StrictBool, StrictStr, create_model
 
-    rope = create_model(
-        "HFRopeSchema",
-        __config__=strict_config(extra="allow"),
-        rope_type=(StrictStr | None, None),
-        type=(StrictStr | None, None),
-        original_max_position_embeddings=(PositiveInt | None, None),
-        **{k: (PositiveFloat | None, None) for k in _ROPE_FLOATS},  # type: ignore[arg-type]
-    )
+    rope_fields: dict[str, Any] = {
+        "rope_type": (StrictStr | None, None),
+        "type": (StrictStr | None, None),
+        "original_max_position_embeddings": (PositiveInt | None, None),
+        **{k: (PositiveFloat | None, None) for k in _ROPE_FLOATS},
+    }
+    rope = create_model("HFRopeSchema", __config__=strict_config(extra="allow"), **rope_fields)
     fields: dict[str, Any] = {
         **{k: (PositiveInt | None, None) for k in _INTS},
         **{k: (int | None, Field(None, ge=0)) for k in _NON_NEGATIVE_INTS},

@@ -46,7 +46,8 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise CorruptFileError(f"{path} has an unreadable safetensors header ({exc}); {fix}") from None
     if not isinstance(header, dict):
-        raise CorruptFileError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object; {fix}")
+        kind = type(header).__name__
+        raise CorruptFileError(f"{path}: the safetensors header is a JSON {kind}, not an object; {fix}")
     data_size = size - 8 - header_len
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name, value in header.items():

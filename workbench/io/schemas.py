@@ -62,14 +62,12 @@ def safetensors_entry() -> Any:
 
     from ..schema import strict_config
 
-    dtype = Literal[tuple(SAFETENSORS_DTYPES)]  # type: ignore[valid-type]
-    return create_model(
-        "SafetensorsEntry",
-        __config__=strict_config(),
-        dtype=(dtype, ...),
-        shape=(list[NonNegativeInt], ...),
-        data_offsets=(list[NonNegativeInt], Field(..., min_length=2, max_length=2)),  # JSON has no tuples
-    )
+    fields: dict[str, Any] = {
+        "dtype": (Literal[tuple(SAFETENSORS_DTYPES)], ...),
+        "shape": (list[NonNegativeInt], ...),
+        "data_offsets": (list[NonNegativeInt], Field(..., min_length=2, max_length=2)),  # JSON has no tuples
+    }
+    return create_model("SafetensorsEntry", __config__=strict_config(), **fields)
 
 
 @cache
@@ -103,17 +101,10 @@ def tokenizer_config() -> Any:
     from ..schema import strict_config
 
     added = create_model("AddedTokenSchema", __config__=strict_config(extra="allow"), content=(StrictStr, ...))
-    token = StrictStr | added | None
-    return create_model(
-        "TokenizerConfigSchema",
-        __config__=strict_config(extra="allow"),
-        bos_token=(token, None),
-        eos_token=(token, None),
-        pad_token=(token, None),
-        unk_token=(token, None),
-        add_bos_token=(StrictBool | None, None),
-        add_eos_token=(StrictBool | None, None),
-    )
+    token: Any = StrictStr | added | None
+    fields: dict[str, Any] = {f"{role}_token": (token, None) for role in ("bos", "eos", "pad", "unk")}
+    fields |= {"add_bos_token": (StrictBool | None, None), "add_eos_token": (StrictBool | None, None)}
+    return create_model("TokenizerConfigSchema", __config__=strict_config(extra="allow"), **fields)
 
 
 def _gguf_type(kind: str) -> Any:

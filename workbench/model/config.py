@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import InitVar, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError
 from ..schema import check, dataclass_schema, read_json_object
@@ -220,7 +220,7 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source} must be a JSON object of ModelConfig fields, got {type(data).__name__}.")
         _check_known(cls, {k: v for k, v in data.items() if k not in LEGACY_KEYS}, "config fields")
-        schema = dataclass_schema(cls, add=tuple((k, bool | None) for k in LEGACY_KEYS))
+        schema = dataclass_schema(cast(Any, cls), add=tuple((k, bool | None) for k in LEGACY_KEYS))
         fix = "Write each field with its declared type (see ModelConfig), or save the model again."
         check(schema, data, source=source, error=ConfigError, fix=fix)
         scaling = data.get("rope_scaling")
