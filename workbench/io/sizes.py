@@ -25,8 +25,14 @@ def expected_shapes(config: ModelConfig) -> Shapes:
     """Workbench tensor name -> shape for `config`, without allocating (the tied LM head left out)."""
     from ..model.transformer import TransformerLM
 
-    with torch.device("meta"):
-        one = TransformerLM(config.replace(n_layers=1))
+    try:
+        with torch.device("meta"):
+            one = TransformerLM(config.replace(n_layers=1))
+    except (RuntimeError, OverflowError, ValueError) as exc:  # sizes whose byte count overflows int64
+        raise WeightMismatchError(
+            f"the config's sizes (d_model={config.d_model}, vocab_size={config.vocab_size}, d_ff={config.d_ff}) "
+            f"describe tensors too large to exist ({exc}); fix them to match the weights."
+        ) from None
     shapes: Shapes = {}
     for name, tensor in one.state_dict().items():
         if name.startswith("blocks.0."):
