@@ -12,7 +12,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
