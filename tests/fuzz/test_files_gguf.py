@@ -85,7 +85,7 @@ def _kind(value):
     if isinstance(value, int):
         return V.UINT64 if value >= 2**32 else V.UINT32
     if isinstance(value, float):
-        return V.FLOAT32
+        return V.FLOAT64  # any double, NaN and Inf included (float32 cannot hold 1e300)
     return V.STRING
 
 
