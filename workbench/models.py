@@ -87,25 +87,20 @@ def tiny(
     The tokenizer is word-level over ~500 common English words; `add_bos` is on because the model
     was trained with [BOS] at position 0 (pass `add_bos=False` to `encode` to leave it out).
     """
-    import json
-
     from .io.load import load_pretrained
+    from .io.load_tokenizer import read_tokenizer_config
 
     path = tiny_path()
     model = load_pretrained(path, device=device, dtype=dtype)
-    special = json.loads((path / "tokenizer_config.json").read_text())
-    backend = Tokenizer.from_file(path / "tokenizer.json").backend
-    ids = {}
-    for role in ("bos", "eos", "pad"):
-        token = special.get(f"{role}_token")
-        ids[role] = backend.token_to_id(token) if token is not None else None
-        if ids[role] is None:
-            raise LoadError(f"{path / 'tokenizer_config.json'}: {role}_token {token!r} is not in tokenizer.json.")
-    tokenizer = Tokenizer(
-        backend,
-        bos_token_id=ids["bos"],
-        eos_token_id=ids["eos"],
-        pad_token_id=ids["pad"],
-        add_bos=bool(special.get("add_bos_token", True)),
-    )
+    tokenizer = Tokenizer.from_file(path / "tokenizer.json")
+    special = read_tokenizer_config(path / "tokenizer_config.json", tokenizer)
+    missing = [role for role in ("bos", "eos", "pad") if special[role] is None]
+    if missing:
+        raise LoadError(
+            f"{path / 'tokenizer_config.json'} names no {', '.join(f'{r}_token' for r in missing)}; "
+            "the tiny model needs all three. Regenerate the assets with: python scripts/train_tiny.py"
+        )
+    tokenizer.bos_token_id, tokenizer.eos_token_id = special["bos"], special["eos"]
+    tokenizer.pad_token_id = special["pad"]
+    tokenizer.add_bos = True if special["add_bos"] is None else special["add_bos"]
     return model, tokenizer

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.capture import trace
-from workbench.lm.observe import original_sdpa
 from workbench.errors import CaptureError
+from workbench.lm.observe import original_sdpa
 
 SDPA = F.scaled_dot_product_attention
 

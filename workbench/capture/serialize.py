@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from ..errors import CorruptFileError
 from .records import AttentionRecord, ModuleRecord, ParamGradRecord
+from .schema import check_document
 
 if TYPE_CHECKING:
     from .trace import Trace
@@ -38,13 +40,17 @@ def maps(tr: Trace) -> dict[str, torch.Tensor]:
     return {f"attention.{a.index}": a.map.contiguous() for a in tr.attention if a.map is not None}
 
 
-def loads(text: str, tensors: dict[str, torch.Tensor], cls: type[T]) -> T:
+def loads(text: str, tensors: dict[str, torch.Tensor], cls: type[T], source: str = "trace") -> T:
     """Inverse of `dumps` + `maps`: a new `cls` (a Trace class) holding the records and maps.
 
-    Raises json.JSONDecodeError, KeyError, TypeError or ValueError on a malformed document; the caller
-    names the file or rank it came from.
+    The document is checked against the trace schema first (see `schema.check_document`); a malformed
+    one raises CorruptFileError naming `source` (the file or rank it came from) and the field.
     """
-    doc = json.loads(text)
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CorruptFileError(f"{source}: the trace document is not valid JSON ({exc}); save it again.") from None
+    check_document(doc, tensors, source)
     tr = cls()
     tr.meta = doc["meta"]
     tr.records = [ModuleRecord.from_dict(d) for d in doc["records"]]

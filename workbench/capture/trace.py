@@ -339,14 +339,25 @@ class Trace:
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write one safetensors file: attention maps as tensors, everything else as JSON metadata."""
+        """Write one safetensors file: attention maps as tensors, everything else as JSON metadata.
+
+        Missing parent folders are created, as `save_pretrained` creates its directory: the path says
+        where the file should be, and a notebook user saving into `runs/today/` means just that.
+        """
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         if not self.meta:
             raise CaptureError("Nothing to save yet: save a trace after its with block has exited.")
-        path = Path(path)
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise CaptureError(f"{path} is a folder; pass a file path such as {path / 'trace.safetensors'}.")
         header = {"format": FORMAT, "version": str(VERSION), "trace": serialize.dumps(self)}
-        save_file(serialize.maps(self), str(path), metadata=header)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(serialize.maps(self), str(path), metadata=header)
+        except (OSError, SafetensorError) as err:
+            raise CaptureError(f"could not write the trace to {path} ({err}); choose a writable path.") from err
         return path
 
     @classmethod
@@ -362,11 +373,16 @@ class Trace:
                 meta = f.metadata() or {}
                 if meta.get("format") != FORMAT:
                     raise CorruptFileError(f"{path} is not a workbench trace (no '{FORMAT}' header).")
-                if int(meta.get("version", "0")) > VERSION:
-                    raise CorruptFileError(f"{path} was written by a newer workbench (format {meta['version']}).")
+                version = meta.get("version", "0")
+                if not version.isdigit():
+                    raise CorruptFileError(f"{path} has a trace format version {version!r}, not a number; save again.")
+                if int(version) > VERSION:
+                    raise CorruptFileError(f"{path} was written by a newer workbench (format {version}).")
+                if "trace" not in meta:
+                    raise CorruptFileError(f"{path} has no 'trace' document in its header; save it again.")
                 text = meta["trace"]
                 maps = {k: f.get_tensor(k) for k in f.keys()}
-            tr = serialize.loads(text, maps, cls)
+            tr = serialize.loads(text, maps, cls, source=str(path))
         except CorruptFileError:
             raise
         except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as err:

@@ -49,6 +49,11 @@ class Naming:
     def _layer_pattern(self) -> re.Pattern[str]:
         return re.compile(re.escape(self.layer).replace(r"\{i\}", r"(\d+)") + r"(.+)\.(weight|bias)")
 
+    def block_index(self, name: str) -> int | None:
+        """The block number in a foreign tensor name (prefix optional), or None outside the blocks."""
+        m = self._layer_pattern.fullmatch(name.removeprefix(self.prefix))
+        return int(m.group(1)) if m else None
+
     def to_workbench(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Foreign-named tensors -> workbench names; unknown names are kept (the load report lists them).
 

@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CorruptFileError, LoadError, MissingDependencyError
+from ..errors import ConfigError, CorruptFileError, LoadError, MissingDependencyError
 from ..families.llama import unpermute_rope_rows  # noqa: F401 (re-exported: part of this module's API)
 from ..families.registry import GGUFSpec, for_gguf_arch
 from ..model.config import ModelConfig, RopeScaling
 from ..model.transformer import TransformerLM
 from .gguf_rope import ROPE_FREQS, rope_scaling_from_gguf
+from .sizes import check_sizes
 from .state import load_state
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,28 @@ def check_gguf(path: str | Path) -> None:
                     f"{path}: tensor {name!r} needs bytes up to {data_start + offset + nbytes} but the file "
                     f"has {size}; the file is truncated. Download or convert it again."
                 )
+        _check_extents(path, extents, alignment)
+
+
+def _check_extents(path: Path, extents: list[tuple[str, int, int]], alignment: int) -> None:
+    """Tensor data must start on the alignment and no two tensors may share bytes (a flipped offset)."""
+    names = [name for name, _, _ in extents]
+    if len(set(names)) != len(names):
+        twice = sorted(n for n, k in Counter(names).items() if k > 1)
+        raise CorruptFileError(f"{path}: the tensor table names {twice[:3]} more than once; the file is corrupt.")
+    end, previous = 0, ""
+    for name, offset, nbytes in sorted(extents, key=lambda e: e[1]):
+        if offset % alignment:
+            raise CorruptFileError(
+                f"{path}: tensor {name!r} starts at data offset {offset}, not a multiple of the alignment "
+                f"{alignment}; the tensor table is corrupt. Download or convert the file again."
+            )
+        if offset < end:
+            raise CorruptFileError(
+                f"{path}: tensors {previous!r} and {name!r} overlap in the data section; the tensor table "
+                "is corrupt. Download or convert the file again."
+            )
+        end, previous = offset + nbytes, name
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -187,6 +210,26 @@ def metadata(reader: Any, key: str, default: Any = None) -> Any:
     """One metadata value as a Python object (str, number, bool or list), or `default`."""
     field = reader.fields.get(key)
     return default if field is None else field.contents()
+
+
+def check_metadata(reader: Any, source: str) -> None:
+    """Refuse metadata the workbench reads when it has the wrong type, is not finite, or is out of range.
+
+    Sizes must be positive integers, RoPE bases and epsilons positive finite numbers, token ids
+    non-negative integers within the vocabulary, token lists lists of strings.
+    """
+    from ..schema import check
+    from .schemas import gguf_metadata, gguf_token_id_problem
+
+    arch = metadata(reader, "general.architecture")
+    schema = gguf_metadata(arch if isinstance(arch, str) else None)
+    keys = {f.alias for f in schema.model_fields.values()}
+    values = {k: f.contents() for k, f in reader.fields.items() if k in keys}
+    fix = "The file is corrupt or was written by another converter; download or convert it again."
+    check(schema, values, source=f"{source} metadata", error=CorruptFileError, fix=fix)
+    problem = gguf_token_id_problem(values)
+    if problem:
+        raise CorruptFileError(f"{source} metadata: {problem}. {fix}")
 
 
 class _Meta:
@@ -223,10 +266,22 @@ def _gguf_spec(reader: Any) -> GGUFSpec:
     return spec
 
 
-def config_from_gguf(reader: Any) -> ModelConfig:
-    """ModelConfig from `{arch}.*` metadata; architectures without a GGUF family raise UnsupportedModelError."""
+def config_from_gguf(reader: Any, *, source: str = "GGUF", strict: bool = True) -> ModelConfig:
+    """ModelConfig from `{arch}.*` metadata, checked against the tensor table before it is returned.
+
+    Architectures without a GGUF family raise UnsupportedModelError; metadata of the wrong type, or
+    sizes the tensors do not have, raise CorruptFileError / WeightMismatchError (strict: see check_sizes).
+    """
     spec = _gguf_spec(reader)
-    return spec.config_from_meta(_Meta(reader, spec.arch))
+    check_metadata(reader, source)
+    try:
+        config = spec.config_from_meta(_Meta(reader, spec.arch))
+    except ConfigError as exc:
+        raise CorruptFileError(f"{source} metadata describes an invalid model: {exc}") from None
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    check_sizes(config, shapes, spec.naming, source=f"{source}'s tensor table", declared=f"{source} metadata",
+                strict=strict)
+    return config
 
 
 def _rope_freqs(reader: Any) -> np.ndarray | None:
@@ -272,8 +327,11 @@ def state_from_gguf(
     """Float32 state dict in workbench naming, plus notes on what was done to the tensors."""
     raw, kinds = _dequantize(reader, progress)
     spec = _gguf_spec(reader)
-    raw, fixes = spec.fix_tensors(raw, config)
-    state = spec.naming.to_workbench(raw)  # anything unmapped keeps its GGUF name and shows up as unexpected
+    try:
+        raw, fixes = spec.fix_tensors(raw, config)
+        state = spec.naming.to_workbench(raw)  # anything unmapped keeps its GGUF name and shows up as unexpected
+    except RuntimeError as exc:  # shapes that cannot be unpermuted or fused (strict=False lets them through)
+        raise CorruptFileError(f"GGUF tensors do not fit their metadata ({exc}); the file is corrupt.") from None
     quantized = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()) if k not in ("F32",))
     notes = [f"dequantized {quantized} tensors -> float32" if quantized else "all tensors were float32", *fixes]
     if config.tie_embeddings:
@@ -293,7 +351,7 @@ def read_gguf(
     progress: show a tqdm bar over tensors; None shows it only on an interactive terminal.
     """
     reader = open_gguf(path)
-    config = config_from_gguf(reader)
+    config = config_from_gguf(reader, source=str(path))
     state, notes = state_from_gguf(reader, config, progress=progress)
     return config, state, notes
 
@@ -308,7 +366,7 @@ def model_from_reader(
     progress: bool | None = None,
 ) -> TransformerLM:
     """Build and fill a TransformerLM from an open reader (shared by `load_gguf` and `models.smollm2`)."""
-    config = config_from_gguf(reader)
+    config = config_from_gguf(reader, source=source, strict=strict)
     state, notes = state_from_gguf(reader, config, progress=progress)
     model = TransformerLM(config)
     report = load_state(model, state, strict=strict, source=source, format="gguf")

@@ -44,8 +44,22 @@ def _pre_tokenizer(name: str | None) -> pre_tokenizers.PreTokenizer:
     return byte_level
 
 
+def _check(meta: dict[str, Any]) -> None:
+    """Refuse tokenizer metadata of the wrong type, or special ids outside the vocabulary."""
+    from ..schema import check
+    from .schemas import gguf_metadata, gguf_token_id_problem
+
+    fix = "The file is corrupt or was written by another converter; download or convert it again."
+    values = {k: v for k, v in meta.items() if k.startswith("tokenizer.ggml.")}
+    check(gguf_metadata(None), values, source="GGUF tokenizer metadata", error=CorruptFileError, fix=fix)
+    problem = gguf_token_id_problem(values)
+    if problem:
+        raise CorruptFileError(f"GGUF tokenizer metadata: {problem}. {fix}")
+
+
 def tokenizer_from_metadata(meta: dict[str, Any]) -> Tokenizer:
     """A `Tokenizer` from the `tokenizer.ggml.*` metadata values (keys without the prefix are not used)."""
+    _check(meta)
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
         raise UnsupportedModelError(
@@ -70,7 +84,16 @@ def tokenizer_from_metadata(meta: dict[str, Any]) -> Tokenizer:
             raise CorruptFileError(f"GGUF merge {m!r} is not two tokens separated by a space.")
         pairs.append((left, right))
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    backend = _HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+    if len(vocab) != len(tokens):
+        raise CorruptFileError(
+            f"GGUF tokenizer.ggml.tokens lists {len(tokens) - len(vocab)} tokens twice; the file is corrupt."
+        )
+    try:
+        backend = _HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+    except Exception as exc:  # tokenizers raises a bare Exception for merges of unknown tokens
+        raise CorruptFileError(
+            f"GGUF tokenizer metadata does not make a BPE model ({exc}); the file is corrupt."
+        ) from None
     backend.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre"))
     backend.decoder = decoders.ByteLevel()
     added = [

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import LoadError
+from ..schema import check, read_json_object
 from .gguf_tokenizer import tokenizer_from_gguf
+from .schemas import tokenizer_config
 from .tokenizer import Tokenizer
 
 
@@ -30,17 +32,27 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     tok = Tokenizer.from_file(path)
     config_path = path.parent / "tokenizer_config.json"
     if config_path.exists():
-        try:
-            conf = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LoadError(f"{config_path} is not valid JSON ({exc}).") from exc
-
-        def token_id(key: str) -> int | None:
-            token = conf.get(key)
-            token = token.get("content") if isinstance(token, dict) else token
-            return tok.backend.token_to_id(token) if isinstance(token, str) else None
-
-        tok.bos_token_id, tok.eos_token_id = token_id("bos_token"), token_id("eos_token")
-        tok.pad_token_id = token_id("pad_token") if token_id("pad_token") is not None else tok.eos_token_id
-        tok.add_bos = bool(conf.get("add_bos_token", False))
+        special = read_tokenizer_config(config_path, tok)
+        tok.bos_token_id, tok.eos_token_id = special["bos"], special["eos"]
+        tok.pad_token_id = special["pad"] if special["pad"] is not None else tok.eos_token_id
+        tok.add_bos = bool(special["add_bos"])
     return tok
+
+
+def read_tokenizer_config(path: Path, tok: Tokenizer) -> dict[str, Any]:
+    """Special token ids ("bos", "eos", "pad": id or None when not named) and "add_bos" (bool or None)
+    from a `tokenizer_config.json`, checked against its schema and against the tokenizer's vocabulary.
+
+    A token named in the file but absent from the vocabulary is an error, never a silent None.
+    """
+    fix = "Fix tokenizer_config.json (tokens are strings or {\"content\": ...}, add_bos_token true/false)."
+    raw = read_json_object(path, error=LoadError, fix=fix)
+    conf = check(tokenizer_config(), raw, source=str(path), error=LoadError, fix=fix)
+    out: dict[str, Any] = {"add_bos": conf.add_bos_token}
+    for role in ("bos", "eos", "pad"):
+        token = getattr(conf, f"{role}_token")
+        token = getattr(token, "content", token)  # an added-token object or a plain string
+        out[role] = None if token is None else tok.backend.token_to_id(token)
+        if token is not None and out[role] is None:
+            raise LoadError(f"{path}: {role}_token {token!r} is not in the tokenizer's vocabulary. {fix}")
+    return out

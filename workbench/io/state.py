@@ -46,6 +46,11 @@ def load_state(
             report.missing.append(name)
             continue
         value = state[name]
+        if target.is_floating_point() and not value.is_floating_point():
+            raise WeightMismatchError(
+                f"{name} is stored as {str(value.dtype).replace('torch.', '')} in {source or 'the file'}, but the "
+                "model holds floating-point weights there; the file is corrupt or not a weight file. Re-save it."
+            )
         if tuple(value.shape) != tuple(target.shape):
             report.mismatched.append((name, tuple(value.shape), tuple(target.shape)))
             continue

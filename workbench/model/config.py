@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import InitVar, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError
+from ..schema import check, dataclass_schema, read_json_object
 
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
@@ -100,6 +100,7 @@ class ModelConfig:
     def __post_init__(self, attn_bias: bool | None) -> None:
         if attn_bias is not None:
             self._take_attn_bias(attn_bias)
+        self._check_types()
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -155,6 +156,22 @@ class ModelConfig:
                 f"{self.norm_eps}, {self.rope_theta}, {self.init_std}."
             )
 
+    def _check_types(self) -> None:
+        """Switches are booleans, variants strings and real-valued fields finite numbers, as declared.
+
+        A string "false" is truthy and a NaN passes every comparison, so both would load in silence.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}; write a JSON boolean.")
+            if f.type == "str" and not isinstance(value, str):
+                raise ConfigError(f"{f.name} must be a string, got {value!r}.")
+            if f.type == "float" and (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            ):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}.")
+
     def _take_attn_bias(self, attn_bias: bool) -> None:
         """Set qkv_bias and out_bias from the older `attn_bias` switch, which covered both projections."""
         if not isinstance(attn_bias, bool):
@@ -194,9 +211,18 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a dict of field values (or LEGACY_KEYS); unknown keys are an error, not silently dropped."""
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> ModelConfig:
+        """Build from a dict of field values (or LEGACY_KEYS); unknown keys are an error, not silently dropped.
+
+        The dict is checked against the fields' declared types first (strictly: "2" is not 2, "false"
+        is not False, NaN is not a number), so a ConfigError names the field. source: where it came from.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source} must be a JSON object of ModelConfig fields, got {type(data).__name__}.")
         _check_known(cls, {k: v for k, v in data.items() if k not in LEGACY_KEYS}, "config fields")
+        schema = dataclass_schema(cast(Any, cls), add=tuple((k, bool | None) for k in LEGACY_KEYS))
+        fix = "Write each field with its declared type (see ModelConfig), or save the model again."
+        check(schema, data, source=source, error=ConfigError, fix=fix)
         scaling = data.get("rope_scaling")
         if isinstance(scaling, dict):  # the one place a JSON dict turns into a RopeScaling
             data = {**data, "rope_scaling": RopeScaling.from_dict(scaling)}
@@ -204,7 +230,10 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A config from a JSON file of its fields (as `to_dict` writes them)."""
+        path = Path(path)
+        fix = "Write it with json.dump(config.to_dict(), f)."
+        return cls.from_dict(read_json_object(path, error=ConfigError, fix=fix), source=str(path))
 
     @classmethod
     def preset(cls, name: str) -> ModelConfig:

@@ -13,10 +13,15 @@ from ..errors import ConfigError
 from .config import ModelConfig
 
 
-def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    """The ModelConfig of a registered family's HF config; any other model type is refused by name."""
+def config_from_hf(hf: dict[str, Any], *, source: str = "HF config") -> ModelConfig:
+    """The ModelConfig of a registered family's HF config; any other model type is refused by name.
+
+    The dict is checked against the HF schema first (types, finiteness), naming `source` in errors.
+    """
+    from ..families.hf_schema import check_hf_config
     from ..families.registry import for_hf_model_type
 
+    check_hf_config(hf, source)
     family = for_hf_model_type(hf.get("model_type"))
     try:
         return family.config_from_hf(hf)
