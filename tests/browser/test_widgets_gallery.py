@@ -137,9 +137,11 @@ def test_attention_layer_selector_redraws_heatmap(gallery):
     assert lab.problems() == []
 
 
-def test_stepper_step_adds_one_token_and_one_cache_point(gallery):
+@pytest.mark.parametrize("which", [0, 1], ids=["workbench-model", "transformers-model"])
+def test_stepper_step_adds_one_token_and_one_cache_point(gallery, which):
+    """The gallery's first stepper drives the workbench model, the second transformers' LlamaForCausalLM."""
     lab = gallery
-    view = lab.views("Generation stepper").first
+    view = lab.views("Generation stepper").nth(which)
     tokens = view.locator(".wb-text span")
     step = lab.control(view, "button", "Step")
 
@@ -149,7 +151,7 @@ def test_stepper_step_adds_one_token_and_one_cache_point(gallery):
 
     n_tokens, n_points = tokens.count(), cache_points()
     assert n_tokens > 0, "the stepper shows no prompt text"
-    lab.shot("stepper-0", view)
+    lab.shot(f"stepper{which}-0", view)
     for k in (1, 2):
         step.click()
         lab.page.wait_for_function("([el, n]) => el.querySelectorAll('.wb-text span').length === n",
@@ -159,7 +161,7 @@ def test_stepper_step_adds_one_token_and_one_cache_point(gallery):
         assert cache_points() == n_points + k
         styles = [s or "" for s in view.locator(".wb-text span").evaluate_all("els => els.map(e => e.style.outline)")]
         assert [i for i, s in enumerate(styles) if s] == [n_tokens + k - 1], "only the new token is highlighted"
-        lab.shot(f"stepper-{k}", view)
+        lab.shot(f"stepper{which}-{k}", view)
     assert lab.problems() == []
 
 

@@ -6,13 +6,7 @@ positional-only, so any parameter names (`ids`, `token_ids`) and extra keyword o
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeAlias
-
-# The model contract of `generate` and `GenerationSession` (see `workbench.generation.generate`): an
-# nn.Module with `config.max_seq_len`, `new_cache(batch_size, max_len, mode=...)` and a forward that
-# takes `cache=` and `validate=`, such as `TransformerLM`. A module with members beyond nn.Module's has
-# no spelling as a type, so the checker sees Any; `check_request` verifies the contract at run time.
-CausalLM: TypeAlias = Any
+from typing import Protocol
 
 
 class TokenDecoder(Protocol):
