@@ -1,5 +1,6 @@
 """Property-based fuzzing of the entry points' arguments (issue 17): forward, cache reorder, trace
-selections, device strings and widgets. Each case keeps the contract in entry_helpers."""
+selections, device strings and widgets. Each case keeps the suite's contract (conftest.contract, via
+entry_helpers.run_case)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import math
 
 import pytest
 import torch
-from entry_helpers import FUZZ, contract
 from hypothesis import given
 from hypothesis import strategies as st
 
 import workbench as wb
 from workbench.capture import trace
 from workbench.model.placement import resolve_device
+
+from .entry_helpers import ENTRY_FUZZ, run_case
 
 V, MAX_T = 64, 16
 
@@ -34,7 +36,7 @@ def rope() -> wb.TransformerLM:
 numbers = st.one_of(st.integers(-40, 40), st.floats(allow_nan=True, allow_infinity=True, width=32))
 
 
-@FUZZ
+@ENTRY_FUZZ
 @given(rows=st.integers(1, 2), cols=st.integers(1, 6), values=st.lists(numbers, min_size=12, max_size=12),
        as_float=st.booleans(), use_mask=st.booleans())
 def test_fuzz_forward_positions_and_masks(learned, rows, cols, values, as_float, use_mask):
@@ -43,7 +45,7 @@ def test_fuzz_forward_positions_and_masks(learned, rows, cols, values, as_float,
     dtype = torch.float32 if as_float or any(isinstance(v, float) for v in grid) else torch.long
     tensor = torch.tensor(grid, dtype=dtype).reshape(rows, cols)
     kwargs = {"attention_mask": tensor} if use_mask else {"position_ids": tensor}
-    outcome, result = contract(lambda: learned(ids, **kwargs), learned)
+    outcome, result = run_case(lambda: learned(ids, **kwargs), learned)
     if outcome == "ok":  # accepted only what is valid, and then the logits are sound
         assert result.shape == (rows, cols, V) and torch.isfinite(result).all()
         if not use_mask:
@@ -52,12 +54,12 @@ def test_fuzz_forward_positions_and_masks(learned, rows, cols, values, as_float,
             assert bool(((tensor == 0) | (tensor == 1)).all()) and bool(tensor.bool().any(1).all())
 
 
-@FUZZ
+@ENTRY_FUZZ
 @given(index=st.lists(st.one_of(st.integers(-4, 5), st.floats(-2, 5)), min_size=0, max_size=5))
 def test_fuzz_cache_reorder(rope, index):
     cache = rope.new_cache(3, 8)
     rope(torch.tensor([[1, 2], [3, 4], [5, 6]]), cache=cache)
-    outcome, _ = contract(lambda: cache.reorder(index))
+    outcome, _ = run_case(lambda: cache.reorder(index))
     if outcome == "ok":
         assert all(isinstance(i, int) and 0 <= i < 3 for i in index) and index
         assert cache.batch_size == len(index)
@@ -72,7 +74,7 @@ selection = st.one_of(st.none(), small_ints, st.lists(small_ints, max_size=4),
                       st.text(max_size=3), st.floats(-2, 2))
 
 
-@FUZZ
+@ENTRY_FUZZ
 @given(heads=selection, queries=selection, batch=selection, layers=selection,
        budget=st.one_of(st.integers(-10, 2**20), st.just("1MB")))
 def test_fuzz_trace_attention_selections(rope, heads, queries, batch, layers, budget):
@@ -88,7 +90,7 @@ def test_fuzz_trace_attention_selections(rope, heads, queries, batch, layers, bu
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        outcome, result = contract(case, rope)
+        outcome, result = run_case(case, rope)
     if outcome == "ok":
         tr, logits = result
         assert torch.isfinite(logits).all()
@@ -99,12 +101,12 @@ def test_fuzz_trace_attention_selections(rope, heads, queries, batch, layers, bu
                 assert math.isfinite(float(rec.map.float().sum()))
 
 
-@FUZZ
+@ENTRY_FUZZ
 @given(device=st.one_of(st.text(max_size=12), st.sampled_from(["cpu", "cuda", "cuda:0", "cuda:9", "mps", "meta",
                                                                 "CPU", "cpu:0", "gpu", "xla", ""]),
                         st.integers(-2, 3), st.floats(), st.none()))
 def test_fuzz_device_strings(device):
-    outcome, result = contract(lambda: resolve_device(device))
+    outcome, result = run_case(lambda: resolve_device(device))
     if outcome == "ok":
         assert isinstance(result, torch.device)
         if result.type == "cuda":
@@ -113,31 +115,31 @@ def test_fuzz_device_strings(device):
 
 # --- the findings of issue 17, kept by name --------------------------------------------------------------
 def test_regression_learned_positions_out_of_range(learned):
-    assert contract(lambda: learned(torch.tensor([[1, 2]]), position_ids=torch.tensor([[0, 99]])))[0] == "refused"
-    assert contract(lambda: learned(torch.tensor([[1, 2]]), position_ids=torch.tensor([[-1, 0]])))[0] == "refused"
+    assert run_case(lambda: learned(torch.tensor([[1, 2]]), position_ids=torch.tensor([[0, 99]])))[0] == "refused"
+    assert run_case(lambda: learned(torch.tensor([[1, 2]]), position_ids=torch.tensor([[-1, 0]])))[0] == "refused"
 
 
 def test_regression_fractional_and_nan_positions_are_not_cast(learned):
     for bad in ([[0.0, 1.5]], [[0.0, float("nan")]]):
         positions = torch.tensor(bad)
-        assert contract(lambda p=positions: learned(torch.tensor([[1, 2]]), position_ids=p))[0] == "refused"
+        assert run_case(lambda p=positions: learned(torch.tensor([[1, 2]]), position_ids=p))[0] == "refused"
 
 
 def test_regression_list_mask_and_positions(learned):
-    assert contract(lambda: learned(torch.tensor([[1, 2]]), attention_mask=[[1, 1]]))[0] == "refused"
-    assert contract(lambda: learned(torch.tensor([[1, 2]]), position_ids=[[0, 1]]))[0] == "refused"
+    assert run_case(lambda: learned(torch.tensor([[1, 2]]), attention_mask=[[1, 1]]))[0] == "refused"
+    assert run_case(lambda: learned(torch.tensor([[1, 2]]), position_ids=[[0, 1]]))[0] == "refused"
 
 
 def test_regression_foreign_cache_and_bad_reorder(rope, learned):
     other = wb.TransformerLM(wb.ModelConfig.preset("tiny").replace(n_layers=1, max_seq_len=MAX_T, vocab_size=V))
-    assert contract(lambda: rope(torch.tensor([[1, 2]]), cache=other.new_cache(1)))[0] == "refused"
-    assert contract(lambda: rope.new_cache(2, 8).reorder(torch.tensor([5])))[0] == "refused"
+    assert run_case(lambda: rope(torch.tensor([[1, 2]]), cache=other.new_cache(1)))[0] == "refused"
+    assert run_case(lambda: rope.new_cache(2, 8).reorder(torch.tensor([5])))[0] == "refused"
 
 
 def test_regression_bogus_and_missing_devices():
-    assert contract(lambda: wb.load_pretrained(wb.models.tiny_path(), device="bogus"))[0] == "refused"
+    assert run_case(lambda: wb.load_pretrained(wb.models.tiny_path(), device="bogus"))[0] == "refused"
     if not torch.cuda.is_available():
-        assert contract(lambda: wb.load_pretrained(wb.models.tiny_path(), device="cuda"))[0] == "refused"
+        assert run_case(lambda: wb.load_pretrained(wb.models.tiny_path(), device="cuda"))[0] == "refused"
 
 
 def test_regression_heads_and_batch_never_raise_inside_the_hook(rope):
@@ -149,12 +151,12 @@ def test_regression_heads_and_batch_never_raise_inside_the_hook(rope):
         with trace(rope, attention=True, attention_batch=5):
             rope(torch.tensor([[1, 2]]))
 
-    assert contract(heads, rope)[0] == "refused" and contract(batch, rope)[0] == "refused"
+    assert run_case(heads, rope)[0] == "refused" and run_case(batch, rope)[0] == "refused"
 
 
 def test_regression_out_of_range_queries_warn(rope):
     with pytest.warns(UserWarning, match="selects none"):
-        assert contract(lambda: _trace_queries(rope, [50]), rope)[0] == "ok"
+        assert run_case(lambda: _trace_queries(rope, [50]), rope)[0] == "ok"
 
 
 def _trace_queries(model, queries):
@@ -168,6 +170,6 @@ def test_regression_widgets_and_gradient_history_refuse_wrong_types():
     from workbench.capture.gradients import GradientHistory
     from workbench.widgets import AttentionView, LayerInspector
 
-    assert contract(lambda: GradientHistory().append("not a trace"))[0] == "refused"
-    assert contract(lambda: LayerInspector(42))[0] == "refused"
-    assert contract(lambda: AttentionView("x"))[0] == "refused"
+    assert run_case(lambda: GradientHistory().append("not a trace"))[0] == "refused"
+    assert run_case(lambda: LayerInspector(42))[0] == "refused"
+    assert run_case(lambda: AttentionView("x"))[0] == "refused"

@@ -59,7 +59,7 @@ class AttentionSelection:
     def wants_layer(self, layer: int, module: str) -> bool:
         if self.layers is None:
             return True
-        for sel in self.layers:
+        for sel in [self.layers] if isinstance(self.layers, (int, str)) else self.layers:
             if isinstance(sel, int) and sel == layer:
                 return True
             if isinstance(sel, str) and (sel == module or re.search(sel, module)):
