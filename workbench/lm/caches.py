@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..model.cache import CacheBytes
+
 
 def returned_cache(out: Any) -> Any:
     """The cache a forward returned: its `cache` field (transformers after the rename), else `past_key_values`.
@@ -93,7 +95,7 @@ def _nbytes(t: torch.Tensor | None) -> int:
     return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
 
-class ForeignCache:
+class ForeignCache(CacheBytes):
     """A model's own cache (or none) with what decoding needs around it; the interface of `KVCache`.
 
     style: "hf" (a transformers Cache), "tuple" (whatever a module returns as `past_key_values`) or "none"
@@ -169,14 +171,6 @@ class ForeignCache:
             held = min(self.length, slots) if self.static else slots
             used.append(nbytes * held // slots if slots else 0)
         return used
-
-    @property
-    def bytes_allocated(self) -> int:
-        return sum(self.layer_bytes_allocated())
-
-    @property
-    def bytes_used(self) -> int:
-        return sum(self.layer_bytes_used())
 
     def __repr__(self) -> str:
         kind = type(self.state).__name__ if self.state is not None else self.style

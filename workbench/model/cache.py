@@ -16,7 +16,25 @@ MODES = ("static", "growing")
 _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-class KVCache:
+class CacheBytes:
+    """Totals over a cache's per-layer byte counts (`layer_bytes_allocated`, `layer_bytes_used`)."""
+
+    def layer_bytes_allocated(self) -> list[int]:
+        raise NotImplementedError
+
+    def layer_bytes_used(self) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def bytes_allocated(self) -> int:
+        return sum(self.layer_bytes_allocated())
+
+    @property
+    def bytes_used(self) -> int:
+        return sum(self.layer_bytes_used())
+
+
+class KVCache(CacheBytes):
     """Keys and values for every layer: each (B, K, S, D). `length` counts filled positions."""
 
     def __init__(
@@ -162,14 +180,6 @@ class KVCache:
     def layer_bytes_used(self) -> list[int]:
         per_layer = self.bytes_per_token // self.config.n_layers
         return [per_layer * self.length * self.batch_size] * self.config.n_layers
-
-    @property
-    def bytes_allocated(self) -> int:
-        return sum(self.layer_bytes_allocated())
-
-    @property
-    def bytes_used(self) -> int:
-        return sum(self.layer_bytes_used())
 
     def __repr__(self) -> str:
         return (
