@@ -1,4 +1,5 @@
-"""This checkout against an earlier revision, in one run: forward and decode step times, paired ratios.
+"""This checkout against an earlier revision, in one run: forward, capture, generate and decode step times,
+paired ratios.
 
 Run: .venv/bin/python benchmarks/versus.py REV [--repeats N]
 REV's `workbench/` is extracted with `git archive` and imported as the package `workbench_rev`, so both
@@ -68,7 +69,19 @@ def main() -> None:
             with torch.inference_mode():
                 fns = {"now": lambda ids=ids: new_model(ids), "rev": lambda ids=ids: old_model(ids)}
                 _report(f"forward {b}x{t}", interleaved_samples(fns, "cpu", 2, args.repeats))
+        ids = torch.randint(0, fields["vocab_size"], (1, 128))
+        for what, kwargs in (("trace defaults 1x128", {}), ("trace attention 1x128", {"attention": True})):
+            def traced(pkg, model, kwargs=kwargs):
+                def run():
+                    with torch.inference_mode(), pkg.trace(model, **kwargs):
+                        model(ids)
+                return run
+            fns = {"now": traced(workbench, new_model), "rev": traced(old, old_model)}
+            _report(what, interleaved_samples(fns, "cpu", 2, args.repeats))
         prompt = torch.randint(0, fields["vocab_size"], (1, 32))
+        fns = {name: (lambda pkg=pkg, model=model: pkg.generate(model, prompt, max_new_tokens=16, fast=False))
+               for name, pkg, model in (("now", workbench, new_model), ("rev", old, old_model))}
+        _report("generate 16 tokens", interleaved_samples(fns, "cpu", 1, max(3, args.repeats // 3)))
         steps = {}
         for name, model, cls in (("now", new_model, decoder_class(workbench)), ("rev", old_model, decoder_class(old))):
             cache = model.new_cache(1, 32 + 4 * args.repeats + 16)
