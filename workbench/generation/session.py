@@ -233,6 +233,8 @@ class GenerationSession:
         grown = 2 * cache.max_len if limit is None else min(limit, 2 * cache.max_len)
         if isinstance(cache, KVCache):
             cache.resize(grown)
+        elif not cache.static:  # a growing cache of the model's own: only the bound moves
+            cache.max_len = grown
         else:  # a model's own preallocated cache cannot grow: refill every token fed so far into a larger one
             with eval_no_grad(self.model, self._module_list):
                 self._fill(self.tokens, grown)
