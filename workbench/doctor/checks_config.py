@@ -231,7 +231,7 @@ def input_validation(ctx: Context) -> Result:
               "negative_id": good.clone().index_fill_(1, torch.tensor([1], device=a.device), -1)}
     limit = a.max_len
     if limit is not None and limit < 65536:
-        probes["one_token_too_long"] = ctx.ids(1, limit + 1, salt=9)
+        probes["one_token_too_long"] = a.probe_ids(ctx.generator(9), 1, limit + 1)  # past the context on purpose
     outcomes = {name: _probe(ctx, ids) for name, ids in probes.items()}
     evidence: dict[str, Any] = {name: kind for name, (kind, _) in outcomes.items()}
     evidence["vocab_size"] = V

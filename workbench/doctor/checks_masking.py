@@ -66,6 +66,7 @@ def padding_mask(ctx: Context) -> Result:
     if not a.supports_mask:
         return na("forward takes no attention_mask, so padding cannot be expressed.")
     n, pads = 5, 3
+    ctx.need(n + pads)
     ids = ctx.ids(1, n, salt=2)
     ref = a.logits(ids)  # (1, n, V) unpadded reference
     pad = torch.full((1, pads), a.pad_id, dtype=ids.dtype, device=ids.device)

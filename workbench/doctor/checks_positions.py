@@ -147,7 +147,8 @@ def kv_cache(ctx: Context) -> Result:
     a = ctx.adapter
     if a.cache_style is None:
         return na("the model exposes no KV cache (no `past_key_values` or `cache` argument).")
-    P, N = 5, 4
+    P, N, pads = 5, 4, 2
+    ctx.need(pads + P + N)
     ids = ctx.ids(1, P + N, salt=7)
     full = a.logits(ids)  # (1, P+N, V)
     explicit = a.supports_positions
@@ -168,7 +169,6 @@ def kv_cache(ctx: Context) -> Result:
         return Result("fail", f"cached decoding differs from a full recompute by {worst:.3g} at position {at} "
                       f"(tolerance {tol:.1e}).", evidence)
     if a.supports_mask:
-        pads = 2
         seq = torch.cat((torch.full((1, pads), a.pad_id, dtype=ids.dtype, device=ids.device), ids), 1)
         mask = torch.cat((torch.zeros(1, pads, dtype=torch.long), torch.ones(1, P + N, dtype=torch.long)), 1)
         mask = mask.to(a.device)
