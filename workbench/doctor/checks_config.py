@@ -148,18 +148,22 @@ def weights(ctx: Context) -> Result:
         evidence["first_bad_param"] = bad[0]
         problems.append(f"{len(bad)} parameters are non-finite or on the meta device (first: {bad[0]})")
     claimed = config_value(a.config, "tie_embeddings", "tie_word_embeddings")
-    emb, head = a.input_embedding(), a.output_head()
+    emb, head = a.input_embedding(), a.output_head()  # the token embedding, found by what it looks up
     ew, hw = getattr(emb, "weight", None), getattr(head, "weight", None)
     if isinstance(ew, torch.Tensor) and isinstance(hw, torch.Tensor) and ew.shape == hw.shape:
+        names = {id(m): n for n, m in ctx.model.named_modules()}
+        e_name, h_name = names.get(id(emb), "the embedding"), names.get(id(head), "the head")
         shared = _storage(ew) == _storage(hw) and ew.data_ptr() == hw.data_ptr()
         copies = (not shared) and bool(torch.equal(ew, hw))
-        evidence.update(tie_claimed=claimed, head_shares_embedding_storage=shared, head_equals_embedding=copies)
+        evidence.update(tie_claimed=claimed, head_shares_embedding_storage=shared, head_equals_embedding=copies,
+                        embedding=e_name, head=h_name)
         if not shared and (claimed or copies):
             kind = "an identical copy" if copies else "a separate tensor"
-            problems.append(f"the output head is {kind} of the embedding, not shared storage"
-                            + (" although the config says the embeddings are tied" if claimed else ""))
+            said = " although the config says the embeddings are tied" if claimed else ""
+            problems.append(f"{h_name}.weight is {kind} of {e_name}.weight, not the same Parameter{said}: the two "
+                            "drift apart from the first optimizer step")
         elif shared and claimed is False:
-            warnings.append("the config says untied but the head shares the embedding's storage")
+            warnings.append(f"the config says untied but {h_name}.weight shares {e_name}.weight's storage")
     if problems:
         return Result("fail", "; ".join(problems) + ".", evidence)
     if warnings:
@@ -231,7 +235,7 @@ def input_validation(ctx: Context) -> Result:
               "negative_id": good.clone().index_fill_(1, torch.tensor([1], device=a.device), -1)}
     limit = a.max_len
     if limit is not None and limit < 65536:
-        probes["one_token_too_long"] = ctx.ids(1, limit + 1, salt=9)
+        probes["one_token_too_long"] = a.probe_ids(ctx.generator(9), 1, limit + 1)  # past the context on purpose
     outcomes = {name: _probe(ctx, ids) for name, ids in probes.items()}
     evidence: dict[str, Any] = {name: kind for name, (kind, _) in outcomes.items()}
     evidence["vocab_size"] = V

@@ -61,6 +61,7 @@ def generation_memory(ctx: Context) -> Result:
             if style == "workbench":
                 refs.append(weakref.ref(state))
 
+    ctx.need(5 + NEW_TOKENS)
     ids = ctx.ids(1, 5, salt=16)
     handle = ctx.model.register_forward_hook(after_forward, with_kwargs=True)
     try:
@@ -110,6 +111,7 @@ def _sequence_logprob(ctx: Context, seq: torch.Tensor, prompt_len: int, count: i
 def beam_search(ctx: Context) -> Result:
     ctx.require_deterministic()
     style = _style(ctx)
+    ctx.need(5 + NEW_TOKENS)
     ids = ctx.ids(1, 5, salt=17)
     P = ids.shape[1]
     if style == "workbench":

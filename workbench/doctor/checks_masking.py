@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .probes import attribution_sites, first_divergence
 from .registry import Context, Result, check, max_delta, na
 from .report import Within, format_value
 
@@ -29,22 +30,34 @@ def causal_leak(ctx: Context) -> Result:
     ids = ctx.ids(1, T, salt=1)
     base = a.logits(ids)  # (1, T, V)
     tol = a.tolerance(base)
-    worst, worst_pos, worst_cut = -1.0, -1, -1
+    worst, worst_pos, worst_cut, worst_ids = -1.0, -1, -1, ids
     for cut in (1, T // 2):  # positions 0..cut are kept, every later token is replaced
         other = ids.clone()
         replacement = ctx.ids(1, T - cut - 1, salt=10 + cut)
         other[:, cut + 1 :] = torch.where(replacement == ids[:, cut + 1 :], replacement + 1, replacement) % a.vocab_size
         delta, pos = max_delta(base[:, : cut + 1], a.logits(other)[:, : cut + 1])
         if not delta <= worst:  # NaN counts as the worst
-            worst, worst_pos, worst_cut = delta, pos, cut
+            worst, worst_pos, worst_cut, worst_ids = delta, pos, cut, other
     delta = Within(worst, tol)
     evidence = {"max_abs_delta_earlier_logits": delta, "tolerance": tol, "seq_len": T}
     if not worst <= tol:
         evidence.update(at_position=worst_pos, future_changed_from=worst_cut + 1)
+        keep = slice(0, worst_cut + 1)
+        where = _first_module(ctx, lambda: a.logits(ids), lambda: a.logits(worst_ids),
+                              lambda t: t[:, keep], lambda t: t[:, keep])
+        evidence.update(where)
         return Result("fail", f"changing tokens from position {worst_cut + 1} on moved the logits at earlier "
-                      f"position {worst_pos} by {worst:.3g} (tolerance {tol:.1e}): the future leaks.", evidence)
+                      f"position {worst_pos} by {worst:.3g} (tolerance {tol:.1e}): the future leaks"
+                      + (f", first in {where['first_module']}." if where else "."), evidence)
     return Result("pass", f"earlier logits unchanged when future tokens change (max |delta| {format_value(delta)}).",
                   evidence)
+
+
+def _first_module(ctx: Context, run_a, run_b, pick_a, pick_b) -> dict[str, Any]:  # noqa: ANN001
+    """{"first_module": the block or block part whose output first differs between two forwards, ...}, or {}."""
+    found = first_divergence(attribution_sites(ctx.model, (ctx.adapter.blocks() or ("", []))[1]),
+                             run_a, run_b, pick_a, pick_b)
+    return {"first_module": found[0] or "(root)", "first_module_delta": found[1]} if found else {}
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -66,11 +79,12 @@ def padding_mask(ctx: Context) -> Result:
     if not a.supports_mask:
         return na("forward takes no attention_mask, so padding cannot be expressed.")
     n, pads = 5, 3
+    ctx.need(n + pads)
     ids = ctx.ids(1, n, salt=2)
     ref = a.logits(ids)  # (1, n, V) unpadded reference
     pad = torch.full((1, pads), a.pad_id, dtype=ids.dtype, device=ids.device)
     ones, zeros = torch.ones_like(ids), torch.zeros_like(pad)
-    deltas = {}
+    deltas, runs = {}, {}
     for side, seq, mask, keep in (
         ("left", torch.cat((pad, ids), 1), torch.cat((zeros, ones), 1), slice(pads, None)),
         ("right", torch.cat((ids, pad), 1), torch.cat((ones, zeros), 1), slice(0, n)),
@@ -78,6 +92,7 @@ def padding_mask(ctx: Context) -> Result:
         positions = _positions(mask) if a.supports_positions else None
         out = a.logits(seq, mask, positions)[:, keep]  # (1, n, V) real tokens only
         deltas[side] = max_delta(ref, out)
+        runs[side] = (lambda s=seq, m=mask, p=positions: a.logits(s, m, p)), keep
     tol = a.tolerance(ref)
     evidence: dict[str, object] = {}
     for side, (d, at) in deltas.items():
@@ -88,8 +103,12 @@ def padding_mask(ctx: Context) -> Result:
     bad = [side for side, (d, _) in deltas.items() if not d <= tol]
     if bad:
         side = bad[0]
+        run, keep = runs[side]
+        where = _first_module(ctx, lambda: a.logits(ids), run, lambda t: t, lambda t: t[:, keep])
+        evidence.update(where)
         return Result("fail", f"{side}-padded input differs from the unpadded sequence by {deltas[side][0]:.3g} "
-                      f"at token {deltas[side][1]} (tolerance {tol:.1e}).", evidence)
+                      f"at token {deltas[side][1]} (tolerance {tol:.1e})"
+                      + (f", first in {where['first_module']}." if where else "."), evidence)
     return Result("pass", "left- and right-padded inputs equal the unpadded sequence on every real token.", evidence)
 
 
@@ -146,8 +165,18 @@ def determinism(ctx: Context) -> Result:
     if still_training:
         evidence["first_in_train_mode"] = still_training[0]
     if not new_seed <= tol:
+        def seeded(seed: int) -> Any:
+            def run() -> Any:
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    return a.logits(ids)
+            return run
+
+        where = _first_module(ctx, seeded(ctx.seed), seeded(ctx.seed + 1), lambda t: t, lambda t: t)
+        evidence.update(where)
         return Result("fail", f"in eval mode the output depends on the random seed (max |delta| {new_seed:.3g}): "
-                      "dropout or sampling is active.", evidence)
+                      "dropout or sampling is active" + (f", first in {where['first_module']}." if where else "."),
+                      evidence)
     if not same_seed <= tol:
         return Result("fail", f"two identical eval forwards differ by {same_seed:.3g}.", evidence)
     if still_training:

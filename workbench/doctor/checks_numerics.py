@@ -14,31 +14,56 @@ from ..capture import trace
 from ..lm.observe import SdpaCall, watch_attention
 from .probes import observe
 from .registry import Context, Result, check, na
+from .scale import declared_ratio, fit_scale, prescale
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
 STRESS = 8.0  # attention inputs are multiplied by this: "large activations" (scores grow STRESS**2)
 
 
 def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | None = None,
-                     dtype: torch.dtype | None = None) -> tuple[dict[str, dict[str, float]], torch.Tensor]:
-    """Run a forward, watching attention: per module -> {max_score, nonfinite}; also the logits.
+                     dtype: torch.dtype | None = None) -> tuple[dict[str, dict[str, Any]], torch.Tensor]:
+    """Run a forward, watching attention: per module -> {max_score, nonfinite, scale_ratio, ...}; also the logits.
 
-    scale_inputs: ids of modules whose first floating input is multiplied by STRESS.
-    dtype: run under autocast to this dtype (the device's autocast), else in the model's dtype.
+    scale_ratio is the softmax input's scale relative to q.k/sqrt(D) of the q and k projections (see `scale`),
+    None when it cannot be measured. scale_inputs: ids of modules whose first floating input is multiplied
+    by STRESS. dtype: run under autocast to this dtype (the device's autocast), else in the model's dtype.
     """
-    seen: dict[str, dict[str, float]] = {}
+    seen: dict[str, dict[str, Any]] = {}
     handles = []
-    products: dict[str, tuple[torch.Tensor, int]] = {}  # module -> last 4-D q @ k^T product and its D
+    products: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module -> operands of its last q @ k^T
+    outputs: dict[str, torch.Tensor] = {}  # leaf module -> its output in this forward (projection candidates)
 
-    def on_call(stack, func, args, _kwargs, result) -> None:  # noqa: ANN001
-        if func in MATMULS and isinstance(result, torch.Tensor) and result.dim() == 4 and len(args) == 2:
-            products[stack.current] = (result.detach(), args[0].shape[-1])
+    def on_call(stack, func, args, kwargs, result) -> None:  # noqa: ANN001
+        if func in MATMULS and isinstance(result, torch.Tensor) and result.dim() in (3, 4):
+            ops = [x for x in (*args, kwargs.get("batch1"), kwargs.get("batch2")) if isinstance(x, torch.Tensor)]
+            if len(ops) >= 2:
+                products[stack.current] = (ops[-2], ops[-1])  # baddbmm(bias, q, k^T): the last two
 
-    def note(module: str, scores: torch.Tensor, probs: torch.Tensor | None, ratio: float | None) -> None:
-        entry = seen.setdefault(module, {"max_score": 0.0, "nonfinite": 0, "scale_ratio": 1.0})
-        if ratio is not None:
-            entry["scale_ratio"] = ratio
-        finite = scores[torch.isfinite(scores)]
+    def sources(owner: str) -> list[torch.Tensor]:
+        """Outputs of the leaf modules inside `owner`, else inside its parent (projections may sit there)."""
+        for scope in (owner, owner.rsplit(".", 1)[0] if "." in owner else None):
+            if scope is not None:
+                found = [t for n, t in outputs.items() if n.startswith(scope + ".")]
+                if found:
+                    return found
+        return []
+
+    def measure(owner: str, q: torch.Tensor, k: torch.Tensor, post: float | None) -> dict[str, Any]:
+        """Score scale relative to 1/sqrt(D) given the attention call's own factor `post`; q (B, H, T, D),
+        k (B, K, S, D) as the call received them."""
+        cands = sources(owner)
+        cq, ck = prescale(q, cands), prescale(k, cands)
+        ratio = None
+        if post is not None and cq is not None and ck is not None:
+            ratio = post * cq * ck * math.sqrt(q.shape[-1])
+        return {"scale_ratio": ratio, "head_dim": q.shape[-1], "call_scale": post, "q_prescale": cq,
+                "k_prescale": ck}
+
+    def note(module: str, scores: torch.Tensor, probs: torch.Tensor | None, scale: dict[str, Any]) -> None:
+        entry = seen.setdefault(module, {"max_score": 0.0, "nonfinite": 0, "scale_ratio": None})
+        if entry["scale_ratio"] is None:
+            entry.update(scale)
+        finite = scores[torch.isfinite(scores) & (scores > -1e30)]  # not the dtype-minimum that masks add
         if finite.numel():
             entry["max_score"] = max(entry["max_score"], float(finite.abs().max()))
         overflow = int((scores == float("inf")).sum())  # +inf scores: overflow (-inf is a mask)
@@ -46,12 +71,22 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
 
     class Listener:  # attention events of the observation layer, attributed to the running module
         def on_softmax(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
-            scores = scores.detach().float()
-            note(stack.current, scores, probs, _scale_ratio(scores, products.get(stack.current)))
+            owner, scores = stack.current, scores.detach().float()
+            scale: dict[str, Any] = {"scale_ratio": None}
+            operands = products.get(owner)
+            if operands is not None and operands[0].numel() * scores.shape[-1] == (
+                    scores.numel() * operands[0].shape[-1]):
+                B, H, T, S = scores.shape
+                q, k_t = operands
+                q4 = q.reshape(B, H, T, -1)  # (B, H, T, D), also from bmm's (B*H, T, D)
+                k4 = k_t.reshape(B, H, -1, S).transpose(-2, -1)  # (B, H, S, D)
+                scale = measure(owner, q4, k4, fit_scale(scores, q4, k_t))
+            note(owner, scores, probs, scale)
 
         def on_sdpa(self, call: SdpaCall) -> None:
-            ratio = call.effective_scale * math.sqrt(call.query.shape[-1])
-            note(stack.current, call.scores(), call.output, ratio)
+            q = call.query if call.query.dim() == 4 else call.query.unsqueeze(1)
+            k = call.key if call.key.dim() == 4 else call.key.unsqueeze(1)
+            note(stack.current, call.scores(), call.output, measure(stack.current, q, k, call.effective_scale))
 
     def amplify(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         arg_list, kwargs = list(args), dict(kwargs)
@@ -63,10 +98,18 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
                     return tuple(arg_list), kwargs
         return tuple(arg_list), kwargs
 
+    def keep_output(name: str) -> Any:
+        def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                outputs[name] = out.detach()
+        return hook
+
     try:
-        for m in ctx.model.modules():
+        for name, m in ctx.model.named_modules():
             if scale_inputs and id(m) in scale_inputs:
                 handles.append(m.register_forward_pre_hook(amplify, with_kwargs=True))
+            if not scale_inputs and next(m.children(), None) is None and next(m.parameters(), None) is not None:
+                handles.append(m.register_forward_hook(keep_output(name)))
         device = ctx.adapter.device.type
         cast = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with torch.no_grad(), cast, observe(ctx.model, on_call) as stack, watch_attention(Listener()):
@@ -77,19 +120,8 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
     return seen, logits
 
 
-MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm}
-
-
-def _scale_ratio(scores: torch.Tensor, product: tuple[torch.Tensor, int] | None) -> float | None:
-    """How the softmax input compares with q @ k^T / sqrt(D): 1.0 for the standard scale, sqrt(D) when the
-    scale is missing. Uses the module's last 4-D matmul of the same shape; masked entries are ignored."""
-    if product is None or product[0].shape != scores.shape:
-        return None
-    raw, D = product[0].float(), product[1]
-    keep = torch.isfinite(scores) & (raw.abs() > 1e-6) & (scores.abs() <= 1e4 * (raw.abs().max() + 1))
-    if not bool(keep.any()):
-        return None
-    return float((scores[keep] / raw[keep]).median()) * math.sqrt(D)
+MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.baddbmm,
+           torch.Tensor.baddbmm}
 
 
 @check(
@@ -107,8 +139,8 @@ def score_overflow(ctx: Context) -> Result:
         return na("the logits are non-finite even without stress; see the `nonfinite` check.")
     if not baseline:
         return na("no attention softmax or SDPA call was seen in the forward pass.")
-    unscaled = max(baseline, key=lambda n: baseline[n]["scale_ratio"])
-    ratio = baseline[unscaled]["scale_ratio"]
+    measured = {n: v for n, v in baseline.items() if v["scale_ratio"] is not None}
+    unscaled = max(measured, key=lambda n: measured[n]["scale_ratio"]) if measured else None
     names = dict(ctx.model.named_modules())
     targets = {id(names[n]) for n in baseline if n in names}
     half = torch.float16 if a.dtype == torch.float32 else a.dtype
@@ -123,18 +155,32 @@ def score_overflow(ctx: Context) -> Result:
                 "max_abs_score": max_score, "worst_module": worst or "(root)", "nonfinite_scores_or_probs": bad,
                 "fp16_headroom": FP16_MAX / max_score if max_score else float("inf"),
                 "nonfinite_logits": int((~torch.isfinite(logits)).sum())}
-    evidence.update(score_scale_vs_inv_sqrt_d=ratio, least_scaled_module=unscaled or "(root)")
-    if ratio > 2.0:
-        where = unscaled or "(root)"
-        return Result("fail", f"{where} feeds softmax scores {ratio:.3g}x larger than q.k/sqrt(head_dim): "
-                      f"the 1/sqrt(d) scale is missing, so fp16 overflows {ratio:.3g}x sooner "
-                      f"(stressed max |score| {max_score:.3g}).", evidence)
+    scale_note = ""
+    if unscaled is None:  # the scale cannot be told apart from what q and k went through: judge overflow only
+        blind = next(iter(baseline))
+        evidence.update(scale_judged=False, unjudged_module=blind or "(root)")
+        scale_note = (f"; the score scale is not judged: the projections that produce {blind or '(root)'}'s q and k "
+                      "(or a single factor over q.k) could not be identified")
+    else:
+        m = measured[unscaled]
+        ratio, where = m["scale_ratio"], unscaled or "(root)"
+        evidence.update(score_scale_vs_inv_sqrt_d=ratio, least_scaled_module=where, head_dim=m["head_dim"],
+                        call_scale=m["call_scale"], q_prescale=m["q_prescale"], k_prescale=m["k_prescale"],
+                        scale_judged=True)
+        declared = declared_ratio(ctx.adapter.config, m["head_dim"])
+        if declared is not None and abs(ratio / declared[0] - 1) < 0.05:  # a deliberate scale: overflow decides
+            evidence["declared_by"] = declared[1]
+            scale_note = f"; scores are {ratio:.3g}x q.k/sqrt(head_dim), as the config declares ({declared[1]})"
+        elif ratio > 2.0:
+            return Result("fail", f"{where} feeds softmax scores {ratio:.3g}x larger than q.k/sqrt(head_dim) of its "
+                          f"q and k projections: the 1/sqrt(d) scale is missing, so fp16 overflows {ratio:.3g}x "
+                          f"sooner (stressed max |score| {max_score:.3g}).", evidence)
     if bad or evidence["nonfinite_logits"]:
         return Result("fail", f"with attention inputs x{STRESS:g} under {evidence['dtype']}, {worst or '(root)'} "
                       f"produced {bad} non-finite scores/probabilities (max finite |score| {max_score:.3g}).",
                       evidence)
     return Result("pass", f"attention stays finite under {evidence['dtype']} with inputs x{STRESS:g} "
-                  f"(max |score| {max_score:.3g}, headroom {evidence['fp16_headroom']:.3g}x).", evidence)
+                  f"(max |score| {max_score:.3g}, headroom {evidence['fp16_headroom']:.3g}x){scale_note}.", evidence)
 
 
 @check(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks_masking import _positions
+from .checks_masking import _first_module, _positions
 from .registry import Context, Result, check, max_delta, na
 from .report import Within, format_value
 
@@ -59,17 +59,30 @@ def positions(ctx: Context) -> Result:
             how = (f"position_ids are ignored, but reversing the earlier tokens moves the first block's output at "
                    f"the last token by {reordered:.3g}: a relative scheme such as ALiBi")
     else:
-        # Without a position_ids argument: repeat one token. Models without positions compute the same
-        # thing at every position; so do rotary models (values carry no position), hence only a warning.
-        token = ctx.ids(1, 1, salt=5)
-        const = a.logits(token.expand(1, T).contiguous())  # (1, T, V)
-        moved = max_delta(const, const[:, :1].expand_as(const))[0]
-        evidence = {"constant_input_spread": moved, "tolerance": tol}
-        if not moved > tol:
-            return Result("warn", f"one token repeated gives the same logits at every position (spread {moved:.1e}): "
-                          "positions are not applied, or are rotary; accept position_ids to test this fully.",
-                          evidence)
-        how = f"logits move by {moved:.3g}"
+        # Without a position_ids argument, the permutation probe decides for any scheme (absolute, rotary,
+        # ALiBi): does the first block's output at the last token depend on the order of the tokens before it?
+        probe = _first_block_reordering(a, ids)
+        if probe is not None:
+            reordered, block_tol = probe
+            evidence = {"first_block_reordered_delta": Within(reordered, block_tol), "first_block_tolerance": block_tol,
+                        "tolerance": tol}
+            if not reordered > block_tol:
+                return Result("fail", f"the first block's output at the last token ignores the order of the tokens "
+                              f"before it (reversing them moves it by {format_value(Within(reordered, block_tol))}): "
+                              "positions are not applied.", evidence)
+            how = f"reversing the earlier tokens moves the first block's output at the last token by {reordered:.3g}"
+        else:
+            # No blocks to probe: repeat one token. Models without positions compute the same thing at every
+            # position; so do rotary models (values carry no position), hence only a warning.
+            token = ctx.ids(1, 1, salt=5)
+            const = a.logits(token.expand(1, T).contiguous())  # (1, T, V)
+            moved = max_delta(const, const[:, :1].expand_as(const))[0]
+            evidence = {"constant_input_spread": moved, "tolerance": tol}
+            if not moved > tol:
+                return Result("warn", f"one token repeated gives the same logits at every position (spread "
+                              f"{moved:.1e}): positions are not applied, or are rotary; accept position_ids, or keep "
+                              "the blocks in an nn.ModuleList, to test this fully.", evidence)
+            how = f"logits move by {moved:.3g}"
     if a.cache_style is None:
         return Result("pass", f"positions are applied ({how}); no cache to test continuation with.", evidence)
     _, state = a.cached(ids[:, :P], max_len=T)
@@ -88,8 +101,17 @@ def positions(ctx: Context) -> Result:
                       "is not judged because cached decoding is wrong even with explicit position ids (see "
                       "`kv_cache`).", evidence)
     if not worst <= tol:
+        def decode_to_at() -> None:  # the last call is the step at `at`: its outputs are what is compared
+            _, state = a.cached(ids[:, :P], max_len=T)
+            for t in range(P, at + 1):
+                _, state = a.cached(ids[:, t : t + 1], state, max_len=T)
+
+        where = _first_module(ctx, lambda: a.logits(ids), decode_to_at,
+                              lambda t: t[:, at : at + 1], lambda t: t[:, -1:])  # position `at` of each
+        evidence.update(where)
         return Result("fail", f"decoding with a cache, without explicit position ids, moves the logits at position "
-                      f"{at} by {worst:.3g}: positions do not continue from the cache length.", evidence)
+                      f"{at} by {worst:.3g}: positions do not continue from the cache length"
+                      + (f"; the first output to differ is {where['first_module']}'s." if where else "."), evidence)
     return Result("pass", f"positions are applied ({how}) and continue past the cache.",
                   evidence)
 
@@ -99,8 +121,9 @@ def _first_block_reordering(a, ids: torch.Tensor) -> tuple[float, float] | None:
     order, with its tolerance; None when the blocks cannot be found.
 
     Without positions, the first block sees the earlier tokens as a set (attention sums over them), so only
-    float noise moves it. Later blocks would not do: under a causal mask each earlier token sees a different
-    prefix, which gives even a model without positions a sense of order.
+    float noise moves it. Later blocks, and so the logits, would not do: under a causal mask each earlier
+    token sees a different prefix, which gives even a model without positions a sense of order; shuffling the
+    prompt moves the last token's logits of any model deeper than one block.
     """
     found = a.blocks()
     if found is None:
@@ -147,7 +170,8 @@ def kv_cache(ctx: Context) -> Result:
     a = ctx.adapter
     if a.cache_style is None:
         return na("the model exposes no KV cache (no `past_key_values` or `cache` argument).")
-    P, N = 5, 4
+    P, N, pads = 5, 4, 2
+    ctx.need(pads + P + N)
     ids = ctx.ids(1, P + N, salt=7)
     full = a.logits(ids)  # (1, P+N, V)
     explicit = a.supports_positions
@@ -168,7 +192,6 @@ def kv_cache(ctx: Context) -> Result:
         return Result("fail", f"cached decoding differs from a full recompute by {worst:.3g} at position {at} "
                       f"(tolerance {tol:.1e}).", evidence)
     if a.supports_mask:
-        pads = 2
         seq = torch.cat((torch.full((1, pads), a.pad_id, dtype=ids.dtype, device=ids.device), ids), 1)
         mask = torch.cat((torch.zeros(1, pads, dtype=torch.long), torch.ones(1, P + N, dtype=torch.long)), 1)
         mask = mask.to(a.device)

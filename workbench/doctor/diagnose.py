@@ -11,8 +11,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed.env import is_distributed, run_on_main, unwrap
-from ..errors import DoctorError, ModelContractError
+from ..errors import DoctorError, InputError, ModelContractError
 from ..lm import ModelAdapter
+from ..model.placement import resolve_device
 from . import checks_config, checks_generation, checks_masking, checks_numerics, checks_positions, checks_structure
 from .registry import CHECKS, Context, Result, catalogue
 from .report import Finding, Report
@@ -48,6 +49,13 @@ def diagnose(
     if not isinstance(model, nn.Module):
         raise DoctorError(f"diagnose needs a torch nn.Module, got {type(model).__name__}.")
     names = _select(checks)
+    if device is not None:
+        try:
+            device = resolve_device(device)  # refused before anything moves
+        except InputError as err:
+            raise DoctorError(f"diagnose: {err}") from None
+        if device.type == "meta":
+            raise DoctorError("diagnose: device='meta' holds no values, so no probe can run there; use 'cpu' or a GPU.")
     if not is_distributed():
         return _diagnose(model, tokenizer, names, device, seed, progress)
     inner, wrapper = unwrap(model)
@@ -69,11 +77,7 @@ def _diagnose(model: nn.Module, tokenizer: Any, names: list[str], device: torch.
         with torch.random.fork_rng(devices=devices):  # the user's RNG streams continue untouched
             torch.manual_seed(seed)
             ctx = Context(ModelAdapter(model, tokenizer), seed=seed)
-            with torch.no_grad():
-                try:
-                    _ = ctx.adapter.vocab_size  # one 2-token forward: a model whose output has no logits fails here
-                except ModelContractError as err:
-                    raise DoctorError(f"diagnose cannot drive this model: {err}") from err
+            _first_probe(ctx)
             findings = [_run(name, ctx) for name in tqdm(names, desc="doctor", disable=not progress, leave=False)]
     finally:
         if moved:
@@ -81,6 +85,22 @@ def _diagnose(model: nn.Module, tokenizer: Any, names: list[str], device: torch.
         for m, mode in modes:
             m.training = mode
     return Report(findings, model=type(model).__name__, seconds=time.perf_counter() - start)
+
+
+def _first_probe(ctx: Context) -> None:
+    """One 2-token forward, before any check: a module that is not a causal LM (no logits, wrong inputs, a
+    forward that raises) is refused here with a `DoctorError` that says what the doctor needs."""
+    try:
+        with torch.no_grad():
+            _ = ctx.adapter.vocab_size
+    except ModelContractError as err:
+        raise DoctorError(f"diagnose cannot drive this model: {err}") from err
+    except Exception as err:  # the model's own error: say which, and what the doctor calls
+        raise DoctorError(
+            f"diagnose cannot drive this model: its forward raised {type(err).__name__}: {str(err)[:200]} on the "
+            "first probe, model(input_ids) with input_ids a (1, 2) LongTensor. The doctor needs a causal LM whose "
+            "forward(input_ids, attention_mask=None) returns logits (B, T, V) or an object with `.logits`."
+        ) from err
 
 
 def _select(checks: Iterable[str] | None) -> list[str]:

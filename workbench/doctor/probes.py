@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -72,3 +73,60 @@ def observe(model: nn.Module, on_call: Callable[[ModuleStack, Any, tuple, dict, 
             yield stack
     finally:
         stack.remove()
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (tuple, list)) and obj:
+        return _first_tensor(obj[0])
+    return getattr(obj, "last_hidden_state", None) if not isinstance(obj, dict) else None
+
+
+def attribution_sites(model: nn.Module, blocks: list[tuple[str, nn.Module]] | None) -> list[tuple[str, nn.Module]]:
+    """Modules a divergence is attributed to: each block and its direct children (attention, MLP, norms), and
+    the modules outside the blocks (embeddings, final norm, head); not the insides of attention, where every
+    projection after the faulty step would be blamed first."""
+    inside = {id(m) for _, b in blocks or [] for m in b.modules()}
+    sites = [(n, m) for n, m in model.named_modules() if id(m) not in inside and n]
+    for name, block in blocks or []:
+        sites.append((name, block))
+        sites.extend((f"{name}.{c}", m) for c, m in block.named_children())
+    return sites
+
+
+def first_divergence(sites: list[tuple[str, nn.Module]], run_a: Callable[[], Any], run_b: Callable[[], Any],
+                     pick_a: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+                     pick_b: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> tuple[str, float] | None:
+    """The first module, in the order modules finish, whose output differs between two forwards beyond float
+    noise, with the largest |delta|; None when none does. pick_a / pick_b select the positions to compare from
+    each output (B, T, ...), e.g. the real tokens of a padded sequence."""
+    outs: list[list[tuple[str, torch.Tensor]]] = [[], []]
+    handles = []
+
+    def keep(name: str, run: int) -> Callable[..., None]:
+        def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
+            t = _first_tensor(out)
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2:
+                outs[run].append((name, t.detach().float()))
+        return hook
+
+    for run, call in enumerate((run_a, run_b)):
+        try:
+            handles = [m.register_forward_hook(keep(n, run)) for n, m in sites]
+            call()
+        finally:
+            for h in handles:
+                h.remove()
+    later = dict(outs[1])
+    for name, a in outs[0]:
+        b = later.get(name)
+        if b is None:
+            continue
+        a, b = pick_a(a), pick_b(b)
+        if a.shape != b.shape:
+            continue
+        delta = float((a - b).abs().max())
+        if not delta <= 1e-4 * max(1.0, float(a.abs().max())):
+            return name, delta
+    return None

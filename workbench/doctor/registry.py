@@ -20,6 +20,10 @@ class Precondition(DoctorError):
     """A check cannot judge this model because another check's problem hides its signal."""
 
 
+class TooShort(Precondition):
+    """A check's probe is longer than the context the model declares: the check cannot run, it says n/a."""
+
+
 class Result(NamedTuple):
     status: str  # "pass", "warn", "fail", "n/a"
     summary: str
@@ -81,7 +85,18 @@ class Context:
         return torch.Generator().manual_seed(self.seed * 1009 + salt)
 
     def ids(self, batch: int, length: int, salt: int = 0) -> torch.Tensor:
+        """Random probe ids (batch, length); a probe longer than the model's context is refused (`need`)."""
+        self.need(length)
         return self.adapter.probe_ids(self.generator(salt), batch, length)
+
+    def need(self, length: int) -> None:
+        """Refuse (n/a) a check whose probe holds `length` positions when the model declares a shorter context
+        (config max_seq_len, max_position_embeddings, n_positions, block_size or n_ctx)."""
+        limit = self.adapter.max_len
+        if limit is not None and length > limit:
+            raise TooShort(f"this check's probe needs {length} positions, but the model's context is {limit} "
+                           "(its config's max_seq_len / max_position_embeddings / n_positions / block_size); "
+                           "it cannot be judged on so short a context.")
 
     def require_deterministic(self) -> None:
         """Checks that compare two forwards need the model to be a function of its input: a model that

@@ -93,6 +93,7 @@ class ModelAdapter:
         self.takes_use_cache = hf or "use_cache" in params
         self.device, self.dtype = module_device(model), module_dtype(model)
         self._vocab: int | None = None
+        self._embedding: nn.Module | None = None
 
     # --- sizes ----------------------------------------------------------------------------------
     @property
@@ -277,6 +278,9 @@ class ModelAdapter:
         return best
 
     def input_embedding(self) -> nn.Module | None:
+        """The token embedding: the model's `get_input_embeddings()`, else the one `nn.Embedding` that looks up
+        the input ids in a forward (found by behaviour, so a learned position table `wpe`, larger than a small
+        vocabulary or not, is never taken for it)."""
         getter = getattr(self.model, "get_input_embeddings", None)
         if callable(getter):
             try:
@@ -284,7 +288,32 @@ class ModelAdapter:
             except (NotImplementedError, AttributeError):
                 pass
         embeds = [m for m in self.model.modules() if isinstance(m, nn.Embedding)]
-        return max(embeds, key=lambda m: m.num_embeddings) if embeds else None
+        if len(embeds) <= 1:
+            return embeds[0] if embeds else None
+        if self._embedding is None:
+            self._embedding = self._embedding_fed_the_ids(embeds) or max(embeds, key=lambda m: m.num_embeddings)
+        return self._embedding
+
+    def _embedding_fed_the_ids(self, embeds: list[nn.Embedding]) -> nn.Embedding | None:
+        """The embedding whose lookup receives the input ids themselves in one forward (ids (1, 3) = 2, 0, 1:
+        never position ids, which count up)."""
+        ids = torch.tensor([[2, 0, 1]], device=self.device) % max(2, min(e.num_embeddings for e in embeds))
+        fed: list[nn.Embedding] = []
+
+        def seen(module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor) and args[0].shape == ids.shape and torch.equal(args[0], ids):
+                fed.append(module)  # type: ignore[arg-type]  # hooks are only on nn.Embedding
+
+        handles = [e.register_forward_pre_hook(seen) for e in embeds]
+        try:
+            with torch.no_grad():
+                self.model(ids)
+        except Exception:  # noqa: BLE001 - a model that cannot take this probe: fall back to the largest table
+            return None
+        finally:
+            for h in handles:
+                h.remove()
+        return fed[0] if len(set(map(id, fed))) == 1 else None
 
     def output_head(self) -> nn.Module | None:
         getter = getattr(self.model, "get_output_embeddings", None)
