@@ -1,9 +1,9 @@
 """Generation checks: KV-cache memory growth and release, beam-search sanity.
 
-Models that follow the workbench generation contract (`new_cache` + `config.max_seq_len`) are driven
-through `workbench.generation` with fast=False, so the model's own cached forward is what gets
-diagnosed, never the fixed-shape fast path; HF models through their own `generate`; others are not
-applicable.
+Every model with a KV cache (a workbench `KVCache`, a transformers `Cache`, a legacy tuple) is driven
+through `workbench.generation`, which calls it through `workbench.lm.ModelAdapter`, with fast=False
+and a growing cache, so the model's own cached forward is what gets diagnosed; a model without a
+cache is not applicable.
 """
 
 from __future__ import annotations
@@ -17,25 +17,27 @@ import torch.nn.functional as F
 
 from ..errors import DoctorError
 from ..lm import cache_bytes, cache_tensors, returned_cache
-from .registry import Context, Result, check, na
+from .registry import Context, Precondition, Result, check, na
 from .report import Within, format_value
 
 NEW_TOKENS = 6
 
 
-def _style(ctx: Context) -> str:
-    """How to drive generation: the workbench cache contract or HF `generate`; n/a (DoctorError) otherwise."""
-    m = ctx.model
-    if callable(getattr(m, "new_cache", None)) and hasattr(getattr(m, "config", None), "max_seq_len"):
-        return "workbench"
-    if ctx.adapter.kind == "hf" and callable(getattr(m, "generate", None)):
-        return "hf"
-    raise DoctorError("the model has no generate entry point (workbench cache contract or HF generate).")
+def _require_cache(ctx: Context) -> None:
+    if ctx.adapter.cache_style is None:
+        raise DoctorError("the model keeps no KV cache (its forward takes no `past_key_values` or `cache`), so "
+                          "there is no cache to check.")
 
 
-def _hf_generate(model: Any, ids: torch.Tensor, **kwargs: Any) -> Any:
-    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
-                          min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, **kwargs)
+def _generate(ctx: Context, ids: torch.Tensor, **kwargs: Any) -> Any:
+    from ..generation import generate
+
+    try:
+        return generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, fast=False, cache_mode="growing", pad_token_id=0,
+                        **kwargs)
+    except (RuntimeError, IndexError, ValueError) as err:  # a cache that breaks decoding: kv_cache says where
+        raise Precondition(f"cached decoding itself raised ({type(err).__name__}: {err})"[:240] + "; the "
+                           "`kv_cache` check judges the cache.") from err
 
 
 @check(
@@ -49,28 +51,24 @@ def _hf_generate(model: Any, ids: torch.Tensor, **kwargs: Any) -> Any:
 )
 def generation_memory(ctx: Context) -> Result:
     ctx.require_deterministic()
-    style = _style(ctx)
+    _require_cache(ctx)
     sizes: list[int] = []
     refs: list[weakref.ref] = []
 
     def after_forward(_m: Any, _args: tuple, kwargs: dict, out: Any) -> None:
-        state = kwargs.get("cache") if style == "workbench" else returned_cache(out)
+        returned = returned_cache(out)  # a transformers Cache or a legacy tuple; a workbench KVCache is passed in
+        state = returned if returned is not None else kwargs.get("cache")
         if state is not None:
             sizes.append(cache_bytes(state))
             refs[:] = [weakref.ref(t) for t in cache_tensors(state)]
-            if style == "workbench":
+            if not isinstance(state, tuple):
                 refs.append(weakref.ref(state))
 
     ctx.need(5 + NEW_TOKENS)
     ids = ctx.ids(1, 5, salt=16)
     handle = ctx.model.register_forward_hook(after_forward, with_kwargs=True)
     try:
-        if style == "workbench":
-            from ..generation import generate
-
-            generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, fast=False)
-        else:
-            _hf_generate(ctx.model, ids)
+        _generate(ctx, ids)
     finally:
         handle.remove()
     gc.collect()
@@ -110,30 +108,21 @@ def _sequence_logprob(ctx: Context, seq: torch.Tensor, prompt_len: int, count: i
 )
 def beam_search(ctx: Context) -> Result:
     ctx.require_deterministic()
-    style = _style(ctx)
+    _require_cache(ctx)
     ctx.need(5 + NEW_TOKENS)
     ids = ctx.ids(1, 5, salt=17)
     P = ids.shape[1]
-    if style == "workbench":
-        from ..generation import generate
-        from ..generation.beam import beam_search as run_beams
-        from ..generation.sampling import Strategy
+    ctx.adapter.logits(ids)  # NonFiniteLogits (n/a) when the logits are NaN/Inf: beams cannot be ranked then
+    from ..generation.beam import beam_search as run_beams
+    from ..generation.sampling import Strategy
 
-        greedy = generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, fast=False).sequences[0]
-        with torch.no_grad():
-            width1_out = run_beams(ctx.adapter, ids, None, Strategy(num_beams=1), NEW_TOKENS, "static", 0, None)
-        width1 = width1_out.sequences[0]
-        beams = generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, num_beams=2, num_return_sequences=2)
-        assert beams.scores is not None  # beam search scores every returned sequence
-        seqs, scores, counts = beams.sequences, beams.scores.tolist(), beams.new_token_counts.tolist()
-        alpha = 1.0
-    else:
-        greedy = _hf_generate(ctx.model, ids)[0]
-        width1 = _hf_generate(ctx.model, ids, num_beams=1)[0]
-        out = _hf_generate(ctx.model, ids, num_beams=2, num_return_sequences=2, length_penalty=1.0,
-                           early_stopping=True, return_dict_in_generate=True, output_scores=True)
-        seqs, scores = out.sequences, out.sequences_scores.tolist()
-        counts, alpha = [seqs.shape[1] - P] * seqs.shape[0], 1.0
+    greedy = _generate(ctx, ids).sequences[0]
+    with torch.no_grad():  # width 1 through the beam code itself (generate would take the greedy path)
+        width1 = run_beams(ctx.adapter, ids, None, Strategy(num_beams=1), NEW_TOKENS, "growing", 0, None).sequences[0]
+    beams = _generate(ctx, ids, num_beams=2, num_return_sequences=2)
+    assert beams.scores is not None  # beam search scores every returned sequence
+    seqs, scores, counts = beams.sequences, beams.scores.tolist(), beams.new_token_counts.tolist()
+    alpha = 1.0
     same = bool(torch.equal(greedy.cpu(), width1.cpu()))
     recomputed = [_sequence_logprob(ctx, s, P, n) / n**alpha for s, n in zip(seqs, counts)]
     tol = 1e-3 * max(1.0, *(abs(s) for s in recomputed))
