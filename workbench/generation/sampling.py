@@ -77,9 +77,11 @@ def as_eos_tuple(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
     """Normalise an EOS id argument (one id, several, or None) to a tuple."""
     if eos_token_id is None:
         return ()
-    if isinstance(eos_token_id, int):
-        return (eos_token_id,)
-    return tuple(int(i) for i in eos_token_id)
+    ids = [eos_token_id] if not isinstance(eos_token_id, (list, tuple)) else list(eos_token_id)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise GenerationError(f"eos_token_id must be a token id (an int >= 0), a list of them, or None; got "
+                              f"{eos_token_id!r}.")
+    return tuple(ids)
 
 
 def process_logits(logits: torch.Tensor, strategy: Strategy) -> torch.Tensor:
