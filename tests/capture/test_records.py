@@ -393,3 +393,15 @@ def test_stats_filter_limits_statistics_to_the_selected_modules(tiny):
         trace(tiny, modules=r"mlp", stats=r"attn")  # selected for stats but not recorded
     with pytest.raises(workbench.CaptureError, match="True, False or a module filter"):
         trace(tiny, stats=None)
+
+
+def test_trace_under_inference_mode_records_statistics(tiny):
+    """Inference tensors keep no version counter: the statistics cache must not read one."""
+    ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), trace(tiny) as tr:
+        logits = tiny(ids)
+    with torch.no_grad(), trace(tiny) as reference:
+        tiny(ids)
+    last = tr.records[-1]
+    assert last.out_stats is not None and last.out_stats.absmax == pytest.approx(float(logits.abs().max()), rel=1e-6)
+    assert [r.out_stats for r in tr.records] == [r.out_stats for r in reference.records]

@@ -92,7 +92,8 @@ class StatsBuffer:
         if not x.is_floating_point() or x.numel() == 0:
             return None
         hit = self._seen.get(id(x))
-        if hit is not None and hit[0]() is x and hit[1] == x._version:
+        version = None if x.is_inference() else x._version  # inference tensors keep no version counter
+        if hit is not None and version is not None and hit[0]() is x and hit[1] == version:
             return hit[2]
         d = x.detach() if x.requires_grad else x  # reductions of a detached view record no graph
         if d.device.type == "cpu" and not self.defer_cpu:
@@ -105,7 +106,8 @@ class StatsBuffer:
                 dev = self.devices[d.device] = DeviceStats(d.device, self.budget_bytes)
             dev.add(d, st)
         try:
-            self._seen[id(x)] = (weakref.ref(x), x._version, st)
+            if version is not None:
+                self._seen[id(x)] = (weakref.ref(x), version, st)
         except TypeError:  # some tensor subclasses refuse weak references
             pass
         return st
