@@ -10,8 +10,10 @@ from typing import Any
 
 from . import distributed, doctor, models
 from .capture import GradientHistory, Trace, trace
+from .compare import Comparison, compare
 from .errors import (
     CaptureError,
+    CompareError,
     ConfigError,
     CorruptFileError,
     DoctorError,
@@ -91,6 +93,9 @@ __all__ = [
     "FastDecoder",
     "compile_model",
     "CaptureError",
+    "CompareError",
+    "Comparison",
+    "compare",
     "ConfigError",
     "CorruptFileError",
     "DoctorError",
