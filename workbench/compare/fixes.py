@@ -112,8 +112,7 @@ class Rewrite(TorchFunctionMode):
         kwargs = kwargs or {}
         if rule is None:
             return func(*args, **kwargs)
-        with torch.overrides._pop_mode_temporarily():  # the rule's own calls are not rewritten
-            return rule(func, args, kwargs)
+        return rule(func, args, kwargs)  # torch runs this with the mode off: the rule's own calls stay as they are
 
 
 def gelu_as(approximate: str) -> Callable[..., Any]:

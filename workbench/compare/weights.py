@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,20 +97,30 @@ def pieces(model: nn.Module) -> tuple[list[Piece], dict[str, list[str]]]:
              for mod, m in model.named_modules(remove_duplicate=False)
              for p, param in m.named_parameters(recurse=False)]
     storages: dict[int, list[str]] = {}
+    values: dict[tuple[int, bool], torch.Tensor] = {}  # one float32 copy per storage, however many names
     out = []
     for i, (name, param, conv) in enumerate(named):
         storages.setdefault(id(param), []).append(name)
-        value = param.detach().float().cpu()
-        value = value.t() if conv and value.dim() == 2 else value
-        value = value.reshape(value.shape[0], -1) if value.dim() >= 1 else value.reshape(1, 1)
-        out.append(Piece(name, name, (0, value.shape[0]), value.contiguous(), conv, i / max(1, len(named) - 1)))
+        value = values.get((id(param), conv))
+        if value is None:
+            value = param.detach().float().cpu()
+            value = value.t() if conv and value.dim() == 2 else value
+            value = value.reshape(value.shape[0], -1) if value.dim() >= 1 else value.reshape(1, 1)
+            value = values[id(param), conv] = value.contiguous()
+        out.append(Piece(name, name, (0, value.shape[0]), value, conv, i / max(1, len(named) - 1)))
     return out, {names[0]: names for names in storages.values() if len(names) > 1}
 
 
 def _signature(x: torch.Tensor) -> tuple[float, float, float, float]:
     """(norm, sum/norm, max/norm, min/norm): the last three do not change under permutation or scale."""
     norm = float(x.norm()) or 1e-30
-    return norm, float(x.sum()) / norm, float(x.max()) / norm, float(x.min()) / norm
+    low, high = x.aminmax()
+    return norm, float(x.sum()) / norm, float(high) / norm, float(low) / norm
+
+
+def _plausible(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Could two tensors with these signatures hold the same values, permuted or scaled? (scale-free parts agree)"""
+    return all(_close(x, y, 1e-2) for x, y in zip(a[1:], b[1:]))
 
 
 def _close(a: float, b: float, rel: float = 1e-3) -> bool:
@@ -118,7 +128,10 @@ def _close(a: float, b: float, rel: float = 1e-3) -> bool:
 
 
 def _err(c: torch.Tensor, r: torch.Tensor) -> float:
-    return float((c - r).abs().max()) / (float(r.abs().max()) or 1.0)
+    if c.shape == r.shape and torch.equal(c, r):
+        return 0.0
+    low, high = r.aminmax()
+    return float((c - r).abs_().max()) / (max(-float(low), float(high)) or 1.0)
 
 
 def rope_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -191,12 +204,19 @@ def match_weights(reference: nn.Module, candidate: nn.Module, head_dims: tuple[i
     matches: list[WeightMatch] = []
     used_r: set[str] = set()
     left_c: list[Piece] = []
-    sig_r = [(p, _signature(p.value)) for p in ref]
+    sigs: dict[int, tuple[float, float, float, float]] = {}
+
+    def signature(p: Piece) -> tuple[float, float, float, float]:  # once per storage
+        if id(p.value) not in sigs:
+            sigs[id(p.value)] = _signature(p.value)
+        return sigs[id(p.value)]
+
+    sig_r = [(p, signature(p)) for p in ref]
     pending = list(cand)
     for exact_only in (True, False):  # equal tensors first, so a zero bias never pairs as "ones minus one"
         left_c = []
         for c in pending:
-            found = _best(c, sig_r, used_r, head_dims, tol, exact_only)
+            found = _best(c, signature(c), sig_r, used_r, head_dims, tol, exact_only)
             if found is None:
                 left_c.append(c)
                 continue
@@ -205,10 +225,17 @@ def match_weights(reference: nn.Module, candidate: nn.Module, head_dims: tuple[i
             matches.append(WeightMatch(c.name, r.name, rel, detail, e))
         pending = left_c
     left_r = [p for p in ref if p.name not in used_r]
-    fused, left_c, left_r = _split_fused(left_c, left_r, head_dims, tol)
+    fused, left_c, left_r = _split_fused(left_c, left_r, head_dims, tol, signature)
     matches += fused
     ties = _ties(matches, ref_ties, cand_ties)
-    return WeightTable(tuple(matches), tuple(p.name for p in left_c), tuple(p.name for p in left_r), tuple(ties))
+    return WeightTable(tuple(matches), _unmatched(left_c, cand_ties, {m.candidate for m in matches}),
+                       _unmatched(left_r, ref_ties, {m.reference for m in matches}), tuple(ties))
+
+
+def _unmatched(left: list[Piece], ties: dict[str, list[str]], matched: set[str]) -> tuple[str, ...]:
+    """Names left over, less those sharing storage with a matched name (a tied head is not missing)."""
+    shared = {n for group in ties.values() if matched & set(group) for n in group}
+    return tuple(p.name for p in left if p.name not in shared)
 
 
 def _weight_tol(*models: nn.Module) -> float:
@@ -217,18 +244,11 @@ def _weight_tol(*models: nn.Module) -> float:
     return max(4 * eps, 1e-6)
 
 
-def _best(c: Piece, sig_r: Sequence[tuple[Piece, tuple[float, ...]]], used: set[str], head_dims: tuple[int, ...],
+def _best(c: Piece, sig_c: tuple[float, ...], sig_r: Sequence[tuple[Piece, tuple[float, ...]]], used: set[str], head_dims: tuple[int, ...],
           tol: float, exact_only: bool) -> tuple[Piece, tuple[str, str, float]] | None:
     """The reference piece `c` relates to: unused ones first, then the same block, then the nearest."""
-    norm, *shape_free = _signature(c.value)
-    plausible = []
-    for r, (rnorm, *rfree) in sig_r:
-        if r.value.numel() != c.value.numel():
-            continue
-        same_values = _close(norm, rnorm, 1e-2) and all(_close(a, b, 1e-2) for a, b in zip(shape_free, rfree))
-        scaled = all(_close(a, b, 1e-2) for a, b in zip(shape_free, rfree))
-        if same_values or scaled or r.value.shape[1] == 1:
-            plausible.append(r)
+    plausible = [r for r, sig in sig_r if r.value.numel() == c.value.numel()
+                 and (r.value.shape[1] == 1 or _plausible(sig_c, sig))]
     plausible.sort(key=lambda r: (r.name in used, r.block != c.block, abs(r.index - c.index)))
     for r in plausible:
         if exact_only:
@@ -241,15 +261,15 @@ def _best(c: Piece, sig_r: Sequence[tuple[Piece, tuple[float, ...]]], used: set[
     return None
 
 
-def _split_fused(cand: list[Piece], ref: list[Piece], head_dims: tuple[int, ...],
-                 tol: float) -> tuple[list[WeightMatch], list[Piece], list[Piece]]:
+def _split_fused(cand: list[Piece], ref: list[Piece], head_dims: tuple[int, ...], tol: float,
+                 signature: Callable[[Piece], tuple[float, float, float, float]]) -> tuple[list[WeightMatch], list[Piece], list[Piece]]:
     """Cut each unmatched tensor on one side into row blocks equal (under a relation) to tensors of the other."""
     out: list[WeightMatch] = []
     for big_side_is_cand in (True, False):
         bigs, smalls = (cand, ref) if big_side_is_cand else (ref, cand)
         done_big, used_small = set(), set()
         for big in bigs:
-            blocks = list(_blocks(big, [s for s in smalls if s.name not in used_small], head_dims, tol))
+            blocks = list(_blocks(big, [s for s in smalls if s.name not in used_small], head_dims, tol, signature))
             if not blocks or sum(s.value.shape[0] for s, _ in blocks) != big.value.shape[0]:
                 continue
             done_big.add(big.name)
@@ -276,13 +296,12 @@ def _flip(rel: str, cand_is_big: bool) -> str:
             "offset +1": "offset -1", "offset -1": "offset +1"}.get(rel, rel)
 
 
-def _blocks(big: Piece, smalls: list[Piece], head_dims: tuple[int, ...],
-            tol: float) -> Iterator[tuple[Piece, tuple[str, str, float]]]:
+def _blocks(big: Piece, smalls: list[Piece], head_dims: tuple[int, ...], tol: float,
+            signature: Callable[[Piece], tuple[float, float, float, float]]) -> Iterator[tuple[Piece, tuple[str, str, float]]]:
     """Consecutive row blocks of `big`, each related to one of `smalls` (same width), from row 0 on."""
     R, C = big.value.shape
     cands = sorted((s for s in smalls if s.value.shape[1] == C and s.value.shape[0] < R),
                    key=lambda s: abs(s.index - big.index))
-    sq = torch.cat((torch.zeros(1), big.value.pow(2).sum(-1).double().cumsum(0).float()))  # (R+1,) prefix sums
     offset = 0
     taken: set[str] = set()
     while offset < R:
@@ -290,15 +309,13 @@ def _blocks(big: Piece, smalls: list[Piece], head_dims: tuple[int, ...],
             n = s.value.shape[0]
             if s.name in taken or offset + n > R:
                 continue
-            block_norm = math.sqrt(max(float(sq[offset + n] - sq[offset]), 0.0))
-            if not _close(block_norm, float(s.value.norm()), 0.05) and s.value.shape[1] > 1:
+            block = big.value[offset:offset + n]
+            if C > 1 and not _plausible(_signature(block), signature(s)):
                 continue
-            found = relate(big.value[offset:offset + n], s.value, head_dims, tol)
+            found = relate(block, s.value, head_dims, tol)
             if found is None:
                 continue
-            rel, detail, e = found
-            # a block is written as the small tensor relates to it, seen from the big side
-            yield s, (rel, detail, e)
+            yield s, found
             taken.add(s.name)
             offset += n
             break
