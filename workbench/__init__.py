@@ -54,7 +54,7 @@ _LAZY = {  # public name -> (module, attribute or None for the module itself)
     **{name: ("workbench.viz", name) for name in ("report_html", "save_html", "save_png")},
     **{
         name: ("workbench.widgets", name)
-        for name in ("AttentionView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
+        for name in ("AttentionView", "CompareView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
                      "MemoryPanel", "show")
     },
 }
@@ -77,6 +77,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AttentionView",
+    "CompareView",
     "Dashboard",
     "GenerationStepper",
     "GradientFlow",

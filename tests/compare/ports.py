@@ -6,8 +6,6 @@ hand), then computes the forward its own way. `bug=None` is a correct port.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -69,8 +69,8 @@ class Comparison:
         lines += [f"  unmatched in the reference: {n}" for n in self.weights.unmatched_reference[:5]]
         lines += [f"  {note}" for note in self.weights.ties]
         a = self.alignment
-        lines.append(f"points: {len(a.pairs)} paired" + (f"; unpaired: {', '.join(a.unpaired_reference + a.unpaired_candidate)}"
-                                                          if a.unpaired_reference or a.unpaired_candidate else ""))
+        unpaired = a.unpaired_reference + a.unpaired_candidate
+        lines.append(f"points: {len(a.pairs)} paired" + (f"; unpaired: {', '.join(unpaired)}" if unpaired else ""))
         lines.append(self.verdict())
         if self.diagnosis is not None:
             lines += _diagnosis_lines(self.diagnosis)
@@ -91,8 +91,13 @@ class Comparison:
         return save_comparison(self, path)
 
 
-def _num(x: float) -> str:
-    return "inf (shapes differ)" if math.isinf(x) else "missing" if math.isnan(x) else f"{x:.2e}"
+def _num(x: float, tol: float | None = None) -> str:
+    """An error as text: a bound when it is within noise (noise differs between CPUs), else two digits."""
+    if math.isnan(x):
+        return "not applicable"
+    if math.isinf(x):
+        return "inf (shapes differ)"
+    return f"< {tol:.0e}" if tol is not None and x <= tol else f"{x:.1e}"
 
 
 def _weights_line(w: WeightTable) -> str:
@@ -104,12 +109,12 @@ def _weights_line(w: WeightTable) -> str:
 
 def _diagnosis_lines(d: Diagnosis) -> list[str]:
     lines = [f"diagnosis at {d.point}: replayed on the reference's input, the candidate's module is off by "
-             f"{_num(d.replay_error)}"]
+             f"{_num(d.replay_error, d.tolerance)}"]
     if d.cause is not None:
-        lines.append(f"  cause: {d.cause.cause} (fix '{d.cause.name}' leaves {_num(d.cause.error)})")
+        lines.append(f"  cause: {d.cause.cause} (fix '{d.cause.name}' leaves {_num(d.cause.error, d.tolerance)})")
     else:
         lines.append(f"  {d.note}")
-    lines += [f"  tried {t.name}: {_num(t.error)}" for t in d.trials if t is not d.cause][:12]
+    lines += [f"  tried {t.name}: {_num(t.error, d.tolerance)}" for t in d.trials if t is not d.cause][:12]
     return lines
 
 
@@ -129,7 +134,7 @@ def _head_dims(*models: nn.Module) -> tuple[int, ...]:
 
 def first_divergence(errors: Sequence[PointError]) -> PointError | None:
     """The earliest point above noise whose input still agrees; else the earliest above noise."""
-    above = sorted((e for e in errors if e.above), key=lambda e: (e.depth, CASES.index(e.case) if e.case in CASES else 9))
+    above = sorted((e for e in errors if e.above), key=lambda e: (e.depth, CASES.index(e.case)))
     return next((e for e in above if e.inputs_agree), above[0] if above else None)
 
 

@@ -146,7 +146,9 @@ class Replayer:
     def _rope_base(self) -> list[fx.Fix]:
         theirs = [b for n, b in self.reference.named_buffers() if n.endswith("inv_freq")]
         mine = [b for n, b in self.candidate.named_buffers() if n.endswith("inv_freq")]
-        if not theirs or not mine or theirs[0].shape != mine[0].shape or torch.allclose(theirs[0].float(), mine[0].float()):
+        if not theirs or not mine or theirs[0].shape != mine[0].shape:
+            return []
+        if torch.allclose(theirs[0].float(), mine[0].float()):
             return []
         theta = getattr(getattr(self.reference, "config", None), "rope_theta", None)
         rope = getattr(getattr(self.reference, "config", None), "rope_parameters", None)

@@ -13,7 +13,6 @@ of tensors a side) costs one full comparison per plausible pair, not per pair.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from torch import nn
 
 from ..families.llama import unpermute_rope_rows
 
+Signature = tuple[float, float, float, float]  # (norm, sum/norm, max/norm, min/norm)
 _NUMBER = re.compile(r"\.(\d+)\.")
 RELATIONS = ("exact", "transposed", "rope-permuted", "rope-unpermuted", "heads reordered", "scaled",
              "offset +1", "offset -1")
@@ -111,7 +111,7 @@ def pieces(model: nn.Module) -> tuple[list[Piece], dict[str, list[str]]]:
     return out, {names[0]: names for names in storages.values() if len(names) > 1}
 
 
-def _signature(x: torch.Tensor) -> tuple[float, float, float, float]:
+def _signature(x: torch.Tensor) -> Signature:
     """(norm, sum/norm, max/norm, min/norm): the last three do not change under permutation or scale."""
     norm = float(x.norm()) or 1e-30
     low, high = x.aminmax()
@@ -204,9 +204,9 @@ def match_weights(reference: nn.Module, candidate: nn.Module, head_dims: tuple[i
     matches: list[WeightMatch] = []
     used_r: set[str] = set()
     left_c: list[Piece] = []
-    sigs: dict[int, tuple[float, float, float, float]] = {}
+    sigs: dict[int, Signature] = {}
 
-    def signature(p: Piece) -> tuple[float, float, float, float]:  # once per storage
+    def signature(p: Piece) -> Signature:  # once per storage
         if id(p.value) not in sigs:
             sigs[id(p.value)] = _signature(p.value)
         return sigs[id(p.value)]
@@ -244,7 +244,8 @@ def _weight_tol(*models: nn.Module) -> float:
     return max(4 * eps, 1e-6)
 
 
-def _best(c: Piece, sig_c: tuple[float, ...], sig_r: Sequence[tuple[Piece, tuple[float, ...]]], used: set[str], head_dims: tuple[int, ...],
+def _best(c: Piece, sig_c: Signature, sig_r: Sequence[tuple[Piece, Signature]], used: set[str],
+          head_dims: tuple[int, ...],
           tol: float, exact_only: bool) -> tuple[Piece, tuple[str, str, float]] | None:
     """The reference piece `c` relates to: unused ones first, then the same block, then the nearest."""
     plausible = [r for r, sig in sig_r if r.value.numel() == c.value.numel()
@@ -262,7 +263,7 @@ def _best(c: Piece, sig_c: tuple[float, ...], sig_r: Sequence[tuple[Piece, tuple
 
 
 def _split_fused(cand: list[Piece], ref: list[Piece], head_dims: tuple[int, ...], tol: float,
-                 signature: Callable[[Piece], tuple[float, float, float, float]]) -> tuple[list[WeightMatch], list[Piece], list[Piece]]:
+                 signature: Callable[[Piece], Signature]) -> tuple[list[WeightMatch], list[Piece], list[Piece]]:
     """Cut each unmatched tensor on one side into row blocks equal (under a relation) to tensors of the other."""
     out: list[WeightMatch] = []
     for big_side_is_cand in (True, False):
@@ -297,7 +298,7 @@ def _flip(rel: str, cand_is_big: bool) -> str:
 
 
 def _blocks(big: Piece, smalls: list[Piece], head_dims: tuple[int, ...], tol: float,
-            signature: Callable[[Piece], tuple[float, float, float, float]]) -> Iterator[tuple[Piece, tuple[str, str, float]]]:
+            signature: Callable[[Piece], Signature]) -> Iterator[tuple[Piece, tuple[str, str, float]]]:
     """Consecutive row blocks of `big`, each related to one of `smalls` (same width), from row 0 on."""
     R, C = big.value.shape
     cands = sorted((s for s in smalls if s.value.shape[1] == C and s.value.shape[0] < R),
