@@ -135,12 +135,15 @@ class CaseRun:
 def measure(alignment: Alignment, run: CaseRun, tol: float) -> list[PointError]:
     """The error at every paired point of one case, in depth order."""
     valid = run.case.valid
-    out = []
+    out: list[PointError] = []
     for ref, cand in alignment.pairs:
         r, c = value_at(ref, run.reference, run.logits[0]), value_at(cand, run.candidate, run.logits[1])
-        ri, ci = input_at(ref, run.reference), input_at(cand, run.candidate)
-        out.append(PointError(ref.label, run.case.name, ref.depth, rel_error(c, r, valid),
-                              rel_error(ci, ri, valid), tol))
+        if ref.key[0] == "logits":  # the head's input is the final norm's output, when there is one
+            before = [e.error for e in out if e.label == "final norm"]
+            input_error = before[0] if before else math.nan
+        else:
+            input_error = rel_error(input_at(cand, run.candidate), input_at(ref, run.reference), valid)
+        out.append(PointError(ref.label, run.case.name, ref.depth, rel_error(c, r, valid), input_error, tol))
     return out
 
 

@@ -148,6 +148,7 @@ def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | N
     tolerance: relative error counted as noise (default: from the less precise dtype of the two models).
     """
     ref_a, cand_a = ModelAdapter(reference), ModelAdapter(candidate)
+    ref_points, cand_points = find_points(ref_a), find_points(cand_a)
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
         raise CompareError(f"unknown cases {unknown or list(cases)}; choose among {list(CASES)}.")
@@ -157,7 +158,6 @@ def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | N
     tol = tolerance if tolerance is not None else noise_tolerance(ref_a.dtype, cand_a.dtype)
     head_dims = _head_dims(reference, candidate)
     table = match_weights(reference, candidate, head_dims)
-    ref_points, cand_points = find_points(ref_a), find_points(cand_a)
     alignment = align(ref_points, cand_points)
     wanted = [c for c in default_cases(ref_a.vocab_size, inputs, seed) if c.name in cases]
     runs, errors = [], []
