@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LLAMA_BUGS = ("interleaved", "mask_shift", "no_scale", "eps", "qk_perm", "untied", "padding")
+LLAMA_BUGS = ("interleaved", "mask_shift", "no_scale", "eps", "qk_perm", "untied", "padding", "rope_base", "gelu")
 GPT2_BUGS = ("conv1d_transposed", "gelu_exact")
 
 
@@ -77,13 +77,14 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, sd: dict, p: str) -> None:
+    def __init__(self, sd: dict, p: str, bug: str | None) -> None:
         super().__init__()
         self.gate, self.up, self.down = (linear(sd[p + n]) for n in ("gate_proj.weight", "up_proj.weight",
                                                                      "down_proj.weight"))
+        self.act = (lambda x: F.gelu(x, approximate="tanh")) if bug == "gelu" else F.silu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.gate(x)) * self.up(x))
 
 
 class LlamaBlock(nn.Module):
@@ -94,7 +95,7 @@ class LlamaBlock(nn.Module):
         self.attn_norm = RMSNorm(sd[p + "input_layernorm.weight"], eps)
         self.attn = LlamaAttention(sd, p + "self_attn.", cfg, bug)
         self.mlp_norm = RMSNorm(sd[p + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(sd, p + "mlp.")
+        self.mlp = LlamaMLP(sd, p + "mlp.", bug)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, pad)
@@ -116,7 +117,7 @@ class HandLlama(nn.Module):
             head = torch.randn(head.shape, generator=torch.Generator().manual_seed(3)) * 0.02
         self.head = linear(head)
         D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        theta = cfg.rope_parameters["rope_theta"]
+        theta = cfg.rope_parameters["rope_theta"] * (50 if bug == "rope_base" else 1)
         self.register_buffer("inv_freq", 1.0 / theta ** (torch.arange(0, D, 2).float() / D), persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

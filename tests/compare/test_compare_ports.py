@@ -68,6 +68,8 @@ def found(c: Comparison) -> tuple[str, str]:
     ("no_scale", "block 0 attention", "scale x 1/sqrt(D)"),
     ("eps", "block 0 attention norm", "norm eps 1e-05 -> 1e-06"),
     ("padding", "block 0 attention", "mask: padding"),
+    ("rope_base", "block 0 attention", "RoPE base 10000"),
+    ("gelu", "block 0 mlp", "GELU -> SiLU"),
 ])
 def test_hand_llama_mistake_is_found_with_its_cause(llama, bug, point, cause):
     c = compare(llama, HandLlama(llama, bug))
