@@ -174,3 +174,20 @@ def test_errors_are_nan_for_missing_points_and_inf_for_shape_mismatch():
     assert math.isnan(rel_error(None, torch.zeros(1, 2, 3), valid))
     assert math.isinf(rel_error(torch.zeros(1, 2, 4), torch.zeros(1, 2, 3), valid))
     assert rel_error(torch.ones(1, 2, 3) * 1.5, torch.ones(1, 2, 3), valid) == 0.5
+
+
+def test_a_model_without_attention_mask_skips_the_padded_case(llama):
+    class NoMask(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_ids)
+
+    c = compare(llama, NoMask(HandLlama(llama)))
+    assert c.cases == ("batch", "cached") and c.equivalent
+    assert c.notes == ("padded case skipped: NoMask's forward takes no attention_mask",)
+    assert "note: padded case skipped" in c.summary()
+    with pytest.raises(wb.CompareError, match="no case left"):
+        compare(llama, NoMask(HandLlama(llama)), cases=("padded",))

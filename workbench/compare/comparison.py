@@ -39,6 +39,7 @@ class Comparison:
     tolerance: float
     first_divergence: PointError | None
     diagnosis: Diagnosis | None
+    notes: tuple[str, ...] = ()  # cases skipped and why
 
     @property
     def equivalent(self) -> bool:
@@ -64,13 +65,14 @@ class Comparison:
     def summary(self) -> str:
         lines = [f"compare {self.candidate_name} ({self.dtypes[1]}) against {self.reference_name} ({self.dtypes[0]})",
                  f"weights: {_weights_line(self.weights)}"]
-        lines += [f"  {m.candidate} = {m.reference}: {m.explanation}" for m in self.weights.transformed()[:8]]
+        lines += [f"  {m.candidate} {m.explanation}" for m in self.weights.transformed()[:8]]
         lines += [f"  unmatched in the candidate: {n}" for n in self.weights.unmatched_candidate[:5]]
         lines += [f"  unmatched in the reference: {n}" for n in self.weights.unmatched_reference[:5]]
         lines += [f"  {note}" for note in self.weights.ties]
         a = self.alignment
         unpaired = a.unpaired_reference + a.unpaired_candidate
         lines.append(f"points: {len(a.pairs)} paired" + (f"; unpaired: {', '.join(unpaired)}" if unpaired else ""))
+        lines += [f"note: {n}" for n in self.notes]
         lines.append(self.verdict())
         if self.diagnosis is not None:
             lines += _diagnosis_lines(self.diagnosis)
@@ -160,6 +162,14 @@ def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | N
     table = match_weights(reference, candidate, head_dims)
     alignment = align(ref_points, cand_points)
     wanted = [c for c in default_cases(ref_a.vocab_size, inputs, seed) if c.name in cases]
+    notes = []
+    no_mask = [a for a in (ref_a, cand_a) if not a.supports_mask]
+    if "padded" in cases and no_mask:
+        wanted = [c for c in wanted if c.name != "padded"]
+        notes.append(f"padded case skipped: {_name(no_mask[0].model)}'s forward takes no attention_mask")
+    if not wanted:
+        raise CompareError("no case left to run: the padded case needs models whose forward takes "
+                           "attention_mask; add the batch or cached case.")
     runs, errors = [], []
     for case in wanted:
         (ref_calls, ref_logits), (cand_calls, cand_logits) = (run_case(ref_a, ref_points, case),
@@ -175,7 +185,7 @@ def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | N
         replayer = Replayer(reference, candidate, ref_a, cand_a, table, alignment, head_dims)
         diagnosis = diagnose(replayer, ref_p, cand_p, run, first.error, tol)
     return Comparison(_name(reference), _name(candidate), (_dtype(ref_a), _dtype(cand_a)), table, alignment,
-                      tuple(errors), tol, first, diagnosis)
+                      tuple(errors), tol, first, diagnosis, tuple(notes))
 
 
 def _name(model: Any) -> str:

@@ -21,7 +21,7 @@ from . import fixes as fx
 from .activations import CaseRun, rel_error, run_case, value_at
 from .points import Alignment, Point
 from .record import main_input, main_output
-from .weights import EXPLAIN, WeightTable, pieces
+from .weights import WeightTable, pieces
 
 _QK = re.compile(r"(q_proj|k_proj|\.q\.|\.k\.|\bwq\b|\bwk\b|query|key|attn_q|attn_k)")
 
@@ -123,8 +123,8 @@ class Replayer:
             groups.setdefault(m.relation, []).append((base, rows, value, m))
         out = []
         for relation, items in groups.items():
-            said = EXPLAIN[relation].replace("the reference's", "that of")
-            names = "; ".join(f"`{m.candidate}` is {said} `{m.reference}`" for *_, m in items[:3])
+            more = f" (and {len(items) - 2} more)" if len(items) > 2 else ""
+            names = "; ".join(m.sentence for *_, m in items[:2]) + more
             out.append(fx.Fix(f"weights: undo {relation}", names, self._patcher([(b, r, v) for b, r, v, _ in items])))
         return out
 

@@ -26,15 +26,15 @@ Signature = tuple[float, float, float, float]  # (norm, sum/norm, max/norm, min/
 _NUMBER = re.compile(r"\.(\d+)\.")
 RELATIONS = ("exact", "transposed", "rope-permuted", "rope-unpermuted", "heads reordered", "scaled",
              "offset +1", "offset -1")
-EXPLAIN = {
-    "exact": "equal",
-    "transposed": "equal to the reference's transposed (Conv1D (in, out) vs Linear (out, in))",
-    "rope-permuted": "the reference's with q/k rows permuted as llama.cpp does (pairs instead of halves)",
-    "rope-unpermuted": "the reference's with llama.cpp's q/k row permutation undone",
-    "heads reordered": "the reference's with its heads in another order",
-    "scaled": "the reference's times a constant",
-    "offset +1": "the reference's plus one (a norm stored as 1 + w, as Gemma's (1 + w) computes)",
-    "offset -1": "the reference's minus one (a Gemma-style 1 + w offset removed)",
+SAY = {  # how the candidate's tensor relates to the reference's, after "equals the reference's tensor"
+    "exact": "exactly",
+    "transposed": "transposed (a Conv1D (in, out) weight read as a Linear (out, in) one, or the reverse)",
+    "rope-permuted": "with its q/k rows permuted as llama.cpp does (pairs instead of halves)",
+    "rope-unpermuted": "with llama.cpp's q/k row permutation undone (halves instead of pairs)",
+    "heads reordered": "with its heads in another order",
+    "scaled": "times a constant",
+    "offset +1": "plus one (a norm stored as 1 + w, the scale Gemma's (1 + w) computes)",
+    "offset -1": "minus one (a Gemma-style 1 + w offset taken off)",
 }
 
 
@@ -69,7 +69,11 @@ class WeightMatch:
     @property
     def explanation(self) -> str:
         extra = f" ({self.detail})" if self.detail else ""
-        return f"{EXPLAIN[self.relation]}{extra}"
+        return f"equals the reference's tensor {SAY[self.relation]}{extra}"
+
+    @property
+    def sentence(self) -> str:
+        return f"`{self.candidate}` equals `{self.reference}` {SAY[self.relation]}"
 
 
 @dataclass(frozen=True)
