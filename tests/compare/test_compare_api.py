@@ -60,7 +60,7 @@ def test_a_shallower_candidate_reports_the_points_it_lacks(llama):
 def test_bad_inputs_raise_compare_errors(llama, tiny):
     with pytest.raises(wb.CompareError, match="same vocabulary"):
         compare(llama, tiny)
-    with pytest.raises(wb.CompareError, match=r"\(B, T\) with T >= 3"):
+    with pytest.raises(wb.CompareError, match=r"\(B, T\) with B >= 1 and T >= 3"):
         compare(llama, llama, torch.tensor([1, 2, 3]))
     with pytest.raises(wb.CompareError, match="outside the vocabulary"):
         compare(llama, llama, torch.full((1, 4), 500))

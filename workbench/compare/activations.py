@@ -49,9 +49,11 @@ def default_cases(vocab: int, ids: torch.Tensor | None = None, seed: int = 0) ->
     if ids is None:
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(min(32, vocab // 4), vocab, (2, 8), generator=g)
-    if ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32) or ids.shape[1] < 3:
-        raise CompareError(f"inputs must be token ids shaped (B, T) with T >= 3, got {tuple(ids.shape)} "
-                           f"{ids.dtype}; pass a LongTensor such as torch.randint(0, vocab, (2, 8)).")
+    if (not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32)
+            or ids.shape[0] < 1 or ids.shape[1] < 3):
+        got = f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise CompareError(f"inputs must be token ids shaped (B, T) with B >= 1 and T >= 3, got {got}; pass a "
+                           "LongTensor such as torch.randint(0, vocab, (2, 8)).")
     if int(ids.max()) >= vocab or int(ids.min()) < 0:
         raise CompareError(f"token id {int(ids.max())} is outside the vocabulary [0, {vocab}) that both models "
                            "share; pass ids below the smaller vocabulary.")
