@@ -121,6 +121,13 @@ def test_ours_gemma_without_one_plus_w_is_found_at_the_first_norm(tmp_path):
     assert "1 +" in c.diagnosis.cause.cause
 
 
+def test_ours_gemma_without_the_embedding_scale_is_found_at_the_embedding(tmp_path):
+    ref = gemma(transformers)
+    c = compare(ref, ours(ref, tmp_path, embed_scale=False))
+    assert found(c) == ("embedding", "embedding x sqrt(C)")
+    assert c.weights.exact  # the weights are right: the scale is code
+
+
 def test_ours_with_q_k_rows_left_permuted(llama, tmp_path):
     model = ours(llama, tmp_path)
     H, K, D = model.config.n_heads, model.config.kv_heads, model.config.head_dim

@@ -105,6 +105,11 @@ class Replayer:
             out.append(fx.float32_norm(found[1]))
         if role == "logits":
             out += self._tie_fix()
+        if role == "embedding":
+            emb = self.cand_adapter.input_embedding()
+            name = _param_name(self.candidate, emb) if emb is not None else None
+            if emb is not None and name is not None:
+                out += self._weight_fixes(name) + fx.embedding_scale_fixes(emb)
         return out
 
     def _weight_fixes(self, prefix: str) -> list[fx.Fix]:

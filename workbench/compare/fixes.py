@@ -326,6 +326,28 @@ def float32_norm(module: nn.Module) -> Fix:
                lambda: float32_module(module))
 
 
+@contextmanager
+def scaled_output(module: nn.Module, power: float) -> Iterator[None]:
+    """`module`'s output times C ** power (C its last dimension), through a forward hook removed on exit."""
+    def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out * out.shape[-1] ** power
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def embedding_scale_fixes(embedding: nn.Module) -> list[Fix]:
+    return [
+        Fix("embedding x sqrt(C)", "the candidate does not multiply its token embeddings by sqrt(d_model), "
+            "as the reference does (Gemma's normalizer)", lambda: scaled_output(embedding, 0.5), whole_model=True),
+        Fix("embedding / sqrt(C)", "the candidate multiplies its token embeddings by sqrt(d_model); the "
+            "reference does not", lambda: scaled_output(embedding, -0.5), whole_model=True),
+    ]
+
+
 def rope_base_fix(candidate: nn.Module, inv_freq: torch.Tensor, theta: float | None) -> Fix:
     what = f"base {theta:g}" if theta else "the reference's frequencies"
     return Fix(f"RoPE {what}", f"the candidate's rotary frequencies differ from the reference's ({what})",
