@@ -128,6 +128,13 @@ def test_ours_gemma_without_the_embedding_scale_is_found_at_the_embedding(tmp_pa
     assert c.weights.exact  # the weights are right: the scale is code
 
 
+def test_ours_with_post_norm_is_found_at_the_first_block_output(llama, tmp_path):
+    c = compare(llama, ours(llama, tmp_path, norm_placement="post"))
+    assert found(c) == ("block 0 output", "norm placement: pre")
+    inside = [e for e in c.errors_for("batch") if e.label.startswith("block 0 ") and e.above]
+    assert inside and not any(e.inputs_agree for e in inside if e.label != "block 0 output")
+
+
 def test_ours_with_q_k_rows_left_permuted(llama, tmp_path):
     model = ours(llama, tmp_path)
     H, K, D = model.config.n_heads, model.config.kv_heads, model.config.head_dim

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -103,6 +104,8 @@ class Replayer:
             out += fx.eps_fixes(found[1], ref.module)
             out += fx.norm_offset_fixes(found[1], self.params, prefix)
             out.append(fx.float32_norm(found[1]))
+        if role == "block" and run.case.prefix == 0:
+            out += self._placement_fixes(cand.key[1], run, ref)
         if role == "logits":
             out += self._tie_fix()
         if role == "embedding":
@@ -159,6 +162,54 @@ class Replayer:
         rope = getattr(getattr(self.reference, "config", None), "rope_parameters", None)
         theta = theta or (rope.get("rope_theta") if isinstance(rope, dict) else None)
         return [fx.rope_base_fix(self.candidate, theirs[0].float(), theta)]
+
+    def _placement_fixes(self, i: int, run: CaseRun, ref: Point) -> list[fx.Fix]:
+        """Block i recomposed from the candidate's own norms, attention and MLP (each called as it was, on
+        the reference's block input), with the norms before the residual branches or after the adds."""
+        mine = {c.key: c for _, c in self.alignment.pairs}
+        parts = [mine.get(k) for k in (("norm", i, 0), ("attention", i, 0), ("norm", i, 1), ("mlp", i, 0))]
+        ref_call = run.reference.get(ref.module_name)
+        if any(p is None or p.module_name not in run.candidate for p in parts) or ref_call is None:
+            return []
+        norm_a, attn, norm_m, mlp = (self._caller(p, run) for p in parts if p is not None)
+        x = ref_call.input
+
+        def pre() -> torch.Tensor | None:
+            h = x + attn(norm_a(x))
+            return h + mlp(norm_m(h))
+
+        def post() -> torch.Tensor | None:
+            h = norm_a(x + attn(x))
+            return norm_m(h + mlp(h))
+
+        return [
+            fx.Fix("norm placement: pre", "the candidate normalizes after each residual add (post-norm) where the "
+                   "reference normalizes each branch's input (pre-norm)", nullcontext, compute=pre),
+            fx.Fix("norm placement: post", "the candidate normalizes each branch's input (pre-norm) where the "
+                   "reference normalizes after each residual add (post-norm)", nullcontext, compute=post),
+        ]
+
+    def _caller(self, point: Point, run: CaseRun) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The point's module called as the candidate called it, with `h` as its main input."""
+        call = run.candidate[point.module_name]
+        module = point.module
+        assert module is not None  # block parts are modules
+
+        def run_on(h: torch.Tensor) -> torch.Tensor:
+            args, kwargs = list(call.args), dict(call.kwargs)
+            where = main_input(call.args, call.kwargs)
+            if where is not None:
+                h = h.to(where[1].device, where[1].dtype)
+                if isinstance(where[0], int):
+                    args[where[0]] = h
+                else:
+                    kwargs[where[0]] = h
+            with torch.no_grad():
+                out = main_output(module(*args, **kwargs))
+            if out is None:
+                raise RuntimeError(f"{point.module_name} returned no tensor")
+            return out
+        return run_on
 
     def _tie_fix(self) -> list[fx.Fix]:
         ref_head, ref_emb = self.ref_adapter.output_head(), self.ref_adapter.input_embedding()
@@ -240,7 +291,8 @@ def diagnose(replayer: Replayer, ref: Point, cand: Point, run: CaseRun, error: f
     for fix in replayer.fixes(ref, cand, run):
         try:
             with fix.apply():
-                after = rel_error(replayer.replay(ref, cand, run, whole=fix.whole_model), target, valid)
+                value = fix.compute() if fix.compute else replayer.replay(ref, cand, run, whole=fix.whole_model)
+            after = rel_error(value, target, valid)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:  # a fix that does not fit this module
             trials.append(Trial(fix.name, f"not applicable: {type(e).__name__}", math.nan))
             continue

@@ -38,6 +38,7 @@ class Fix:
     cause: str  # the sentence reported when this fix closes the gap
     apply: Callable[[], AbstractContextManager[Any]] = field(repr=False)
     whole_model: bool = False  # the fix acts outside the module (rotary frequencies): rerun the model
+    compute: Callable[[], torch.Tensor | None] | None = field(default=None, repr=False)  # a replay of its own
 
 
 # --- weights ------------------------------------------------------------------------------------------
