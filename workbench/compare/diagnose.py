@@ -169,16 +169,16 @@ class Replayer:
         mine = {c.key: c for _, c in self.alignment.pairs}
         parts = [mine.get(k) for k in (("norm", i, 0), ("attention", i, 0), ("norm", i, 1), ("mlp", i, 0))]
         ref_call = run.reference.get(ref.module_name)
-        if any(p is None or p.module_name not in run.candidate for p in parts) or ref_call is None:
+        x = ref_call.input if ref_call is not None else None
+        if any(p is None or p.module_name not in run.candidate for p in parts) or x is None:
             return []
         norm_a, attn, norm_m, mlp = (self._caller(p, run) for p in parts if p is not None)
-        x = ref_call.input
 
-        def pre() -> torch.Tensor | None:
+        def pre() -> torch.Tensor:
             h = x + attn(norm_a(x))
             return h + mlp(norm_m(h))
 
-        def post() -> torch.Tensor | None:
+        def post() -> torch.Tensor:
             h = norm_a(x + attn(x))
             return norm_m(h + mlp(h))
 
