@@ -10,8 +10,10 @@ from typing import Any
 
 from . import distributed, doctor, models
 from .capture import GradientHistory, Trace, trace
+from .compare import Comparison, compare
 from .errors import (
     CaptureError,
+    CompareError,
     ConfigError,
     CorruptFileError,
     DoctorError,
@@ -52,7 +54,7 @@ _LAZY = {  # public name -> (module, attribute or None for the module itself)
     **{name: ("workbench.viz", name) for name in ("report_html", "save_html", "save_png")},
     **{
         name: ("workbench.widgets", name)
-        for name in ("AttentionView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
+        for name in ("AttentionView", "CompareView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
                      "MemoryPanel", "show")
     },
 }
@@ -75,6 +77,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AttentionView",
+    "CompareView",
     "Dashboard",
     "GenerationStepper",
     "GradientFlow",
@@ -91,6 +94,9 @@ __all__ = [
     "FastDecoder",
     "compile_model",
     "CaptureError",
+    "CompareError",
+    "Comparison",
+    "compare",
     "ConfigError",
     "CorruptFileError",
     "DoctorError",

@@ -1,4 +1,4 @@
-"""The `workbench doctor | trace | report` subcommands: load a model by name or path, then act on it."""
+"""The `workbench doctor | trace | report | compare` subcommands: load a model by name or path, then act on it."""
 
 from __future__ import annotations
 
@@ -80,6 +80,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_reference(spec: str, device: str | None = None) -> torch.nn.Module:
+    """A model for `compare`: "hf:PATH" (or "hf:smollm2") loads it with transformers, anything else as
+    `resolve_model` does."""
+    if not spec.startswith("hf:"):
+        return resolve_model(spec, device)[0]
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as exc:
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError("hf:... models need transformers; pip install transformers.") from exc
+    from . import models
+
+    path = models.smollm2_path() if spec == "hf:smollm2" else Path(spec[3:]).expanduser()
+    if not path.exists():
+        raise LoadError(f"{spec[3:]} does not exist; give hf:FOLDER, hf:FILE.gguf or hf:smollm2.")
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if path.suffix == ".gguf":
+        path, kwargs["gguf_file"] = path.parent, path.name
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model.to(device or "cpu").eval()
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    result = compare(resolve_reference(args.reference, args.device), resolve_reference(args.candidate, args.device))
+    print(result.summary())
+    if args.html:
+        print(f"wrote {result.save_html(args.html)}")
+    return 0 if result.equivalent else 1
+
+
 def _depth(text: str) -> int:
     """--depth: an integer >= 0 (argparse turns the ValueError into a one-line usage error)."""
     value = int(text)
@@ -106,6 +139,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--prompt", required=True)
     rep.add_argument("--out", default="report.html")
     rep.set_defaults(func=cmd_report)
+    cmp = sub.add_parser("compare", help="find where CANDIDATE diverges from REFERENCE and why; exit 1 on divergence",
+                         description="Models: smollm2, tiny, a checkpoint folder or file; prefix hf: to load it "
+                                     "with transformers instead (hf:smollm2, hf:FOLDER, hf:FILE.gguf).")
+    cmp.add_argument("reference")
+    cmp.add_argument("candidate")
+    cmp.add_argument("--html", default=None, help="also write the report to this .html file")
+    cmp.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    cmp.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    cmp.set_defaults(func=cmd_compare)
 
 
 EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 2, 3, 130

@@ -56,3 +56,7 @@ class ModelContractError(WorkbenchError, ValueError):
 
 class DoctorError(WorkbenchError, ValueError):
     """`diagnose` got an unknown check name or a model whose forward it cannot drive."""
+
+
+class CompareError(WorkbenchError, ValueError):
+    """`compare` got models or inputs it cannot line up (no block list, different vocabularies, bad inputs)."""

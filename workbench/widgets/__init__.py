@@ -5,11 +5,12 @@ Widgets only wire controls to the pure figures in `workbench.viz`; each has `sav
 
 from .attention import AttentionView
 from .base import View
+from .compare import CompareView
 from .dashboard import Dashboard, show
 from .gradients import GradientFlow
 from .inspector import LayerInspector
 from .memory import MemoryPanel
 from .stepper import GenerationStepper
 
-__all__ = ["AttentionView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector", "MemoryPanel",
-           "View", "show"]
+__all__ = ["AttentionView", "CompareView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
+           "MemoryPanel", "View", "show"]

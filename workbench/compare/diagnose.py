@@ -1,0 +1,308 @@
+"""The cause at the first divergence: replay the candidate's module there with the reference's inputs, under each
+candidate fix, and report the fix that closes the gap.
+
+Replaying one module isolates it: its main input is the reference's (so upstream drift cannot hide or fake a
+cause), its other arguments (positions, rotary tables, masks) are the ones the candidate passed. A fix that acts
+outside the module (the rotary frequencies) is checked by rerunning the whole candidate instead.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..lm.adapter import ModelAdapter
+from . import fixes as fx
+from .activations import CaseRun, rel_error, run_case, value_at
+from .points import Alignment, Point
+from .record import main_input, main_output
+from .weights import WeightTable, pieces
+
+_QK = re.compile(r"(q_proj|k_proj|\.q\.|\.k\.|\bwq\b|\bwk\b|query|key|attn_q|attn_k)")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One fix and the error left at the point after it (relative, like every error here)."""
+
+    name: str
+    cause: str
+    error: float
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    point: str
+    case: str
+    error: float  # the point's error in the full run
+    replay_error: float  # the candidate's module on the reference's inputs, before any fix
+    tolerance: float
+    trials: tuple[Trial, ...]
+    cause: Trial | None
+    note: str = ""
+
+    @property
+    def explained(self) -> bool:
+        return self.cause is not None
+
+
+def _param_name(model: nn.Module, module: nn.Module) -> str | None:
+    return next((n for n, m in model.named_modules() if m is module), None)
+
+
+def _split(name: str) -> tuple[str, tuple[int, int] | None]:
+    """"w[3:9]" -> ("w", (3, 9)); "w" -> ("w", None)."""
+    if name.endswith("]") and "[" in name:
+        base, rows = name[:-1].split("[")
+        a, b = rows.split(":")
+        return base, (int(a), int(b))
+    return name, None
+
+
+class Replayer:
+    """Everything the diagnosis needs about both models, gathered once."""
+
+    def __init__(self, reference: nn.Module, candidate: nn.Module, ref_adapter: ModelAdapter,
+                 cand_adapter: ModelAdapter, table: WeightTable, alignment: Alignment, head_dims: tuple[int, ...]):
+        self.reference, self.candidate = reference, candidate
+        self.ref_adapter, self.cand_adapter = ref_adapter, cand_adapter
+        self.table, self.alignment, self.head_dims = table, alignment, head_dims
+        self.params = dict(candidate.named_parameters(remove_duplicate=False))
+        cand_pieces, _ = pieces(candidate)
+        self.conv = {p.param: p.conv1d for p in cand_pieces}
+        self.ref_values = {p.param: p.value for p in pieces(reference)[0]}
+
+    # --- which module, which fixes ----------------------------------------------------------------
+    def module_of(self, point: Point) -> tuple[str, nn.Module] | None:
+        if point.key[0] == "logits":
+            head = self.cand_adapter.output_head()
+            name = _param_name(self.candidate, head) if head is not None else None
+            return (name, head) if name is not None and head is not None else None
+        if point.take == "input" or point.module is None:
+            return None
+        return point.module_name, point.module
+
+    def fixes(self, ref: Point, cand: Point, run: CaseRun) -> list[fx.Fix]:
+        role = cand.key[0]
+        found = self.module_of(cand)
+        prefix = found[0] if found else ""
+        out = self._weight_fixes(prefix) if found else []
+        if role in ("attention", "block"):
+            out += fx.rope_fixes(self._qk_rows(prefix), self.params, self.conv)
+            out += self._rope_base()
+        if role in ("attention", "mlp", "block"):
+            mask = run.case.mask if run.case.prefix == 0 else None
+            out += fx.function_fixes("attention", mask) if role != "mlp" else []
+            out += fx.function_fixes("mlp", None) if role != "attention" else []
+        if role in ("norm", "final norm") and found and ref.module is not None:
+            out += fx.eps_fixes(found[1], ref.module)
+            out += fx.norm_offset_fixes(found[1], self.params, prefix)
+            out.append(fx.float32_norm(found[1]))
+        if role == "block" and run.case.prefix == 0:
+            out += self._placement_fixes(cand.key[1], run, ref)
+        if role == "logits":
+            out += self._tie_fix()
+        if role == "embedding":
+            emb = self.cand_adapter.input_embedding()
+            name = _param_name(self.candidate, emb) if emb is not None else None
+            if emb is not None and name is not None:
+                out += self._weight_fixes(name) + fx.embedding_scale_fixes(emb)
+        return out
+
+    def _weight_fixes(self, prefix: str) -> list[fx.Fix]:
+        """One fix per kind of transformed weight under the module: the reference's values put back."""
+        groups: dict[str, list] = {}
+        for m in self.table.transformed():
+            base, rows = _split(m.candidate)
+            if prefix and not base.startswith(prefix + "."):
+                continue
+            ref_base, ref_rows = _split(m.reference)
+            value = self.ref_values[ref_base]
+            if ref_rows is not None:
+                value = value[ref_rows[0]:ref_rows[1]]
+            p = self.params[base]
+            rows = rows or (0, p.shape[0] if not self.conv.get(base) else p.shape[1])
+            groups.setdefault(m.relation, []).append((base, rows, value, m))
+        out = []
+        for relation, items in groups.items():
+            more = f" (and {len(items) - 2} more)" if len(items) > 2 else ""
+            names = "; ".join(m.sentence for *_, m in items[:2]) + more
+            out.append(fx.Fix(f"weights: undo {relation}", names, self._patcher([(b, r, v) for b, r, v, _ in items])))
+        return out
+
+    def _patcher(self, updates: list) -> Callable[[], _ConvAware]:
+        return lambda: _ConvAware(self.params, self.conv, updates)
+
+    def _qk_rows(self, prefix: str) -> list[tuple[str, tuple[int, int], int]]:
+        rows = []
+        for m in self.table.matches:
+            base, r = _split(m.candidate)
+            if not base.startswith(prefix + ".") or not _QK.search(m.reference) or not base.endswith("weight"):
+                continue
+            span = r or (0, self.params[base].shape[0])
+            D = next((d for d in self.head_dims if (span[1] - span[0]) % d == 0 and d % 2 == 0), None)
+            if D:
+                rows.append((base, span, (span[1] - span[0]) // D))
+        return rows
+
+    def _rope_base(self) -> list[fx.Fix]:
+        theirs = [b for n, b in self.reference.named_buffers() if n.endswith("inv_freq")]
+        mine = [b for n, b in self.candidate.named_buffers() if n.endswith("inv_freq")]
+        if not theirs or not mine or theirs[0].shape != mine[0].shape:
+            return []
+        if torch.allclose(theirs[0].float(), mine[0].float()):
+            return []
+        theta = getattr(getattr(self.reference, "config", None), "rope_theta", None)
+        rope = getattr(getattr(self.reference, "config", None), "rope_parameters", None)
+        theta = theta or (rope.get("rope_theta") if isinstance(rope, dict) else None)
+        return [fx.rope_base_fix(self.candidate, theirs[0].float(), theta)]
+
+    def _placement_fixes(self, i: int, run: CaseRun, ref: Point) -> list[fx.Fix]:
+        """Block i recomposed from the candidate's own norms, attention and MLP (each called as it was, on
+        the reference's block input), with the norms before the residual branches or after the adds."""
+        mine = {c.key: c for _, c in self.alignment.pairs}
+        parts = [mine.get(k) for k in (("norm", i, 0), ("attention", i, 0), ("norm", i, 1), ("mlp", i, 0))]
+        ref_call = run.reference.get(ref.module_name)
+        x = ref_call.input if ref_call is not None else None
+        if any(p is None or p.module_name not in run.candidate for p in parts) or x is None:
+            return []
+        norm_a, attn, norm_m, mlp = (self._caller(p, run) for p in parts if p is not None)
+
+        def pre() -> torch.Tensor:
+            h = x + attn(norm_a(x))
+            return h + mlp(norm_m(h))
+
+        def post() -> torch.Tensor:
+            h = norm_a(x + attn(x))
+            return norm_m(h + mlp(h))
+
+        return [
+            fx.Fix("norm placement: pre", "the candidate normalizes after each residual add (post-norm) where the "
+                   "reference normalizes each branch's input (pre-norm)", nullcontext, compute=pre),
+            fx.Fix("norm placement: post", "the candidate normalizes each branch's input (pre-norm) where the "
+                   "reference normalizes after each residual add (post-norm)", nullcontext, compute=post),
+        ]
+
+    def _caller(self, point: Point, run: CaseRun) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The point's module called as the candidate called it, with `h` as its main input."""
+        call = run.candidate[point.module_name]
+        module = point.module
+        assert module is not None  # block parts are modules
+
+        def run_on(h: torch.Tensor) -> torch.Tensor:
+            args, kwargs = list(call.args), dict(call.kwargs)
+            where = main_input(call.args, call.kwargs)
+            if where is not None:
+                h = h.to(where[1].device, where[1].dtype)
+                if isinstance(where[0], int):
+                    args[where[0]] = h
+                else:
+                    kwargs[where[0]] = h
+            with torch.no_grad():
+                out = main_output(module(*args, **kwargs))
+            if out is None:
+                raise RuntimeError(f"{point.module_name} returned no tensor")
+            return out
+        return run_on
+
+    def _tie_fix(self) -> list[fx.Fix]:
+        ref_head, ref_emb = self.ref_adapter.output_head(), self.ref_adapter.input_embedding()
+        head, emb = self.cand_adapter.output_head(), self.cand_adapter.input_embedding()
+        if ref_head is None or ref_emb is None or head is None or emb is None:
+            return []
+        ref_w, ref_e, w, e = (getattr(m, "weight", None) for m in (ref_head, ref_emb, head, emb))
+        if not all(isinstance(t, torch.Tensor) for t in (ref_w, ref_e, w, e)) or ref_w is not ref_e or w is e:
+            return []
+        name = _param_name(self.candidate, head)
+        if name is None or not isinstance(e, torch.Tensor) or not isinstance(w, torch.Tensor) or w.shape != e.shape:
+            return []
+        value = e.detach().float()
+        return [fx.Fix("tie the LM head to the embedding",
+                       f"the reference ties its LM head to the token embedding; the candidate's `{name}.weight` "
+                       "is a separate tensor that does not hold the embedding's values",
+                       lambda: fx.patched_rows(self.params, [(f"{name}.weight", (0, value.shape[0]), value)]))]
+
+    # --- replaying --------------------------------------------------------------------------------
+    def replay(self, ref: Point, cand: Point, run: CaseRun, whole: bool = False) -> torch.Tensor | None:
+        """The candidate's value at `cand`: its module fed the reference's main input, or the whole model rerun."""
+        found = self.module_of(cand)
+        if whole or found is None or run.case.prefix:
+            calls, logits = run_case(self.cand_adapter, [cand], run.case)
+            return value_at(cand, calls, logits)
+        name, module = found
+        if cand.key[0] == "logits":
+            final = next((r for r, _ in self.alignment.pairs if r.key[0] == "final norm"), None)
+            x = run.reference[final.module_name].output if final and final.module_name in run.reference else None
+            if x is None:
+                return self.replay(ref, cand, run, whole=True)
+            with torch.no_grad():
+                return main_output(module(x.to(self.cand_adapter.device, self.cand_adapter.dtype)))
+        call, ref_call = run.candidate.get(name), run.reference.get(ref.module_name)
+        if call is None or ref_call is None or ref_call.input is None:
+            return self.replay(ref, cand, run, whole=True)
+        args, kwargs = list(call.args), dict(call.kwargs)
+        where = main_input(call.args, call.kwargs)
+        if where is not None:
+            x = ref_call.input.to(where[1].device, where[1].dtype)
+            if isinstance(where[0], int):
+                args[where[0]] = x
+            else:
+                kwargs[where[0]] = x
+        with torch.no_grad():
+            return main_output(module(*args, **kwargs))
+
+
+class _ConvAware:
+    """patched_rows for Linear-layout values, transposing into a Conv1D parameter's (in, out) layout."""
+
+    def __init__(self, params: dict[str, nn.Parameter], conv: dict[str, bool], updates: list) -> None:
+        self.params, self.conv, self.updates = params, conv, updates
+        self.saved: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> None:
+        self.saved = {b: self.params[b].detach().clone() for b, _, _ in self.updates}
+        with torch.no_grad():
+            for base, (a, b), value in self.updates:
+                p = self.params[base]
+                if self.conv.get(base):
+                    p[:, a:b].copy_(value.t().to(p.dtype))
+                else:
+                    flat = p.view(p.shape[0], -1) if p.dim() > 1 else p.view(-1, 1)
+                    flat[a:b].copy_(value.reshape(b - a, -1).to(p.dtype))
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for base, value in self.saved.items():
+                self.params[base].copy_(value)
+
+
+def diagnose(replayer: Replayer, ref: Point, cand: Point, run: CaseRun, error: float, tol: float) -> Diagnosis:
+    """Try every fix that fits the point's role; the cause is the one that brings the error under `tol`."""
+    valid = run.case.valid
+    target = value_at(ref, run.reference, run.logits[0])
+    base = rel_error(replayer.replay(ref, cand, run), target, valid)
+    trials = []
+    for fix in replayer.fixes(ref, cand, run):
+        try:
+            with fix.apply():
+                value = fix.compute() if fix.compute else replayer.replay(ref, cand, run, whole=fix.whole_model)
+            after = rel_error(value, target, valid)
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:  # a fix that does not fit this module
+            trials.append(Trial(fix.name, f"not applicable: {type(e).__name__}", math.nan))
+            continue
+        trials.append(Trial(fix.name, fix.cause, after))
+    closing = [t for t in trials if t.error <= tol]
+    cause = min(closing, key=lambda t: t.error) if closing else None
+    note = ""
+    if base <= tol and cause is None:
+        note = ("given the reference's input, the candidate's module agrees with the reference: the gap comes "
+                "from its other arguments (positions, mask, rotary tables, cache) or from code between modules")
+    elif cause is None:
+        note = "no fix tried closes the gap"
+    return Diagnosis(ref.label, run.case.name, error, base, tol, tuple(trials), cause, note)

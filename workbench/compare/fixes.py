@@ -1,0 +1,355 @@
+"""Candidate fixes for the classic porting mistakes, each applied to the candidate only for one replay.
+
+Three kinds, all undone on exit (try/finally):
+- weights: put the reference's values (or a permutation of the candidate's own) into some rows of a
+  candidate parameter: transposed, permuted, offset, scaled or untied weights; interleaved RoPE (a model
+  that rotates adjacent pairs computes what a half-split model computes on q/k rows permuted as llama.cpp
+  does, so the permutation is the test for the convention);
+- attributes: a norm's epsilon, the rotary frequencies (RoPE base);
+- functions: a `TorchFunctionMode` that rewrites the calls the module makes: GELU exact vs tanh, SiLU vs
+  GELU, the attention scale, the causal or padding mask, softmax in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from copy import deepcopy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..families.llama import unpermute_rope_rows
+from .weights import rope_permute
+
+EPS_NAMES = ("eps", "variance_epsilon", "epsilon")
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One explanation to test: `apply()` is a context in which the candidate behaves as if it were fixed."""
+
+    name: str  # short: "exact GELU -> tanh GELU"
+    cause: str  # the sentence reported when this fix closes the gap
+    apply: Callable[[], AbstractContextManager[Any]] = field(repr=False)
+    whole_model: bool = False  # the fix acts outside the module (rotary frequencies): rerun the model
+    compute: Callable[[], torch.Tensor | None] | None = field(default=None, repr=False)  # a replay of its own
+
+
+# --- weights ------------------------------------------------------------------------------------------
+@contextmanager
+def patched_rows(params: dict[str, nn.Parameter], updates: list[tuple[str, tuple[int, int], torch.Tensor]]
+                 ) -> Iterator[None]:
+    """Rows [a, b) of each named parameter replaced by a value in Linear layout (rows, cols)."""
+    saved = {name: params[name].detach().clone() for name, _, _ in updates}
+    try:
+        with torch.no_grad():
+            for name, (a, b), value in updates:
+                p = params[name]
+                flat = p.view(p.shape[0], -1) if p.dim() > 1 else p.view(-1, 1)
+                flat[a:b].copy_(value.reshape(b - a, -1).to(p.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+
+
+def layout(value: torch.Tensor, conv1d: bool) -> torch.Tensor:
+    """A Linear-layout value back in the parameter's own layout (Conv1D keeps (in, out))."""
+    return value.t() if conv1d else value
+
+
+@contextmanager
+def patched_attr(module: nn.Module, name: str, value: Any) -> Iterator[None]:
+    old = getattr(module, name)
+    try:
+        setattr(module, name, value)
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def norm_eps(module: nn.Module) -> tuple[str, float] | None:
+    """(attribute, value) of a norm's epsilon."""
+    for name in EPS_NAMES:
+        value = getattr(module, name, None)
+        if isinstance(value, float):
+            return name, value
+    return None
+
+
+@contextmanager
+def rope_frequencies(model: nn.Module, inv_freq: torch.Tensor) -> Iterator[None]:
+    """Every `inv_freq` buffer of `model` replaced by `inv_freq` (D/2,)."""
+    saved = []
+    try:
+        for m in model.modules():
+            old = getattr(m, "inv_freq", None)
+            if isinstance(old, torch.Tensor) and old.shape == inv_freq.shape:
+                saved.append((m, old))
+                m.inv_freq = inv_freq.to(old.device, old.dtype)
+        yield
+    finally:
+        for m, old in saved:
+            m.inv_freq = old
+
+
+# --- functions ----------------------------------------------------------------------------------------
+class Rewrite(TorchFunctionMode):
+    """Calls to the functions in `rules` are passed to the rule instead: rule(func, args, kwargs)."""
+
+    def __init__(self, rules: dict[str, Callable[..., Any]]) -> None:
+        super().__init__()
+        self.rules = rules
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        rule = self.rules.get(getattr(func, "__name__", ""))
+        kwargs = kwargs or {}
+        if rule is None:
+            return func(*args, **kwargs)
+        return rule(func, args, kwargs)  # torch runs this with the mode off: the rule's own calls stay as they are
+
+
+def gelu_as(approximate: str) -> Callable[..., Any]:
+    def rule(func: Any, args: tuple, kwargs: dict) -> Any:
+        return F.gelu(args[0], approximate=approximate)
+    return rule
+
+
+def silu_as(approximate: str) -> Callable[..., Any]:
+    def rule(func: Any, args: tuple, kwargs: dict) -> Any:
+        return F.gelu(args[0], approximate=approximate)
+    return rule
+
+
+def gelu_as_silu(func: Any, args: tuple, kwargs: dict) -> Any:
+    return F.silu(args[0])
+
+
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def _sdpa_kwargs(args: tuple, kwargs: dict) -> dict[str, Any]:
+    return {**dict(zip(_SDPA_ARGS, args)), **kwargs}
+
+
+def sdpa_rule(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
+    def rule(func: Any, args: tuple, kwargs: dict) -> Any:
+        return func(**change(_sdpa_kwargs(args, kwargs)))
+    return rule
+
+
+def scaled_by(factor_of_d: float) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The attention scale times D ** factor_of_d (-0.5: a missing 1/sqrt(D); +0.5: one applied twice)."""
+    def change(kw: dict[str, Any]) -> dict[str, Any]:
+        D = kw["query"].shape[-1]
+        scale = kw.get("scale") or D ** -0.5
+        return {**kw, "scale": scale * D ** factor_of_d}
+    return change
+
+
+def _as_bool_mask(kw: dict[str, Any]) -> torch.Tensor:
+    """The call's mask as (…, T, S) bool, True = may attend (causal when is_causal and no mask)."""
+    T, S = kw["query"].shape[-2], kw["key"].shape[-2]
+    mask = kw.get("attn_mask")
+    if mask is None:
+        allowed = torch.ones(T, S, dtype=torch.bool, device=kw["query"].device)
+        return allowed.tril(S - T) if kw.get("is_causal") else allowed
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+
+
+def causal_mask(kw: dict[str, Any]) -> dict[str, Any]:
+    """No query sees a later position: the mask intersected with the causal one."""
+    T, S = kw["query"].shape[-2], kw["key"].shape[-2]
+    causal = torch.ones(T, S, dtype=torch.bool, device=kw["query"].device).tril(S - T)
+    return {**kw, "attn_mask": _as_bool_mask(kw) & causal, "is_causal": False}
+
+
+def diagonal_mask(kw: dict[str, Any]) -> dict[str, Any]:
+    """Each query sees its own position: the mask with the diagonal allowed."""
+    T, S = kw["query"].shape[-2], kw["key"].shape[-2]
+    own = torch.zeros(T, S, dtype=torch.bool, device=kw["query"].device)
+    own[torch.arange(T), torch.arange(S - T, S)] = True
+    return {**kw, "attn_mask": _as_bool_mask(kw) | own, "is_causal": False}
+
+
+def padding_mask(keys: torch.Tensor) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """No query sees a padding key: keys (B, S) 1 = token."""
+    def change(kw: dict[str, Any]) -> dict[str, Any]:
+        B, S = keys.shape
+        if kw["key"].shape[-2] != S or kw["query"].shape[0] != B:
+            return kw
+        allowed = _as_bool_mask(kw) & keys.bool().to(kw["query"].device)[:, None, None, :]  # (B, 1, T, S)
+        # a row with no key left (a padding query) attends to itself instead of producing NaN
+        return {**kw, "attn_mask": allowed | ~allowed.any(-1, keepdim=True), "is_causal": False}
+    return change
+
+
+def float32_sdpa(kw: dict[str, Any]) -> dict[str, Any]:
+    return {**kw, **{k: kw[k].float() for k in ("query", "key", "value")}}
+
+
+def float32_softmax(func: Any, args: tuple, kwargs: dict) -> Any:
+    x = args[0]
+    rest = {k: v for k, v in kwargs.items() if k != "dtype"}
+    return func(x.float(), *args[1:], **rest).to(x.dtype)
+
+
+def mode(rules: dict[str, Callable[..., Any]]) -> Callable[[], AbstractContextManager[Any]]:
+    return lambda: Rewrite(rules)
+
+
+def after_sdpa_cast(rule: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an SDPA rule and cast the output back to the query's dtype."""
+    def wrapped(func: Any, args: tuple, kwargs: dict) -> Any:
+        dtype = _sdpa_kwargs(args, kwargs)["query"].dtype
+        return rule(func, args, kwargs).to(dtype)
+    return wrapped
+
+
+# --- the catalogue ---------------------------------------------------------------------------------
+def function_fixes(role: str, case_mask: torch.Tensor | None) -> list[Fix]:
+    """Fixes that rewrite the calls made inside an attention or MLP module."""
+    if role == "mlp":
+        return [
+            Fix("exact GELU -> tanh GELU", "the candidate's GELU is exact (erf) where the reference uses the tanh "
+                "approximation", mode({"gelu": gelu_as("tanh")})),
+            Fix("tanh GELU -> exact GELU", "the candidate's GELU is the tanh approximation where the reference "
+                "uses the exact (erf) GELU", mode({"gelu": gelu_as("none")})),
+            Fix("SiLU -> GELU (tanh)", "the candidate uses SiLU where the reference uses GELU (tanh)",
+                mode({"silu": silu_as("tanh")})),
+            Fix("SiLU -> GELU", "the candidate uses SiLU where the reference uses exact GELU",
+                mode({"silu": silu_as("none")})),
+            Fix("GELU -> SiLU", "the candidate uses GELU where the reference uses SiLU",
+                mode({"gelu": gelu_as_silu})),
+        ]
+    if role != "attention":
+        return []
+    sdpa = "scaled_dot_product_attention"
+    fixes = [
+        Fix("scale x 1/sqrt(D)", "the attention scale 1/sqrt(head_dim) is missing in the candidate",
+            mode({sdpa: sdpa_rule(scaled_by(-0.5))})),
+        Fix("scale x sqrt(D)", "the candidate applies the attention scale 1/sqrt(head_dim) twice",
+            mode({sdpa: sdpa_rule(scaled_by(0.5))})),
+        Fix("mask: causal", "the candidate's mask is shifted by one: each query also sees the next position",
+            mode({sdpa: sdpa_rule(causal_mask)})),
+        Fix("mask: diagonal", "the candidate's mask is shifted by one: each query is hidden from its own position",
+            mode({sdpa: sdpa_rule(diagonal_mask)})),
+        Fix("softmax in float32", "the candidate computes the attention softmax in a lower precision than float32",
+            mode({sdpa: after_sdpa_cast(sdpa_rule(float32_sdpa)), "softmax": float32_softmax})),
+    ]
+    if case_mask is not None and not bool(case_mask.all()):
+        fixes.append(Fix("mask: padding", "the candidate ignores the padding: queries attend to padded positions",
+                         mode({sdpa: sdpa_rule(padding_mask(case_mask))})))
+    return fixes
+
+
+def rope_fixes(rows: list[tuple[str, tuple[int, int], int]], params: dict[str, nn.Parameter],
+               conv: dict[str, bool]) -> list[Fix]:
+    """Interleaved vs half-split RoPE, tested by permuting the candidate's own q/k rows (name, rows, heads)."""
+    def updates(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> list[tuple[str, tuple[int, int], torch.Tensor]]:
+        out = []
+        for name, (a, b), heads in rows:
+            p = params[name].detach().float()
+            lin = p.t() if conv[name] else p.reshape(p.shape[0], -1)
+            out.append((name, (a, b), fn(lin[a:b], heads)))
+        return out
+    if not rows:
+        return []
+    return [
+        Fix("RoPE: half-split", "the candidate rotates adjacent pairs (interleaved RoPE, GPT-J / llama.cpp style) "
+            "where the reference rotates the two halves of each head (its q/k weights are equal)",
+            lambda: patched_rows(params, updates(rope_permute))),
+        Fix("RoPE: interleaved", "the candidate rotates the two halves of each head where the reference rotates "
+            "adjacent pairs (its q/k weights are equal)",
+            lambda: patched_rows(params, updates(unpermute_rope_rows))),
+    ]
+
+
+def eps_fixes(cand: nn.Module, ref: nn.Module) -> list[Fix]:
+    mine, theirs = norm_eps(cand), norm_eps(ref)
+    if mine is None:
+        return []
+    attr, own = mine
+    values = [theirs[1]] if theirs is not None else [1e-5, 1e-6, 1e-8]
+
+    def setter(v: float) -> Callable[[], AbstractContextManager[None]]:
+        return lambda: patched_attr(cand, attr, v)
+
+    return [Fix(f"norm eps {own:g} -> {v:g}", f"the candidate's norm epsilon is {own:g}, the reference's {v:g}",
+                setter(v)) for v in values if not math.isclose(v, own, rel_tol=1e-9)]
+
+
+def norm_offset_fixes(norm: nn.Module, params: dict[str, nn.Parameter], prefix: str) -> list[Fix]:
+    """A norm weight read as 1 + w (Gemma) or as w."""
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, nn.Parameter) or weight.dim() != 1:
+        return []
+    name = f"{prefix}.weight" if prefix else "weight"
+    if name not in params:
+        return []
+    w = params[name].detach().float().reshape(-1, 1)
+    n = w.shape[0]
+    return [
+        Fix("norm weight 1 + w", "the candidate's norm scales by w where the reference scales by (1 + w) "
+            "(Gemma's offset norm): the `1 +` is missing", lambda: patched_rows(params, [(name, (0, n), w + 1)])),
+        Fix("norm weight w - 1", "the candidate's norm scales by (1 + w) where the reference's weights are "
+            "stored as the full scale", lambda: patched_rows(params, [(name, (0, n), w - 1)])),
+    ]
+
+
+@contextmanager
+def float32_module(module: nn.Module) -> Iterator[None]:
+    """`module` computed by a float32 copy of itself, its output cast back to the input's dtype."""
+    copy = deepcopy(module).float()
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        dtype = next((a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+        up = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        out = copy(*up, **kwargs)
+        return out.to(dtype) if isinstance(out, torch.Tensor) and dtype is not None else out
+
+    try:
+        module.forward = forward  # type: ignore[method-assign]
+        yield
+    finally:
+        del module.forward
+
+
+def float32_norm(module: nn.Module) -> Fix:
+    return Fix("norm in float32", "the candidate computes the norm in a lower precision than float32",
+               lambda: float32_module(module))
+
+
+@contextmanager
+def scaled_output(module: nn.Module, power: float) -> Iterator[None]:
+    """`module`'s output times C ** power (C its last dimension), through a forward hook removed on exit."""
+    def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out * out.shape[-1] ** power
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def embedding_scale_fixes(embedding: nn.Module) -> list[Fix]:
+    return [
+        Fix("embedding x sqrt(C)", "the candidate does not multiply its token embeddings by sqrt(d_model), "
+            "as the reference does (Gemma's normalizer)", lambda: scaled_output(embedding, 0.5), whole_model=True),
+        Fix("embedding / sqrt(C)", "the candidate multiplies its token embeddings by sqrt(d_model); the "
+            "reference does not", lambda: scaled_output(embedding, -0.5), whole_model=True),
+    ]
+
+
+def rope_base_fix(candidate: nn.Module, inv_freq: torch.Tensor, theta: float | None) -> Fix:
+    what = f"base {theta:g}" if theta else "the reference's frequencies"
+    return Fix(f"RoPE {what}", f"the candidate's rotary frequencies differ from the reference's ({what})",
+               lambda: rope_frequencies(candidate, inv_freq), whole_model=True)
