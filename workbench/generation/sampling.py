@@ -77,8 +77,9 @@ def as_eos_tuple(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
     """Normalise an EOS id argument (one id, several, or None) to a tuple."""
     if eos_token_id is None:
         return ()
-    ids = [eos_token_id] if not isinstance(eos_token_id, (list, tuple)) else list(eos_token_id)
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+    given: list[object] = list(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    ids = [i for i in given if isinstance(i, int) and not isinstance(i, bool) and i >= 0]
+    if len(ids) != len(given):
         raise GenerationError(f"eos_token_id must be a token id (an int >= 0), a list of them, or None; got "
                               f"{eos_token_id!r}.")
     return tuple(ids)
