@@ -12,6 +12,7 @@ import struct
 import gguf
 import pytest
 import torch
+from ggufwrite import llama_tensors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,27 +37,6 @@ META = {  # key (without the "llama." prefix) -> (writer method, value)
 }
 
 
-def _pair_order(w: torch.Tensor, heads: int) -> torch.Tensor:
-    rows, C = w.shape
-    return w.reshape(heads, 2, rows // heads // 2, C).transpose(1, 2).reshape(rows, C)
-
-
-def _tensors(model: wb.TransformerLM) -> dict[str, torch.Tensor]:
-    c, sd = model.config, model.state_dict()
-    H, K, D = c.n_heads, c.kv_heads, c.head_dim
-    out = {"token_embd.weight": sd["embed.weight"], "output_norm.weight": sd["ln_f.weight"]}
-    for i in range(c.n_layers):
-        q, k, v = sd[f"blocks.{i}.attn.qkv.weight"].split((H * D, K * D, K * D))
-        gate, up = sd[f"blocks.{i}.mlp.up.weight"].chunk(2)
-        out |= {f"blk.{i}.attn_q.weight": _pair_order(q, H), f"blk.{i}.attn_k.weight": _pair_order(k, K),
-                f"blk.{i}.attn_v.weight": v, f"blk.{i}.attn_output.weight": sd[f"blocks.{i}.attn.out.weight"],
-                f"blk.{i}.ffn_gate.weight": gate, f"blk.{i}.ffn_up.weight": up,
-                f"blk.{i}.ffn_down.weight": sd[f"blocks.{i}.mlp.down.weight"],
-                f"blk.{i}.attn_norm.weight": sd[f"blocks.{i}.ln_attn.weight"],
-                f"blk.{i}.ffn_norm.weight": sd[f"blocks.{i}.ln_mlp.weight"]}
-    return out
-
-
 def write(path, model, *, meta=None, tokens=None, eos=2, merges=None, types=None):
     """`model` as a llama GGUF; `meta` overrides `{arch}.*` values (a value's Python type picks its GGUF type)."""
     w = gguf.GGUFWriter(str(path), "llama")
@@ -69,8 +49,8 @@ def write(path, model, *, meta=None, tokens=None, eos=2, merges=None, types=None
     if types is not None:
         w.add_token_types(types)
     w.add_eos_token_id(eos)
-    for name, t in _tensors(model).items():
-        w.add_tensor(name, t.detach().numpy().copy())
+    for name, array in llama_tensors(model).items():
+        w.add_tensor(name, array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

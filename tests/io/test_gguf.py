@@ -13,6 +13,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from ggufwrite import llama_tensors, to_pair_order
 
 import workbench as wb
 from workbench.errors import CorruptFileError, LoadError, UnsupportedModelError, WeightMismatchError
@@ -21,35 +22,6 @@ from workbench.io.load import load_pretrained
 from workbench.model.config import RopeScaling
 
 TINY = wb.ModelConfig.preset("tiny").replace(n_kv_heads=2, rope_theta=5e4, norm_eps=1e-6)
-
-
-def _to_pair_order(w: torch.Tensor, heads: int) -> torch.Tensor:
-    """llama.cpp's converter: each head's rows go from (half, j) order to (pair j, element) order."""
-    rows, C = w.shape
-    return w.reshape(heads, 2, rows // heads // 2, C).transpose(1, 2).reshape(rows, C)
-
-
-def _gguf_tensors(model: wb.TransformerLM) -> dict[str, np.ndarray]:
-    cfg, sd = model.config, model.state_dict()
-    H, K, D = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-    out = {"token_embd.weight": sd["embed.weight"], "output_norm.weight": sd["ln_f.weight"]}
-    if not cfg.tie_embeddings:
-        out["output.weight"] = sd["lm_head.weight"]
-    for i in range(cfg.n_layers):
-        q, k, v = sd[f"blocks.{i}.attn.qkv.weight"].split((H * D, K * D, K * D))
-        gate, up = sd[f"blocks.{i}.mlp.up.weight"].chunk(2)
-        out |= {
-            f"blk.{i}.attn_q.weight": _to_pair_order(q, H),
-            f"blk.{i}.attn_k.weight": _to_pair_order(k, K),
-            f"blk.{i}.attn_v.weight": v,
-            f"blk.{i}.attn_output.weight": sd[f"blocks.{i}.attn.out.weight"],
-            f"blk.{i}.ffn_gate.weight": gate,
-            f"blk.{i}.ffn_up.weight": up,
-            f"blk.{i}.ffn_down.weight": sd[f"blocks.{i}.mlp.down.weight"],
-            f"blk.{i}.attn_norm.weight": sd[f"blocks.{i}.ln_attn.weight"],
-            f"blk.{i}.ffn_norm.weight": sd[f"blocks.{i}.ln_mlp.weight"],
-        }
-    return {name: t.detach().numpy().copy() for name, t in out.items()}
 
 
 def write_gguf(
@@ -70,7 +42,7 @@ def write_gguf(
     w.add_layer_norm_rms_eps(cfg.norm_eps)
     w.add_tokenizer_model("gpt2")
     w.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
-    for name, array in _gguf_tensors(model).items():
+    for name, array in llama_tensors(model).items():
         if name in drop:
             continue
         if qtype is not None and array.ndim == 2:
@@ -98,7 +70,7 @@ def tiny_file(tmp_path_factory):
 
 def test_unpermute_inverts_llama_cpp_row_order():
     w = torch.arange(4 * 8 * 3, dtype=torch.float32).reshape(4 * 8, 3)  # H=4 heads of D=8 rows
-    stored = _to_pair_order(w, 4)
+    stored = to_pair_order(w, 4)
     assert not torch.equal(stored, w)
     assert torch.equal(stored[:4], w[[0, 4, 1, 5]])  # head 0: x0, x4, x1, x5 ... (pairs of halves)
     assert torch.equal(unpermute_rope_rows(stored, 4), w)
