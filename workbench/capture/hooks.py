@@ -317,6 +317,12 @@ class Recorder:
         if self.collector.wants(module):
             self.collector.add_sdpa(module, call)
 
+    def wants_probabilities(self, call: SdpaCall) -> bool:
+        """Asked by the observation layer before an SDPA call: compute it from its probabilities?"""
+        if not self._name_stack or self.collector is None or not self.collector.wants(self._name_stack[-1]):
+            return False
+        return self.collector.covers_most(call)
+
     def on_softmax(self, _scores: torch.Tensor, probs: torch.Tensor) -> None:
         if self._name_stack and self.collector is not None and self.collector.wants(self._name_stack[-1]):
             self.collector.add_probs(self._name_stack[-1], "softmax", probs)
