@@ -130,6 +130,8 @@ def own_methods(hf: torch.nn.Module, eager: torch.nn.Module) -> dict[str, Method
         "workbench trace(stats=False)": traced(stats=False),
         "workbench trace(modules=layers)": traced(modules=LAYERS),
         "workbench trace(attention=True, attention_batch=None)": traced(attention=True, attention_batch=None),
+        "workbench attention only (all rows; shapes, timing, stats off)": traced(
+            attention=True, attention_batch=None, shapes=False, timing=False, stats=False),
     }
 
 
