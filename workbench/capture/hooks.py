@@ -10,10 +10,13 @@ of stacking hooks.
 from __future__ import annotations
 
 import contextlib
+import operator
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -33,6 +36,7 @@ from .walk import distinct_bytes, first_float, first_float_in, flatten_tensors, 
 
 ModuleFilter = str | re.Pattern | Iterable[str] | Callable[[str, nn.Module], bool] | None
 
+_TRAINING, _REQUIRES_GRAD = operator.attrgetter("training"), operator.attrgetter("requires_grad")
 _ACTIVE: dict[int, Recorder] = {}  # id(module) -> the recorder attached to it (cleared on detach)
 
 
@@ -119,6 +123,7 @@ class Recorder:
         self._events_pool: EventPool | None = None  # CUDA timing events (None: perf_counter)
         self._stream: Any = None  # the stream they are recorded on (the model device's current stream)
         self.attached = False
+        self._registered = False  # whether _ACTIVE holds this recorder's modules
 
     # --- attach / detach ------------------------------------------------------------------------
     def attach(self) -> None:
@@ -131,10 +136,11 @@ class Recorder:
                 "or call workbench.capture.detach_all(model) to clear a trace left open by hand."
             )
         self.params = params = layout.params
-        self._modes = [m.training for m in layout.modules]
-        self._flags = [p.requires_grad for p in params]
+        self._modes = list(map(_TRAINING, layout.modules))
+        self._flags = list(map(_REQUIRES_GRAD, params))
         try:
             _ACTIVE.update(dict.fromkeys(layout.ids, self))
+            self._registered = True
             self._attach_hooks(layout.named, params)
         except BaseException:
             self.detach()
@@ -204,16 +210,18 @@ class Recorder:
             if self.saved is not None:
                 self.saved.__exit__(None, None, None)
         finally:
-            if self._modes:
-                for m, mode in zip(self.layout.modules, self._modes):
+            modules = self.layout.modules
+            if self._modes and list(map(_TRAINING, modules)) != self._modes:  # compared without a Python loop
+                for m, mode in zip(modules, self._modes):
                     if m.training != mode:
                         m.training = mode
+            if self._flags and list(map(_REQUIRES_GRAD, self.params)) != self._flags:
                 for p, flag in zip(self.params, self._flags):
                     if p.requires_grad != flag and p.is_leaf:
                         p.requires_grad_(flag)
-            for key in self.layout.ids:
-                if _ACTIVE.get(key) is self:
-                    del _ACTIVE[key]
+            if self._registered:  # attach made every id of the layout ours, in one update
+                self._registered = False
+                deque(map(_ACTIVE.pop, self.layout.ids, repeat(None)), maxlen=0)
             self._rec_stack.clear()
             self._name_stack.clear()
             self.attached = False
