@@ -266,11 +266,15 @@ def main() -> None:
             table[name][shape] = f"{paired_ratio(samples, name, ref):.2f}"
             table[name][f"{shape} held"] = fmt_bytes(held[name])
         print(f"{shape}: reference {plain_ms:.0f} ms (wall, median)")
-    cols = [c for s in args.shapes for c in (s, f"{s} held")]
+        print_table(table, args.shapes[: args.shapes.index(shape) + 1])  # so far, in case a later shape is cut short
+
+
+def print_table(table: dict[str, dict[str, str]], shapes: list[str]) -> None:
+    cols = [c for s in shapes for c in (s, f"{s} held")]
     print("\n| method | " + " | ".join(cols) + " | max logit diff |")
     print("|---|" + "---|" * (len(cols) + 1))
     for name, row in table.items():
-        diffs = " / ".join(row[f"{s} diff"] for s in args.shapes)
+        diffs = " / ".join(row[f"{s} diff"] for s in shapes)
         print(f"| {name} | " + " | ".join(row[c] for c in cols) + f" | {diffs} |")
 
 
