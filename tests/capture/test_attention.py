@@ -220,3 +220,80 @@ def test_sdpa_arguments_name_positional_and_keyword_calls_alike():
     assert positional.keys() == keyword.keys() and positional["key"] is k and keyword["attn_mask"] is m
     assert positional["scale"] == keyword["scale"] == 0.5 and positional["enable_gqa"] is True
     assert "scale" not in sdpa_arguments((q, k, v), {})  # left to SDPA's default, 1/sqrt(D)
+
+
+def _reference_metrics(p, qpos):
+    """Per-head metric sums and counts, written plainly (one metric at a time) to pin the fused pass."""
+    from workbench.capture.records import HEAD_METRICS
+
+    b, H, t, S = p.shape
+    acc = torch.zeros(len(HEAD_METRICS), 2, H)
+    kpos = torch.arange(S)
+    acc[0, 0] = -torch.special.xlogy(p, p).sum(-1).sum((0, 2))
+    acc[1, 0] = (p * (qpos[:, None] - kpos[None, :]).abs().float()).sum(-1).sum((0, 2))
+    acc[2, 0] = p[..., 0].sum((0, 2))
+    acc[:3, 1] = b * t
+    for i, target in ((3, qpos - 1), (4, qpos)):
+        ok = (target >= 0) & (target < S)
+        picked = p.gather(-1, target.clamp(0, S - 1).view(1, 1, t, 1).expand(b, H, t, 1))[..., 0]
+        acc[i, 0] = (picked * ok).sum((0, 2))
+        acc[i, 1] = ok.sum() * b
+    acc[5, 0] = (p * (kpos[None, :] > qpos[:, None])).amax(dim=(0, 2, 3))
+    acc[5, 1] = b * t
+    return acc
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_head_metrics_equal_the_plain_computation(causal):
+    from workbench.capture.attention import _accumulate
+
+    torch.manual_seed(0)
+    b, H, t, S, offset = 2, 3, 5, 7, 2
+    s = torch.randn(b, H, t, S)
+    qpos = torch.arange(t) + offset
+    if causal:
+        s = s.masked_fill(torch.arange(S)[None, :] > qpos[:, None], float("-inf"))
+    p = torch.softmax(s, -1)
+    acc = torch.zeros(6, 2, H)
+    _accumulate(acc, p[:, :, :3], qpos[:3])  # two chunks of query rows, as the collector feeds them
+    _accumulate(acc, p[:, :, 3:], qpos[3:])
+    torch.testing.assert_close(acc, _reference_metrics(p, qpos), atol=1e-5, rtol=1e-5)
+
+
+class _Sdpa(nn.Module):
+    def __init__(self, mask=None, causal=False, gqa=False):
+        super().__init__()
+        self.mask, self.causal, self.gqa = mask, causal, gqa
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, is_causal=self.causal,
+                                              enable_gqa=self.gqa)
+
+
+@pytest.mark.parametrize("kind", ["causal", "bool", "float", "gqa"])
+def test_sdpa_computed_from_its_probabilities_matches_sdpa(kind):
+    """All rows selected on the CPU in float32: the call is computed once as softmax(scores) @ v in place of
+    SDPA; its output equals SDPA's to float32 rounding and the stored maps are those probabilities."""
+    from workbench.lm import observe
+
+    torch.manual_seed(0)
+    B, H, K, T, D = 2, 4, 2 if kind == "gqa" else 4, 6, 8
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, K, T, D), torch.randn(B, K, T, D)
+    keep = torch.ones(T, T, dtype=torch.bool).tril()
+    mask = {"bool": keep, "float": torch.zeros(T, T).masked_fill(~keep, -1e9)}.get(kind)
+    module = _Sdpa(mask, causal=kind in ("causal", "gqa"), gqa=kind == "gqa").eval()
+    expected = module(q, k, v)
+    seen = []
+    original = observe._sdpa_in_place
+    observe._sdpa_in_place = lambda call, value: seen.append(1) or original(call, value)
+    try:
+        with torch.no_grad(), trace(module, attention=True, attention_batch=None) as tr:
+            out = module(q, k, v)
+    finally:
+        observe._sdpa_in_place = original
+    assert seen, "the call was not computed in place"
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    kk = k.repeat_interleave(H // K, dim=1)
+    future = torch.zeros(T, T).masked_fill(~keep, -math.inf)
+    probs = torch.softmax((q @ kk.transpose(-2, -1)) / math.sqrt(D) + future, -1)
+    torch.testing.assert_close(tr.attention[0].map.float(), probs, atol=1e-3, rtol=0)

@@ -10,10 +10,13 @@ of stacking hooks.
 from __future__ import annotations
 
 import contextlib
+import operator
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -24,8 +27,8 @@ from ..errors import CaptureError
 from ..lm.observe import SdpaCall, pattern_sites, watch_attention
 from ..model.layers import HookPoint
 from .attention import AttentionCollector, AttentionSelection
+from .layout import Layout, model_layout
 from .memory import CudaAllocatorMeter, SavedTensorsMeter, layer_module_names, uses_allocator
-from .params import parameters_of, static_cached
 from .records import ModuleRecord
 from .stats import StatsBuffer
 from .timing import EventPool, event_pool, uses_cuda_events
@@ -33,6 +36,7 @@ from .walk import distinct_bytes, first_float, first_float_in, flatten_tensors, 
 
 ModuleFilter = str | re.Pattern | Iterable[str] | Callable[[str, nn.Module], bool] | None
 
+_TRAINING, _REQUIRES_GRAD = operator.attrgetter("training"), operator.attrgetter("requires_grad")
 _ACTIVE: dict[int, Recorder] = {}  # id(module) -> the recorder attached to it (cleared on detach)
 
 
@@ -87,13 +91,16 @@ class Recorder:
     """
 
     def __init__(self, model: nn.Module, options: CaptureOptions, modules: ModuleFilter = None,
-                 targets: list[tuple[str, nn.Module]] | None = None,
-                 named: list[tuple[str, nn.Module]] | None = None) -> None:
+                 targets: list[tuple[str, nn.Module]] | None = None, layout: Layout | None = None,
+                 targets_key: Hashable | None = None) -> None:
         self.model, self.opt = model, options
-        self._named = named  # list(model.named_modules()) taken by trace(), or None to take it at attach
-        self.targets = targets if targets is not None else select_modules(model, modules, named)
+        self.layout = layout if layout is not None else model_layout(model)
+        self.targets = targets if targets is not None else select_modules(model, modules, self.layout.named)
         if not self.targets:
             raise CaptureError(f"modules={modules!r} matched no module; check model.named_modules().")
+        # Caches derived from the targets are kept in the layout only when the targets came from a
+        # cacheable filter (trace() passes its key); a predicate's targets are used for this trace only.
+        self._targets_key = targets_key if targets is not None else None
         self.records: list[ModuleRecord] = []
         self.stats = StatsBuffer(options.samples)
         self.collector = AttentionCollector(options.attention) if options.attention else None
@@ -110,50 +117,59 @@ class Recorder:
         self._events: list[tuple[ModuleRecord, Any, Any]] = []
         self._cuda: CudaAllocatorMeter | None = None
         self._mem_layers: set[str] = set()
-        self._modes: list[tuple[nn.Module, bool]] = []
-        self._flags: list[tuple[torch.Tensor, bool]] = []
+        self._modes: list[bool] = []  # each module's training flag at attach, in layout order
+        self._flags: list[bool] = []  # each parameter's requires_grad at attach
         self._watch = contextlib.ExitStack()  # the observation layer's hooks and patches
         self._events_pool: EventPool | None = None  # CUDA timing events (None: perf_counter)
         self._stream: Any = None  # the stream they are recorded on (the model device's current stream)
         self.attached = False
+        self._registered = False  # whether _ACTIVE holds this recorder's modules
 
     # --- attach / detach ------------------------------------------------------------------------
     def attach(self) -> None:
-        named = self._named if self._named is not None else list(self.model.named_modules())
-        busy = [n for n, m in named if id(m) in _ACTIVE]
-        if busy:
+        layout = self.layout
+        if not _ACTIVE.keys().isdisjoint(layout.ids):
+            busy = [n for n, m in layout.named if id(m) in _ACTIVE]
             raise CaptureError(
                 f"A trace is already attached to {busy[0] or type(self.model).__name__!r}. Nested traces "
                 "on the same modules are not supported: finish the outer `with workbench.trace(...)` first, "
                 "or call workbench.capture.detach_all(model) to clear a trace left open by hand."
             )
-        self.params = params = parameters_of(named)
-        self._modes = [(m, m.training) for _, m in named]
-        self._flags = [(p, p.requires_grad) for p in params]
+        self.params = params = layout.params
+        self._modes = list(map(_TRAINING, layout.modules))
+        self._flags = list(map(_REQUIRES_GRAD, params))
         try:
-            for _, m in named:
-                _ACTIVE[id(m)] = self
-            self._attach_hooks(named, params)
+            _ACTIVE.update(dict.fromkeys(layout.ids, self))
+            self._registered = True
+            self._attach_hooks(layout.named, params)
         except BaseException:
             self.detach()
             raise
         self.attached = True
 
+    def _static_table(self, intercept: bool) -> dict[int, tuple | str]:
+        """id(module) -> (name, type, param facts, stats on) for recorded modules, or just the name for
+        the other modules when attention is attributed to the innermost module (`intercept`)."""
+        named, info = self.layout.named, self.layout.info
+        table: dict[int, tuple | str] = {id(m): name for name, m in named} if intercept else {}
+        only = None if self.opt.stats_modules is None else set(self.opt.stats_modules)
+        table.update({
+            id(m): (name, type(m).__name__, info[name], self.opt.stats and (only is None or name in only))
+            for name, m in self.targets
+        })
+        return table
+
     def _attach_hooks(self, named: list[tuple[str, nn.Module]], params: list[nn.Parameter]) -> None:
-        self._members, info = static_cached(self.model, named, params)
+        self._members = self.layout.members
         device = params[0].device if params else torch.device("cpu")
         if uses_cuda_events(device):  # events on the model device's stream, read after one sync at exit
             self._events_pool, self._stream = event_pool(device), torch.cuda.current_stream(device)
         if self.opt.memory and uses_allocator(device):
             self._cuda, self._mem_layers = CudaAllocatorMeter(device), layer_module_names(self.model)
         self._setup_attention(named)
-        if self.attention_mode == "intercept":  # attention is attributed to the innermost module
-            self._static = {id(m): name for name, m in named}
-        only = None if self.opt.stats_modules is None else set(self.opt.stats_modules)
-        self._static.update({
-            id(m): (name, type(m).__name__, info[name], self.opt.stats and (only is None or name in only))
-            for name, m in self.targets
-        })
+        intercept = self.attention_mode == "intercept"
+        key = self._targets_key and ("static", self._targets_key, self.opt.stats, self.opt.stats_modules, intercept)
+        self._static = self.layout.derived(key, lambda: self._static_table(intercept))
         self._handles.append(nn.modules.module.register_module_forward_pre_hook(self._pre))
         self._handles.append(nn.modules.module.register_module_forward_hook(
             self._post, with_kwargs=True, always_call=True))
@@ -194,14 +210,18 @@ class Recorder:
             if self.saved is not None:
                 self.saved.__exit__(None, None, None)
         finally:
-            for m, mode in self._modes:
-                if m.training != mode:
-                    m.training = mode
-            for p, flag in self._flags:
-                if p.requires_grad != flag and p.is_leaf:
-                    p.requires_grad_(flag)
-            for key in [k for k, r in _ACTIVE.items() if r is self]:
-                del _ACTIVE[key]
+            modules = self.layout.modules
+            if self._modes and list(map(_TRAINING, modules)) != self._modes:  # compared without a Python loop
+                for m, mode in zip(modules, self._modes):
+                    if m.training != mode:
+                        m.training = mode
+            if self._flags and list(map(_REQUIRES_GRAD, self.params)) != self._flags:
+                for p, flag in zip(self.params, self._flags):
+                    if p.requires_grad != flag and p.is_leaf:
+                        p.requires_grad_(flag)
+            if self._registered:  # attach made every id of the layout ours, in one update
+                self._registered = False
+                deque(map(_ACTIVE.pop, self.layout.ids, repeat(None)), maxlen=0)
             self._rec_stack.clear()
             self._name_stack.clear()
             self.attached = False
@@ -304,6 +324,12 @@ class Recorder:
         module = self._name_stack[-1]
         if self.collector.wants(module):
             self.collector.add_sdpa(module, call)
+
+    def wants_probabilities(self, call: SdpaCall) -> bool:
+        """Asked by the observation layer before an SDPA call: compute it from its probabilities?"""
+        if not self._name_stack or self.collector is None or not self.collector.wants(self._name_stack[-1]):
+            return False
+        return self.collector.covers_most(call)
 
     def on_softmax(self, _scores: torch.Tensor, probs: torch.Tensor) -> None:
         if self._name_stack and self.collector is not None and self.collector.wants(self._name_stack[-1]):

@@ -1,12 +1,10 @@
 """Static per-module parameter facts a trace stamps on every record, cached across traces.
 
-Counts are taken once per model and reused while the module tree and its parameters are unchanged,
-so re-tracing the same model in a notebook loop costs one fingerprint pass, not a tree walk per module.
+They are computed once per model and reused while its module tree and parameters are unchanged
+(`layout.model_layout`).
 """
 
 from __future__ import annotations
-
-import weakref
 
 from torch import nn
 
@@ -55,20 +53,3 @@ def static_param_info(model: nn.Module, members: dict[str, list[nn.Parameter]]) 
             sum(p.numel() * p.element_size() for p in uniq),  # param_bytes
         )
     return info
-
-
-_STATIC: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
-
-
-def static_cached(model: nn.Module, named: list[tuple[str, nn.Module]], params: list[nn.Parameter],
-                  ) -> tuple[dict[str, list[nn.Parameter]], dict[str, ParamInfo]]:
-    """module_parameters + static_param_info, reused while the module tree and parameters are unchanged."""
-    key = (tuple(id(m) for _, m in named), tuple(map(id, params)),
-           tuple((p.requires_grad, p.dtype, p.shape) for p in params))
-    hit = _STATIC.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1], hit[2]
-    members = module_parameters(model)
-    info = static_param_info(model, members)
-    _STATIC[model] = (key, members, info)
-    return members, info

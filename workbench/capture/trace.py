@@ -26,6 +26,7 @@ from . import serialize
 from .attention import AttentionSelection
 from .gradients import GradientCapture, module_norms
 from .hooks import CaptureOptions, ModuleFilter, Recorder, select_modules
+from .layout import Layout, filter_key, model_layout
 from .ranks import gather_trace, rank_memory, trace_for_rank, trace_ranks
 from .records import AttentionRecord, ModuleRecord, ParamGradRecord
 from .report import format_bytes, summary_table, to_dataframe
@@ -98,15 +99,20 @@ def trace(
         _check_heads(module, sel)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise CaptureError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
-    named = list(module.named_modules())
-    targets = select_modules(module, modules, named)  # fail here, not later inside the with statement
+    layout = model_layout(module)  # the module tree, cached across traces of an unchanged model
+    named, key = layout.named, filter_key(modules)
+    # fail here, not later inside the with statement
+    targets = layout.selected(key and ("targets", key), lambda: select_modules(module, modules, named))
     if not targets:
         raise CaptureError(f"modules={modules!r} matched no module; check model.named_modules().")
-    stats_on, stats_modules = _stats_selection(module, stats, named, targets)
+    stats_key = key and filter_key(stats)
+    stats_on, stats_modules = layout.derived(stats_key and ("stats", key, stats_key),
+                                             lambda: _stats_selection(module, stats, named, targets))
     opts = CaptureOptions(shapes, timing, memory, stats_on, stats_modules, samples, sel if wants_attn else None,
                           attention_source)
     tr = Trace(module, opts, modules, gradients, optimizer)
-    tr._targets, tr._named, tr._wrapper = targets, named, wrapper
+    tr._targets, tr._layout, tr._wrapper = targets, layout, wrapper
+    tr._targets_key = key and ("targets", key)
     return tr
 
 
@@ -164,7 +170,8 @@ class Trace:
         self._optimizers = [optimizer] if optimizer is not None else []
         self._recorder: Recorder | None = None
         self._targets: list[tuple[str, nn.Module]] | None = None
-        self._named: list[tuple[str, nn.Module]] | None = None
+        self._targets_key: Any = None  # cache key of the targets in the layout (None: not cacheable)
+        self._layout: Layout | None = None
         self._grads: GradientCapture | None = None
         self._wrapper: str | None = None  # "ddp", "fsdp2" or None (see workbench.distributed.unwrap)
         self._t0 = 0.0
@@ -175,7 +182,8 @@ class Trace:
             raise CaptureError("This Trace was already used; call workbench.trace(model) again for a new one.")
         if self._model is None or self._options is None:
             raise CaptureError("This Trace was loaded from disk; start a new one with workbench.trace(model).")
-        self._recorder = Recorder(self._model, self._options, self._modules, self._targets, self._named)
+        self._recorder = Recorder(self._model, self._options, self._modules, self._targets, self._layout,
+                                  self._targets_key)
         self._recorder.attach()
         try:
             if self._want_grads:
@@ -221,16 +229,16 @@ class Trace:
             self.attention = rec.collector.records
         if self._grads is not None:
             self.gradients = self._grads.finish()
-        model, opts, params = self._model, self._options, rec.params
+        model, opts, params, layout = self._model, self._options, rec.params, rec.layout
         assert opts is not None  # __enter__ refuses a trace without options
         first = params[0] if params else None
         self.meta = {
             "model": type(model).__name__,
             "device": str(first.device) if first is not None else "cpu",
             "dtype": str(first.dtype)[6:] if first is not None else None,
-            "total_params": sum(p.numel() for p in params),
-            "trainable_params": sum(p.numel() for p in params if p.requires_grad),
-            "param_bytes": sum(p.numel() * p.element_size() for p in params),
+            "total_params": layout.total_params,  # requires_grad flags are restored by now, as at entry
+            "trainable_params": layout.trainable_params,
+            "param_bytes": layout.param_bytes,
             "options": {**dataclasses.asdict(opts), "gradients": self._want_grads},
             "attention_mode": rec.attention_mode,
             "attention_bytes": sum(a.map_bytes for a in self.attention),
@@ -239,7 +247,7 @@ class Trace:
             "wall_ms": wall * 1e3,
             "torch": torch.__version__,
         }
-        self.meta.update(rank_meta(params, self.meta["saved_bytes"], self._wrapper))
+        self.meta.update(rank_meta(params, self.meta["saved_bytes"], self._wrapper, layout.param_bytes))
         items: list[ModuleRecord | AttentionRecord | ParamGradRecord] = [
             *self.records, *self.attention, *self.gradients
         ]

@@ -21,23 +21,32 @@ if TYPE_CHECKING:
     from ..capture.trace import Trace
 
 
-def rank_meta(params: Iterable[torch.Tensor], saved_bytes: int | None, wrapper: str | None) -> dict[str, Any]:
+def rank_meta(params: Iterable[torch.Tensor], saved_bytes: int | None, wrapper: str | None,
+              param_bytes_full: int | None = None) -> dict[str, Any]:
     """Trace.meta fields describing this rank: rank, world_size, backend, wrapper and `rank_memory`
-    (bytes this rank holds: its parameter shards, its gradient shards, activations saved for backward)."""
+    (bytes this rank holds: its parameter shards, its gradient shards, activations saved for backward).
+    `param_bytes_full` may pass the unsharded parameter bytes when the caller already knows them."""
     import torch.distributed as dist
 
     params = list(params)
-    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+    grouped = dist.is_available() and dist.is_initialized()
+    backend = dist.get_backend() if grouped else None
+    if param_bytes_full is None:
+        param_bytes_full = sum(p.numel() * p.element_size() for p in params)
+    # Outside a process group no parameter is sharded (workbench.distributed.unwrap looks for DTensors
+    # only inside one), so this rank holds every byte.
+    local = sum(local_nbytes(p) for p in params) if grouped else param_bytes_full
     return {
         "rank": rank(),
         "world_size": world_size(),
         "backend": backend,
         "wrapper": wrapper,
         "rank_memory": {
-            "param_bytes": sum(local_nbytes(p) for p in params),  # this rank's shards (FSDP2) or replica
-            "grad_bytes": sum(local_nbytes(p.grad) for p in params if p.grad is not None),
+            "param_bytes": local,  # this rank's shards (FSDP2) or replica
+            "grad_bytes": sum(local_nbytes(p.grad) if grouped else p.grad.nbytes
+                              for p in params if p.grad is not None),
             "activation_bytes": saved_bytes,  # saved for backward (memory=True), else None
-            "param_bytes_full": sum(p.numel() * p.element_size() for p in params),  # unsharded model
+            "param_bytes_full": param_bytes_full,  # unsharded model
         },
     }
 

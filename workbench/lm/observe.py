@@ -5,7 +5,10 @@ share. Inside it the listener sees, in call order:
 - `on_pattern(module, probs)`: the workbench model's `hook_pattern` sites, probabilities (B, H, T, S)
   (hooking a site switches that layer to its eager path);
 - `on_sdpa(call)`: a call of `torch.nn.functional.scaled_dot_product_attention`, as an `SdpaCall` whose
-  `probabilities(...)` recomputes what SDPA never materialises (float32, for the rows asked);
+  `probabilities(...)` recomputes what SDPA never materialises (float32, for the rows asked). A listener
+  that will ask for most rows may say so with `wants_probabilities(call) -> bool`: then a float32 CPU call
+  without grad or dropout is computed once as softmax(scores) @ v, in place of SDPA, and the call carries
+  the probabilities it used (`SdpaCall.probs`) instead of recomputing them;
 - `on_softmax(scores, probs)`: a hand-written softmax over the last dim of a 4-D (B, H, T, S) tensor.
 The last two come from patching those functions while any listener needs them; the originals are restored
 when the last one leaves. Calls made while a listener runs are not reported again.
@@ -14,6 +17,7 @@ when the last one leaves. Calls made while a listener runs are not reported agai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -56,6 +60,7 @@ class SdpaCall:
     scale: float | None  # as passed; None means SDPA's default 1/sqrt(D)
     enable_gqa: bool
     output: torch.Tensor | None = None  # what SDPA returned (B, H, T, Dv)
+    probs: torch.Tensor | None = None  # (B, H, T, S) float32 when the call was computed from them (see above)
 
     @classmethod
     def from_call(cls, args: tuple, kwargs: dict, output: torch.Tensor | None = None) -> SdpaCall:
@@ -84,7 +89,8 @@ class SdpaCall:
         m = self.attn_mask
         if m is not None and m.dim() == 4 and m.shape[1] == K and m.shape[2] == n:
             m = m.reshape(m.shape[0], K * n, 1, m.shape[-1])  # per-head masks were packed the same way
-        return SdpaCall(q.reshape(B, K * n, 1, D), k, m, self.is_causal, self.scale, True, self.output)
+        p = self.probs.reshape(B, K * n, 1, -1) if self.probs is not None else None
+        return SdpaCall(q.reshape(B, K * n, 1, D), k, m, self.is_causal, self.scale, True, self.output, p)
 
     def scores(self, batch: Sequence[int] | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled, masked pre-softmax scores (b, H, t, S) in float32 for batch rows `batch` and query rows
@@ -97,12 +103,9 @@ class SdpaCall:
             q, k = q[list(batch)], k[list(batch) if k.shape[0] > 1 else [0] * len(batch)]
         if rows is not None:
             q = q.index_select(2, rows.to(q.device))
-        q, k = q.float(), k.float()
-        if k.shape[1] != q.shape[1]:  # grouped-query attention: each key head serves a group of query heads
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (b, H, S, D)
-        s = (q @ k.transpose(-2, -1)) * self.effective_scale  # (b, H, t, S)
+        s = _grouped_matmul(q.float() * self.effective_scale, k.float().transpose(-2, -1))  # (b, H, t, S)
         S = s.shape[-1]
-        qrows = rows.to(s.device) if rows is not None else torch.arange(s.shape[2], device=s.device)
+        qrows = rows.to(s.device) if rows is not None else None
         if self.attn_mask is not None:
             m = self.attn_mask.detach()
             if folded and m.dim() == 3:
@@ -111,17 +114,31 @@ class SdpaCall:
                 m = m.unsqueeze(0)
             if batch is not None and m.shape[0] > 1:
                 m = m[list(batch)]
-            if m.shape[2] > 1:
+            if m.shape[2] > 1 and qrows is not None:
                 m = m.index_select(2, qrows)
-            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
+            s = s.masked_fill_(~m, float("-inf")) if m.dtype == torch.bool else s.add_(m.float())
         if self.is_causal:  # SDPA aligns the causal mask to the top-left corner
-            keep = torch.arange(S, device=s.device)[None, :] <= qrows[:, None]  # (t, S)
-            s = s.masked_fill(~keep, float("-inf"))
+            s = s.masked_fill_(_future(s.shape[2], S, qrows, s.device), float("-inf"))
         return s
 
     def probabilities(self, batch: Sequence[int] | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """softmax(scores) (b, H, t, S) in float32; a fully masked row is all zeros."""
-        return torch.nan_to_num(torch.softmax(self.scores(batch, rows), dim=-1), nan=0.0)
+        if self.probs is not None:  # computed in place of SDPA: a view when every row is asked for
+            p = self.probs if self.probs.dim() == 4 else self.probs.unsqueeze(1)
+            if batch is not None and list(batch) != list(range(p.shape[0])):
+                p = p[list(batch)]
+            if rows is not None and not (rows.numel() == p.shape[2] and
+                                         bool((rows.cpu() == torch.arange(p.shape[2])).all())):
+                p = p.index_select(2, rows.to(p.device))
+            return p
+        p = torch.softmax(self.scores(batch, rows), dim=-1)
+        return p.nan_to_num_(nan=0.0) if self.might_mask_a_row() else p
+
+    def might_mask_a_row(self) -> bool:
+        """Whether some query row may have every key masked (its softmax is NaN, then zeros): only a
+        boolean or -inf mask can do that, and SDPA's own causal mask never does."""
+        m = self.attn_mask
+        return m is not None and (m.dtype == torch.bool or bool(torch.isneginf(m).any()))
 
     def allowed_keys(self) -> torch.Tensor | None:
         """(S,) bool: keys some query may attend to under the mask (None without a mask)."""
@@ -130,6 +147,61 @@ class SdpaCall:
         m = self.attn_mask.detach()
         allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
         return allowed.reshape(-1, allowed.shape[-1]).any(0)
+
+
+def _grouped_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (n, H, t, X) @ b (n, K, X, Y) -> (n, H, t, Y) where each of the K heads of b serves H/K heads of a
+    in turn (grouped-query attention, as `repeat_interleave` would pair them), without copying b."""
+    n, H, t, X = a.shape
+    K = b.shape[1]
+    if K == H:
+        return a @ b
+    out = a.reshape(n, K, (H // K) * t, X) @ b  # (n, K, G*t, Y): a group's query rows stacked
+    return out.view(n, H, t, -1)
+
+
+_CAUSAL: dict[tuple, torch.Tensor] = {}  # (t, S, device) -> (t, S) bool above the diagonal, for all rows
+
+
+def _future(t: int, S: int, rows: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """(t, S) bool: keys after each query row (row i of `rows`, or i itself), top-left aligned as SDPA does."""
+    if rows is not None:
+        return torch.arange(S, device=device)[None, :] > rows[:, None]
+    key = (t, S, device)
+    mask = _CAUSAL.get(key)
+    if mask is None:
+        if len(_CAUSAL) > 16:
+            _CAUSAL.clear()
+        mask = _CAUSAL[key] = torch.ones(t, S, dtype=torch.bool, device=device).triu_(1)
+    return mask
+
+
+def _computes_in_place(call: SdpaCall, args: dict[str, Any]) -> bool:
+    """Whether this call may be computed as softmax(scores) @ v in place of SDPA: float32 on the CPU (where
+    the two agree to float32 rounding, ~1e-7 relative), 4-D, no dropout, nothing needing a gradient, and a
+    mask that cannot leave a row with no key (SDPA's output for such a row is not softmax's)."""
+    q, k, v = call.query, call.key, args.get("value")
+    if not isinstance(v, torch.Tensor) or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return False
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (q, k, v)):
+        return False
+    H, K = q.shape[1], k.shape[1]
+    if args.get("dropout_p", 0.0) or v.shape[1] != K or H % K or (K not in (1, H) and not call.enable_gqa):
+        return False  # what SDPA refuses is left to SDPA to refuse
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    m = call.attn_mask
+    if m is not None and (m.dtype == torch.bool and not bool(m.any(-1).all()) or
+                          m.dtype != torch.bool and bool(torch.isneginf(m).all(-1).any())):
+        return False
+    return True
+
+
+def _sdpa_in_place(call: SdpaCall, value: torch.Tensor) -> SdpaCall:
+    """softmax(scores) @ v: the call with its output and the probabilities it came from (B, H, T, S)."""
+    p = torch.softmax(call.scores(), dim=-1)
+    out = _grouped_matmul(p, value)  # (B, H, T, Dv)
+    return dataclasses.replace(call, output=out, probs=p)
 
 
 def pattern_sites(model: nn.Module,
@@ -211,11 +283,33 @@ def _quiet(name: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def _sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
-    nested = _busy()
+    if _busy():
+        return _quiet("sdpa", *args, **kwargs)
+    call = SdpaCall.from_call(args, kwargs)
+    if _wanted(call):
+        named = sdpa_arguments(args, kwargs)
+        if _computes_in_place(call, named):
+            _state.busy = True
+            try:
+                with torch.no_grad():
+                    call = _sdpa_in_place(call, named["value"])
+            finally:
+                _state.busy = False
+            _dispatch("on_sdpa", call)
+            assert call.output is not None  # set by _sdpa_in_place
+            return call.output
     out = _quiet("sdpa", *args, **kwargs)
-    if not nested:
-        _dispatch("on_sdpa", SdpaCall.from_call(args, kwargs, out))
+    _dispatch("on_sdpa", dataclasses.replace(call, output=out))
     return out
+
+
+def _wanted(call: SdpaCall) -> bool:
+    """Whether some listener asks for this call's probabilities (see the module docstring)."""
+    for listener in _listeners:
+        ask = getattr(listener, "wants_probabilities", None)
+        if ask is not None and ask(call):
+            return True
+    return False
 
 
 def _is_attention_softmax(x: Any, dim: int | None) -> bool:
