@@ -297,3 +297,22 @@ def test_sdpa_computed_from_its_probabilities_matches_sdpa(kind):
     future = torch.zeros(T, T).masked_fill(~keep, -math.inf)
     probs = torch.softmax((q @ kk.transpose(-2, -1)) / math.sqrt(D) + future, -1)
     torch.testing.assert_close(tr.attention[0].map.float(), probs, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("H, K, T, S", [(4, 4, 6, 6), (6, 2, 5, 9), (4, 1, 7, 4)])
+def test_causal_scores_equal_scaled_masked_product(H, K, T, S):
+    """The all-rows causal scores (one GEMM carrying the scale and the mask) equal scale * q k^T with keys
+    after each query row (SDPA's top-left alignment) at -inf, grouped heads paired as repeat_interleave."""
+    from workbench.lm.observe import SdpaCall
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, H, T, 8), torch.randn(2, K, S, 8), torch.randn(2, K, S, 8)
+    call = SdpaCall.from_call((q, k, v), {"is_causal": True, "scale": 0.3, "enable_gqa": K != H})
+    kk = k.repeat_interleave(H // K, dim=1)
+    future = torch.arange(S)[None, :] > torch.arange(T)[:, None]
+    expected = (0.3 * q @ kk.transpose(-2, -1)).masked_fill(future, -math.inf)
+    got = call.scores()
+    assert got.shape == (2, H, T, S)
+    assert torch.equal(got.isneginf(), expected.isneginf())
+    torch.testing.assert_close(got.masked_fill(future, 0), expected.masked_fill(future, 0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(call.scores(rows=torch.arange(T)), got, atol=1e-5, rtol=1e-5)  # the per-row path

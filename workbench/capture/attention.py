@@ -342,6 +342,14 @@ def _weights(qpos: torch.Tensor, S: int) -> tuple[torch.Tensor, list[int]]:
     return w, counts
 
 
+def _plogp(p: torch.Tensor) -> torch.Tensor:
+    """p log p elementwise, 0 where p is 0: log of p clamped to the smallest normal float, times p in place.
+    A clamped p contributes below 1e-36 to a row's entropy. On the CPU this measured 3.5x faster than
+    `torch.special.entr` (whose branch per element does not vectorize) and 5x faster than `xlogy`."""
+    tiny = torch.finfo(p.dtype).tiny
+    return p.clamp_min(tiny).log_().mul_(p)
+
+
 def _accumulate(acc: torch.Tensor, p: torch.Tensor, qpos: torch.Tensor) -> None:
     """Add per-head sums and row counts of every metric for probabilities p (b, H, t, S): the entropy
     from one elementwise pass, the five weighted sums (`_weights`) from one GEMM over the batch-summed
@@ -355,7 +363,7 @@ def _accumulate(acc: torch.Tensor, p: torch.Tensor, qpos: torch.Tensor) -> None:
     # (H, 5): distance, sink, prev, diag, future mass. The weights are stored (5, t*S) and passed transposed:
     # a GEMM with a (t*S, 5) row-major operand measured ~10x slower on the CPU.
     sums = ph.reshape(H, t * S) @ w.T
-    acc[0, 0] += torch.special.entr(p).sum((0, 2, 3))  # -p log p; half the time of -xlogy(p, p) on the CPU
+    acc[0, 0] -= _plogp(p).sum((0, 2, 3))
     acc[1:5, 0] += sums[:, :4].T
     acc[:3, 1] += b * rows
     acc[3, 1] += b * prev_rows
