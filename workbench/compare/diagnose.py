@@ -2,8 +2,11 @@
 candidate fix, and report the fix that closes the gap.
 
 Replaying one module isolates it: its main input is the reference's (so upstream drift cannot hide or fake a
-cause), its other arguments (positions, rotary tables, masks) are the ones the candidate passed. A fix that acts
-outside the module (the rotary frequencies) is checked by rerunning the whole candidate instead.
+cause), its other arguments (positions, rotary tables, masks) are the ones the candidate passed. In the cached
+continuation those arguments are copies taken before the call (the KV cache as the module found it), so a
+divergence that shows only there is replayed in that one module too, and the positions it was given can be
+tested (`cachefix`). A fix that acts outside the module (the rotary frequencies) is checked by rerunning the
+whole candidate instead.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from torch import nn
 
 from ..lm.adapter import ModelAdapter
 from . import fixes as fx
-from .activations import CaseRun, rel_error, run_case, value_at
+from .activations import Case, CaseRun, rel_error, run_case, value_at
+from .cachefix import Change, position_fixes
 from .points import Alignment, Point
-from .record import main_input, main_output
+from .record import Call, main_input, main_output
 from .weights import WeightTable, pieces
 
 _QK = re.compile(r"(q_proj|k_proj|\.q\.|\.k\.|\bwq\b|\bwk\b|query|key|attn_q|attn_k)")
@@ -77,6 +81,7 @@ class Replayer:
         cand_pieces, _ = pieces(candidate)
         self.conv = {p.param: p.conv1d for p in cand_pieces}
         self.ref_values = {p.param: p.value for p in pieces(reference)[0]}
+        self._snapshots: dict[tuple[str, str], Call | None] = {}
 
     # --- which module, which fixes ----------------------------------------------------------------
     def module_of(self, point: Point) -> tuple[str, nn.Module] | None:
@@ -96,6 +101,8 @@ class Replayer:
         if role in ("attention", "block"):
             out += fx.rope_fixes(self._qk_rows(prefix), self.params, self.conv)
             out += self._rope_base()
+        if role in ("attention", "block") and run.case.prefix and found:
+            out += self._position_fixes(ref, cand, run)
         if role in ("attention", "mlp", "block"):
             mask = run.case.mask if run.case.prefix == 0 else None
             out += fx.function_fixes("attention", mask) if role != "mlp" else []
@@ -189,6 +196,29 @@ class Replayer:
                    "reference normalizes after each residual add (post-norm)", nullcontext, compute=post),
         ]
 
+    def _position_fixes(self, ref: Point, cand: Point, run: CaseRun) -> list[fx.Fix]:
+        """The cached step's position arguments swapped for those of an uncached forward of the same ids."""
+        name = cand.module_name
+        cached = self.call_of(cand, run)
+        calls, _ = run_case(self.cand_adapter, [cand], Case("full", run.case.ids, run.case.mask))
+        full = calls.get(name)
+        if cached is None or full is None:
+            return []
+        total = run.case.ids.shape[1]
+        return position_fixes(name, cached, full, total - run.case.prefix, total,
+                              lambda change: self.replay(ref, cand, run, change=change))
+
+    def call_of(self, point: Point, run: CaseRun) -> Call | None:
+        """The candidate's call at `point` in this case; in a cached one, a snapshot of its arguments (one extra
+        run of the case, kept)."""
+        if not run.case.prefix:
+            return run.candidate.get(point.module_name)
+        key = (run.case.name, point.module_name)
+        if key not in self._snapshots:
+            calls, _ = run_case(self.cand_adapter, [point], run.case, snapshot=True)
+            self._snapshots[key] = calls.get(point.module_name)
+        return self._snapshots[key]
+
     def _caller(self, point: Point, run: CaseRun) -> Callable[[torch.Tensor], torch.Tensor]:
         """The point's module called as the candidate called it, with `h` as its main input."""
         call = run.candidate[point.module_name]
@@ -229,10 +259,12 @@ class Replayer:
                        lambda: fx.patched_rows(self.params, [(f"{name}.weight", (0, value.shape[0]), value)]))]
 
     # --- replaying --------------------------------------------------------------------------------
-    def replay(self, ref: Point, cand: Point, run: CaseRun, whole: bool = False) -> torch.Tensor | None:
-        """The candidate's value at `cand`: its module fed the reference's main input, or the whole model rerun."""
+    def replay(self, ref: Point, cand: Point, run: CaseRun, whole: bool = False,
+               change: Change | None = None) -> torch.Tensor | None:
+        """The candidate's value at `cand`: its module fed the reference's main input (its other arguments
+        changed by `change`), or the whole model rerun."""
         found = self.module_of(cand)
-        if whole or found is None or run.case.prefix:
+        if whole or found is None:
             calls, logits = run_case(self.cand_adapter, [cand], run.case)
             return value_at(cand, calls, logits)
         name, module = found
@@ -243,10 +275,13 @@ class Replayer:
                 return self.replay(ref, cand, run, whole=True)
             with torch.no_grad():
                 return main_output(module(x.to(self.cand_adapter.device, self.cand_adapter.dtype)))
-        call, ref_call = run.candidate.get(name), run.reference.get(ref.module_name)
-        if call is None or ref_call is None or ref_call.input is None:
-            return self.replay(ref, cand, run, whole=True)
-        args, kwargs = list(call.args), dict(call.kwargs)
+        call, ref_call = self.call_of(cand, run), run.reference.get(ref.module_name)
+        if call is None or ref_call is None or ref_call.input is None or (
+                run.case.prefix and (call.input is None or call.input.shape != ref_call.input.shape)):
+            return None if change else self.replay(ref, cand, run, whole=True)  # a cache-less candidate recomputes
+        args, kwargs = call.arguments()
+        if change is not None:
+            args, kwargs = change(args, kwargs)
         where = main_input(call.args, call.kwargs)
         if where is not None:
             x = ref_call.input.to(where[1].device, where[1].dtype)
