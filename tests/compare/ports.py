@@ -6,13 +6,15 @@ hand), then computes the forward its own way. `bug=None` is a correct port.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LLAMA_BUGS = ("interleaved", "mask_shift", "no_scale", "eps", "qk_perm", "untied", "padding", "rope_base", "gelu",
               "norm_low_precision", "naive_softmax", "cache_positions")
-GPT2_BUGS = ("conv1d_transposed", "gelu_exact")
+GPT2_BUGS = ("conv1d_transposed", "gelu_exact", "post_norm")
 
 
 class RMSNorm(nn.Module):
@@ -180,8 +182,12 @@ class GPT2Block(nn.Module):
             ln.load_state_dict({"weight": sd[p + name + ".weight"], "bias": sd[p + name + ".bias"]})
         self.attn = GPT2Attention(sd, p + "attn.", cfg, bug)
         self.mlp = GPT2MLP(sd, p + "mlp.", bug)
+        self.post_norm = bug == "post_norm"
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        if self.post_norm:  # the mistake: the original Transformer's layout, a norm after each residual add
+            x = self.ln_1(x + self.attn(x, pad))
+            return self.ln_2(x + self.mlp(x))
         x = x + self.attn(self.ln_1(x), pad)
         return x + self.mlp(self.ln_2(x))
 
@@ -240,3 +246,16 @@ class HandGPT2(nn.Module):
         return self.ln_f(x) @ self.wte.weight.t()  # tied head  (B, T, V)
 
 
+
+
+def gemma3_norms_after_the_add(hf: nn.Module) -> nn.Module:
+    """A Gemma 3 port that reuses HF's modules but writes its own decoder layer with the Llama habit: the
+    post-attention and post-feedforward norms applied after the residual add, not to each branch's output."""
+    port = copy.deepcopy(hf)
+    for layer in port.model.layers:
+        def forward(hidden_states: torch.Tensor, _layer: nn.Module = layer, **kwargs) -> torch.Tensor:
+            h, _ = _layer.self_attn(hidden_states=_layer.input_layernorm(hidden_states), **kwargs)
+            x = _layer.post_attention_layernorm(hidden_states + h)  # HF: x = hidden_states + norm(h)
+            return _layer.post_feedforward_layernorm(x + _layer.mlp(_layer.pre_feedforward_layernorm(x)))
+        layer.forward = forward
+    return port

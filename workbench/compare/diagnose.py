@@ -22,11 +22,12 @@ from torch import nn
 
 from ..lm.adapter import ModelAdapter
 from . import fixes as fx
-from .activations import Case, CaseRun, rel_error, run_case, value_at
+from .activations import Case, CaseRun, noise_tolerance, rel_error, run_case, value_at
 from .cachefix import Change, position_fixes
 from .points import Alignment, Point
 from .record import Call, main_input, main_output
 from .weights import WeightTable, pieces
+from .wiring import compose, recover
 
 _QK = re.compile(r"(q_proj|k_proj|\.q\.|\.k\.|\bwq\b|\bwk\b|query|key|attn_q|attn_k)")
 
@@ -171,30 +172,42 @@ class Replayer:
         return [fx.rope_base_fix(self.candidate, theirs[0].float(), theta)]
 
     def _placement_fixes(self, i: int, run: CaseRun, ref: Point) -> list[fx.Fix]:
-        """Block i recomposed from the candidate's own norms, attention and MLP (each called as it was, on
-        the reference's block input), with the norms before the residual branches or after the adds."""
-        mine = {c.key: c for _, c in self.alignment.pairs}
-        parts = [mine.get(k) for k in (("norm", i, 0), ("attention", i, 0), ("norm", i, 1), ("mlp", i, 0))]
+        """Block i recomposed from the candidate's own norms, attention and MLP (each called as it was, on the
+        reference's block input), wired as the reference's block is: the wiring read from the reference's
+        recorded values (`wiring.recover`), so pre-norm, post-norm, Gemma's extra norms and parallel blocks alike."""
         ref_call = run.reference.get(ref.module_name)
-        x = ref_call.input if ref_call is not None else None
-        if any(p is None or p.module_name not in run.candidate for p in parts) or x is None:
+        order = list(run.reference)  # hooks fire in call order: siblings inside a block are in the order they ran
+        parts = sorted(((r, c) for r, c in self.alignment.pairs if r.key[1] == i
+                        and r.key[0] in ("norm", "attention", "mlp") and r.module_name in run.reference),
+                       key=lambda rc: order.index(rc[0].module_name))
+        if ref_call is None or ref_call.input is None or ref_call.output is None or not parts:
             return []
-        norm_a, attn, norm_m, mlp = (self._caller(p, run) for p in parts if p is not None)
+        recorded = [(r.key, r.module_name.rsplit(".", 1)[-1], run.reference[r.module_name].input,
+                     run.reference[r.module_name].output) for r, _ in parts]
+        if any(inp is None or out is None for *_, inp, out in recorded) or any(
+                c.module_name not in run.candidate for _, c in parts):
+            return []
+        found = recover(ref_call.input, recorded, ref_call.output, self._wiring_tol())  # type: ignore[arg-type]
+        if found is None:
+            return []
+        callers = {r.key: self._caller(c, run) for r, c in parts}
+        x = ref_call.input
 
-        def pre() -> torch.Tensor:
-            h = x + attn(norm_a(x))
-            return h + mlp(norm_m(h))
+        def compute() -> torch.Tensor:
+            return compose(found, callers, x)
 
-        def post() -> torch.Tensor:
-            h = norm_a(x + attn(x))
-            return norm_m(h + mlp(h))
+        cause = {
+            "pre": "the candidate normalizes after each residual add (post-norm) where the reference normalizes "
+                   "each branch's input (pre-norm)",
+            "post": "the candidate normalizes each branch's input (pre-norm) where the reference normalizes after "
+                    "each residual add (post-norm)",
+        }.get(found.kind, "the candidate places its norms differently from the reference")
+        return [fx.Fix(f"norm placement: {found.kind if found.kind != 'other' else 'as the reference'}",
+                       f"{cause}; the reference's block computes {found.formula()}", nullcontext, compute=compute)]
 
-        return [
-            fx.Fix("norm placement: pre", "the candidate normalizes after each residual add (post-norm) where the "
-                   "reference normalizes each branch's input (pre-norm)", nullcontext, compute=pre),
-            fx.Fix("norm placement: post", "the candidate normalizes each branch's input (pre-norm) where the "
-                   "reference normalizes after each residual add (post-norm)", nullcontext, compute=post),
-        ]
+    def _wiring_tol(self) -> float:
+        """Sums recomputed in another order than the reference's differ by rounding of its dtype."""
+        return noise_tolerance(self.ref_adapter.dtype)
 
     def _position_fixes(self, ref: Point, cand: Point, run: CaseRun) -> list[fx.Fix]:
         """The cached step's position arguments swapped for those of an uncached forward of the same ids."""

@@ -206,7 +206,8 @@ def float32_exp(func: Any, args: tuple, kwargs: dict) -> Any:
     """A softmax written out (exp, sum, divide): its exp computed in float32 and kept there until the weights meet
     the values (`lower_precision_matmul`), as a float32 softmax cast back before `@ v` does."""
     x = args[0]
-    return func(x.float(), *args[1:], **kwargs) if x.dtype in (torch.float16, torch.bfloat16) else func(x, *args[1:], **kwargs)
+    low = isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)
+    return func(x.float() if low else x, *args[1:], **kwargs)
 
 
 def lower_precision_matmul(func: Any, args: tuple, kwargs: dict) -> Any:
