@@ -68,25 +68,27 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def run_case(adapter: ModelAdapter, points: list[Point], case: Case) -> tuple[dict[str, Call], torch.Tensor]:
-    """The calls at `points` and the logits (B, T', V) of one case."""
+def run_case(adapter: ModelAdapter, points: list[Point], case: Case, snapshot: bool = False
+             ) -> tuple[dict[str, Call], torch.Tensor]:
+    """The calls at `points` and the logits (B, T', V) of one case (snapshot: see `record`)."""
     ids = case.ids.to(adapter.device)
     mask = None if case.mask is None else case.mask.to(adapter.device)
     with torch.no_grad():
         if case.prefix == 0:
             pos = positions(mask) if mask is not None and adapter.supports_positions else None
-            with record(points) as calls:
+            with record(points, snapshot) as calls:
                 logits = adapter.logits(ids, mask, pos, allow_nonfinite=True)
             return calls, logits
         cache = adapter.new_cache(ids.shape[0], ids.shape[1], mode="growing")
         adapter.step(ids[:, : case.prefix], cache, None if mask is None else mask[:, : case.prefix])
-        with record(points) as calls:
+        with record(points, snapshot) as calls:
             logits = adapter.step(ids[:, case.prefix:], cache, mask)
         return calls, logits
 
 
 def rel_error(candidate: torch.Tensor | None, reference: torch.Tensor | None, valid: torch.Tensor) -> float:
-    """max |candidate - reference| / max |reference| over the valid (B, T) positions; inf if shapes differ."""
+    """max |candidate - reference| / max |reference| over the valid (B, T) positions; inf if shapes differ or the
+    candidate holds NaN/Inf where the reference does not (an overflow), nan where a value is missing."""
     if candidate is None or reference is None:
         return math.nan
     candidate, reference = _last(candidate, valid.shape[1]), _last(reference, valid.shape[1])
@@ -96,6 +98,8 @@ def rel_error(candidate: torch.Tensor | None, reference: torch.Tensor | None, va
     c, r = candidate.float()[keep], reference.float()[keep.to(candidate.device)].to(candidate.device)
     if not c.numel():
         return 0.0
+    if not bool(torch.isfinite(c[torch.isfinite(r)]).all()):
+        return math.inf
     return float((c - r).abs().max()) / max(float(r.abs().max()), 1e-6)
 
 

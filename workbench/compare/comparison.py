@@ -98,7 +98,7 @@ def _num(x: float, tol: float | None = None) -> str:
     if math.isnan(x):
         return "not applicable"
     if math.isinf(x):
-        return "inf (shapes differ)"
+        return "inf (shapes differ or values not finite)"
     return f"< {tol:.0e}" if tol is not None and x <= tol else f"{x:.1e}"
 
 

@@ -2,8 +2,11 @@
 candidate fix, and report the fix that closes the gap.
 
 Replaying one module isolates it: its main input is the reference's (so upstream drift cannot hide or fake a
-cause), its other arguments (positions, rotary tables, masks) are the ones the candidate passed. A fix that acts
-outside the module (the rotary frequencies) is checked by rerunning the whole candidate instead.
+cause), its other arguments (positions, rotary tables, masks) are the ones the candidate passed. In the cached
+continuation those arguments are copies taken before the call (the KV cache as the module found it), so a
+divergence that shows only there is replayed in that one module too, and the positions it was given can be
+tested (`cachefix`). A fix that acts outside the module (the rotary frequencies) is checked by rerunning the
+whole candidate instead.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from torch import nn
 
 from ..lm.adapter import ModelAdapter
 from . import fixes as fx
-from .activations import CaseRun, rel_error, run_case, value_at
+from .activations import Case, CaseRun, noise_tolerance, rel_error, run_case, value_at
+from .cachefix import Change, position_fixes
 from .points import Alignment, Point
-from .record import main_input, main_output
+from .record import Call, main_input, main_output
 from .weights import WeightTable, pieces
+from .wiring import compose, recover
 
 _QK = re.compile(r"(q_proj|k_proj|\.q\.|\.k\.|\bwq\b|\bwk\b|query|key|attn_q|attn_k)")
 
@@ -77,6 +82,7 @@ class Replayer:
         cand_pieces, _ = pieces(candidate)
         self.conv = {p.param: p.conv1d for p in cand_pieces}
         self.ref_values = {p.param: p.value for p in pieces(reference)[0]}
+        self._snapshots: dict[tuple[str, str], Call | None] = {}
 
     # --- which module, which fixes ----------------------------------------------------------------
     def module_of(self, point: Point) -> tuple[str, nn.Module] | None:
@@ -96,6 +102,8 @@ class Replayer:
         if role in ("attention", "block"):
             out += fx.rope_fixes(self._qk_rows(prefix), self.params, self.conv)
             out += self._rope_base()
+        if role in ("attention", "block") and run.case.prefix and found:
+            out += self._position_fixes(ref, cand, run)
         if role in ("attention", "mlp", "block"):
             mask = run.case.mask if run.case.prefix == 0 else None
             out += fx.function_fixes("attention", mask) if role != "mlp" else []
@@ -164,30 +172,65 @@ class Replayer:
         return [fx.rope_base_fix(self.candidate, theirs[0].float(), theta)]
 
     def _placement_fixes(self, i: int, run: CaseRun, ref: Point) -> list[fx.Fix]:
-        """Block i recomposed from the candidate's own norms, attention and MLP (each called as it was, on
-        the reference's block input), with the norms before the residual branches or after the adds."""
-        mine = {c.key: c for _, c in self.alignment.pairs}
-        parts = [mine.get(k) for k in (("norm", i, 0), ("attention", i, 0), ("norm", i, 1), ("mlp", i, 0))]
+        """Block i recomposed from the candidate's own norms, attention and MLP (each called as it was, on the
+        reference's block input), wired as the reference's block is: the wiring read from the reference's
+        recorded values (`wiring.recover`), so pre-norm, post-norm, Gemma's extra norms and parallel blocks alike."""
         ref_call = run.reference.get(ref.module_name)
-        x = ref_call.input if ref_call is not None else None
-        if any(p is None or p.module_name not in run.candidate for p in parts) or x is None:
+        order = list(run.reference)  # hooks fire in call order: siblings inside a block are in the order they ran
+        parts = sorted(((r, c) for r, c in self.alignment.pairs if r.key[1] == i
+                        and r.key[0] in ("norm", "attention", "mlp") and r.module_name in run.reference),
+                       key=lambda rc: order.index(rc[0].module_name))
+        if ref_call is None or ref_call.input is None or ref_call.output is None or not parts:
             return []
-        norm_a, attn, norm_m, mlp = (self._caller(p, run) for p in parts if p is not None)
+        recorded = [(r.key, r.module_name.rsplit(".", 1)[-1], run.reference[r.module_name].input,
+                     run.reference[r.module_name].output) for r, _ in parts]
+        if any(inp is None or out is None for *_, inp, out in recorded) or any(
+                c.module_name not in run.candidate for _, c in parts):
+            return []
+        found = recover(ref_call.input, recorded, ref_call.output, self._wiring_tol())  # type: ignore[arg-type]
+        if found is None:
+            return []
+        callers = {r.key: self._caller(c, run) for r, c in parts}
+        x = ref_call.input
 
-        def pre() -> torch.Tensor:
-            h = x + attn(norm_a(x))
-            return h + mlp(norm_m(h))
+        def compute() -> torch.Tensor:
+            return compose(found, callers, x)
 
-        def post() -> torch.Tensor:
-            h = norm_a(x + attn(x))
-            return norm_m(h + mlp(h))
+        cause = {
+            "pre": "the candidate normalizes after each residual add (post-norm) where the reference normalizes "
+                   "each branch's input (pre-norm)",
+            "post": "the candidate normalizes each branch's input (pre-norm) where the reference normalizes after "
+                    "each residual add (post-norm)",
+        }.get(found.kind, "the candidate places its norms differently from the reference")
+        return [fx.Fix(f"norm placement: {found.kind if found.kind != 'other' else 'as the reference'}",
+                       f"{cause}; the reference's block computes {found.formula()}", nullcontext, compute=compute)]
 
-        return [
-            fx.Fix("norm placement: pre", "the candidate normalizes after each residual add (post-norm) where the "
-                   "reference normalizes each branch's input (pre-norm)", nullcontext, compute=pre),
-            fx.Fix("norm placement: post", "the candidate normalizes each branch's input (pre-norm) where the "
-                   "reference normalizes after each residual add (post-norm)", nullcontext, compute=post),
-        ]
+    def _wiring_tol(self) -> float:
+        """Sums recomputed in another order than the reference's differ by rounding of its dtype."""
+        return noise_tolerance(self.ref_adapter.dtype)
+
+    def _position_fixes(self, ref: Point, cand: Point, run: CaseRun) -> list[fx.Fix]:
+        """The cached step's position arguments swapped for those of an uncached forward of the same ids."""
+        name = cand.module_name
+        cached = self.call_of(cand, run)
+        calls, _ = run_case(self.cand_adapter, [cand], Case("full", run.case.ids, run.case.mask))
+        full = calls.get(name)
+        if cached is None or full is None:
+            return []
+        total = run.case.ids.shape[1]
+        return position_fixes(name, cached, full, total - run.case.prefix, total,
+                              lambda change: self.replay(ref, cand, run, change=change))
+
+    def call_of(self, point: Point, run: CaseRun) -> Call | None:
+        """The candidate's call at `point` in this case; in a cached one, a snapshot of its arguments (one extra
+        run of the case, kept)."""
+        if not run.case.prefix:
+            return run.candidate.get(point.module_name)
+        key = (run.case.name, point.module_name)
+        if key not in self._snapshots:
+            calls, _ = run_case(self.cand_adapter, [point], run.case, snapshot=True)
+            self._snapshots[key] = calls.get(point.module_name)
+        return self._snapshots[key]
 
     def _caller(self, point: Point, run: CaseRun) -> Callable[[torch.Tensor], torch.Tensor]:
         """The point's module called as the candidate called it, with `h` as its main input."""
@@ -229,10 +272,12 @@ class Replayer:
                        lambda: fx.patched_rows(self.params, [(f"{name}.weight", (0, value.shape[0]), value)]))]
 
     # --- replaying --------------------------------------------------------------------------------
-    def replay(self, ref: Point, cand: Point, run: CaseRun, whole: bool = False) -> torch.Tensor | None:
-        """The candidate's value at `cand`: its module fed the reference's main input, or the whole model rerun."""
+    def replay(self, ref: Point, cand: Point, run: CaseRun, whole: bool = False,
+               change: Change | None = None) -> torch.Tensor | None:
+        """The candidate's value at `cand`: its module fed the reference's main input (its other arguments
+        changed by `change`), or the whole model rerun."""
         found = self.module_of(cand)
-        if whole or found is None or run.case.prefix:
+        if whole or found is None:
             calls, logits = run_case(self.cand_adapter, [cand], run.case)
             return value_at(cand, calls, logits)
         name, module = found
@@ -243,10 +288,13 @@ class Replayer:
                 return self.replay(ref, cand, run, whole=True)
             with torch.no_grad():
                 return main_output(module(x.to(self.cand_adapter.device, self.cand_adapter.dtype)))
-        call, ref_call = run.candidate.get(name), run.reference.get(ref.module_name)
-        if call is None or ref_call is None or ref_call.input is None:
-            return self.replay(ref, cand, run, whole=True)
-        args, kwargs = list(call.args), dict(call.kwargs)
+        call, ref_call = self.call_of(cand, run), run.reference.get(ref.module_name)
+        if call is None or ref_call is None or ref_call.input is None or (
+                run.case.prefix and (call.input is None or call.input.shape != ref_call.input.shape)):
+            return None if change else self.replay(ref, cand, run, whole=True)  # a cache-less candidate recomputes
+        args, kwargs = call.arguments()
+        if change is not None:
+            args, kwargs = change(args, kwargs)
         where = main_input(call.args, call.kwargs)
         if where is not None:
             x = ref_call.input.to(where[1].device, where[1].dtype)

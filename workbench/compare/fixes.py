@@ -7,7 +7,8 @@ Three kinds, all undone on exit (try/finally):
   does, so the permutation is the test for the convention);
 - attributes: a norm's epsilon, the rotary frequencies (RoPE base);
 - functions: a `TorchFunctionMode` that rewrites the calls the module makes: GELU exact vs tanh, SiLU vs
-  GELU, the attention scale, the causal or padding mask, softmax in float32.
+  GELU, the attention scale, the causal or padding mask, softmax in float32 (a `softmax` call, SDPA, or a
+  softmax written out as exp / sum).
 """
 
 from __future__ import annotations
@@ -201,6 +202,24 @@ def float32_softmax(func: Any, args: tuple, kwargs: dict) -> Any:
     return func(x.float(), *args[1:], **rest).to(x.dtype)
 
 
+def float32_exp(func: Any, args: tuple, kwargs: dict) -> Any:
+    """A softmax written out (exp, sum, divide): its exp computed in float32 and kept there until the weights meet
+    the values (`lower_precision_matmul`), as a float32 softmax cast back before `@ v` does."""
+    x = args[0]
+    low = isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)
+    return func(x.float() if low else x, *args[1:], **kwargs)
+
+
+def lower_precision_matmul(func: Any, args: tuple, kwargs: dict) -> Any:
+    """a @ b with the wider of two floating operands cast to the other's dtype (attention weights back to v's)."""
+    a, b = args[0], args[1]
+    if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.is_floating_point()
+            and b.is_floating_point() and a.dtype != b.dtype):
+        low = a.dtype if a.element_size() < b.element_size() else b.dtype
+        a, b = a.to(low), b.to(low)
+    return func(a, b, *args[2:], **kwargs)
+
+
 def mode(rules: dict[str, Callable[..., Any]]) -> Callable[[], AbstractContextManager[Any]]:
     return lambda: Rewrite(rules)
 
@@ -242,7 +261,8 @@ def function_fixes(role: str, case_mask: torch.Tensor | None) -> list[Fix]:
         Fix("mask: diagonal", "the candidate's mask is shifted by one: each query is hidden from its own position",
             mode({sdpa: sdpa_rule(diagonal_mask)})),
         Fix("softmax in float32", "the candidate computes the attention softmax in a lower precision than float32",
-            mode({sdpa: after_sdpa_cast(sdpa_rule(float32_sdpa)), "softmax": float32_softmax})),
+            mode({sdpa: after_sdpa_cast(sdpa_rule(float32_sdpa)), "softmax": float32_softmax, "exp": float32_exp,
+                  "matmul": lower_precision_matmul, "__matmul__": lower_precision_matmul})),
     ]
     if case_mask is not None and not bool(case_mask.all()):
         fixes.append(Fix("mask: padding", "the candidate ignores the padding: queries attend to padded positions",

@@ -93,7 +93,7 @@ def diagnosis_html(diagnosis: Diagnosis | None) -> Markup:
 def _num(x: float, tol: float) -> str:
     if math.isnan(x):
         return "not applicable"
-    return "shapes differ" if math.isinf(x) else f"< {tol:.0e}" if x <= tol else f"{x:.1e}"
+    return "shapes differ or not finite" if math.isinf(x) else f"< {tol:.0e}" if x <= tol else f"{x:.1e}"
 
 
 def comparison_html(comparison: Comparison, *, include_plotlyjs: bool = True) -> Markup:
