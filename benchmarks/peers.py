@@ -132,6 +132,8 @@ def own_methods(hf: torch.nn.Module, eager: torch.nn.Module) -> dict[str, Method
         "workbench trace(attention=True, attention_batch=None)": traced(attention=True, attention_batch=None),
         "workbench attention only (all rows; shapes, timing, stats off)": traced(
             attention=True, attention_batch=None, shapes=False, timing=False, stats=False),
+        "workbench attention only, layer records": traced(
+            modules=LAYERS, attention=True, attention_batch=None, shapes=False, timing=False, stats=False),
     }
 
 

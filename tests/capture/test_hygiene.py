@@ -122,3 +122,50 @@ def test_trace_object_is_single_use_and_rejects_non_modules(mlp):
         tr.__enter__()
     with pytest.raises(workbench.CaptureError, match="nn.Module"):
         trace(lambda x: x)
+
+
+def _global_hook_count() -> int:
+    glob = nn.modules.module
+    return len(glob._global_forward_hooks) + len(glob._global_forward_pre_hooks)
+
+
+def test_few_recorded_modules_are_hooked_each_and_record_what_the_process_wide_hooks_record(hf_llama, monkeypatch):
+    """Recording a quarter of the modules or fewer hooks those modules only (no process-wide hook, so the
+    others keep nn.Module's fast path), and the records are those of the process-wide pair, stats included."""
+    from workbench.capture import hooks
+
+    layers = r"^model\.layers\.\d+$"
+    ids = torch.randint(0, 128, (2, 6))
+    seen = []
+    with trace(hf_llama, modules=layers) as each:
+        seen.append((_global_hook_count(), sum(len(m._forward_hooks) for m in hf_llama.model.layers)))
+        hf_llama(ids)
+    assert seen == [(0, 2 * len(hf_llama.model.layers))]
+    monkeypatch.setattr(hooks.Recorder, "_hooks_each", lambda self, intercept, named: False)
+    with trace(hf_llama, modules=layers) as wide:
+        assert _global_hook_count() == 2
+        hf_llama(ids)
+    assert _hook_count(hf_llama) == 0
+    assert [(r.name, r.call, r.depth, r.finished) for r in each.records] == \
+           [(r.name, r.call, r.depth, r.finished) for r in wide.records]
+    assert [r.name for r in each.records] == [f"model.layers.{i}" for i in range(len(hf_llama.model.layers))]
+    assert [(r.inputs, r.outputs, r.out_stats, r.in_stats) for r in each.records] == \
+           [(r.inputs, r.outputs, r.out_stats, r.in_stats) for r in wide.records]
+
+
+def test_a_module_hooked_each_that_raises_is_recorded_unfinished_and_unhooked():
+    class Boom(nn.Module):
+        def forward(self, x):
+            raise ValueError("bad input")
+
+    class NoneOut(nn.Module):  # a module may return None; that is not a failure
+        def forward(self, x):
+            return None
+
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(10)], NoneOut(), Boom())
+    with pytest.raises(ValueError), trace(model, modules=["9", "10", "11"]) as tr:
+        assert _global_hook_count() == 0  # 3 of 13 modules: hooked each
+        model(torch.randn(1, 2))
+    assert [(r.name, r.finished) for r in tr.records] == [("9", True), ("10", True), ("11", False)]
+    assert tr.records[1].outputs == [] and tr.records[0].outputs[0].shape == [1, 2]
+    assert _hook_count(model) == 0

@@ -203,8 +203,8 @@ class AttentionCollector:
         q_idx = torch.tensor(queries, device=probs.device)
         sub = probs.detach()[batch]  # (b, H, T, S)
 
-        def chunks(rows: torch.Tensor) -> torch.Tensor:
-            return sub.index_select(2, rows).float()  # (b, H, t, S)
+        def chunks(rows: torch.Tensor | None) -> torch.Tensor:
+            return (sub if rows is None else sub.index_select(2, rows)).float()  # (b, H, t, S)
 
         used = sub.amax(dim=(0, 1, 2)) > 0  # (S,) keys that receive any weight
         self._record(module, source, [B, H, T, S], batch, heads, queries, q_idx, chunks, _key_length(used, T))
@@ -221,7 +221,7 @@ class AttentionCollector:
         batch, heads, queries = picked
         q_idx = torch.tensor(queries, device=call.query.device)
 
-        def chunks(rows: torch.Tensor) -> torch.Tensor:
+        def chunks(rows: torch.Tensor | None) -> torch.Tensor:
             return call.probabilities(batch, rows)  # (b, H, t, S)
 
         allowed = call.allowed_keys()  # keys masked for every row (unwritten static-cache slots) do not count
@@ -241,8 +241,10 @@ class AttentionCollector:
         return 0
 
     def _record(self, module: str, source: str, full_shape: list[int], batch: list[int], heads: list[int],
-                queries: list[int], q_idx: torch.Tensor, chunks: Callable[[torch.Tensor], torch.Tensor],
+                queries: list[int], q_idx: torch.Tensor, chunks: Callable[[torch.Tensor | None], torch.Tensor],
                 key_length: int) -> None:
+        """`chunks(rows)` gives the probabilities of those query rows, or of every row for None (asked when
+        one chunk holds them all, so computed probabilities are used as they are, without a gather)."""
         B, H, T, S = full_shape
         offset = max(0, key_length - T)
         call = self._calls.get(module, 0)
@@ -261,16 +263,17 @@ class AttentionCollector:
         if f > 1:
             step = max(f, step - step % f)
         pieces = []
-        head_idx = torch.tensor(heads, device=q_idx.device)
+        every_row = len(queries) == T and step >= T  # `queries` is sorted and distinct: then it is 0..T-1
         with torch.no_grad():
             for start in range(0, len(queries), step):
                 rows = q_idx[start : start + step]
-                p = chunks(rows)  # (b, H, t, S) float32
+                p = chunks(None if every_row else rows)  # (b, H, t, S) float32
                 _accumulate(acc, p, rows + offset)
                 if f:
-                    pieces.append(_shrink(p if len(heads) == H else p.index_select(1, head_idx), f))
+                    kept = p if len(heads) == H else p.index_select(1, torch.tensor(heads, device=p.device))
+                    pieces.append(_shrink(kept, f))
         if pieces:
-            rec.map = torch.cat(pieces, dim=2)
+            rec.map = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
             self.used_bytes += rec.map_bytes
         self._pending.append((rec, acc))
         self.records.append(rec)
@@ -318,12 +321,13 @@ def _shrink(p: torch.Tensor, f: int) -> torch.Tensor:
     return p.to("cpu", torch.float16)
 
 
-_WEIGHTS: dict[tuple, tuple[torch.Tensor, list[int]]] = {}  # see _weights
+_WEIGHTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # see _weights
 
 
-def _weights(qpos: torch.Tensor, S: int) -> tuple[torch.Tensor, list[int]]:
-    """((5, t*S) float32 weights, row counts) of the metrics that are weighted sums of p over a row:
-    distance |q - k|, sink (k = 0), prev (k = q - 1), diag (k = q), and the future mass (k > q).
+def _weights(qpos: torch.Tensor, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """((5, t*S) float32 weights, (6, 1) row counts) of the metrics that are weighted sums of p over a row:
+    distance |q - k|, sink (k = 0), prev (k = q - 1), diag (k = q), and the future mass (k > q); the counts
+    are the rows each metric averages over, in HEAD_METRICS order (entropy, distance, sink, prev, diag, future).
 
     One GEMM of the probabilities with these columns reduces all five in a single read. Cached by the
     query positions and key count, which repeat for every layer of a forward."""
@@ -335,7 +339,8 @@ def _weights(qpos: torch.Tensor, S: int) -> tuple[torch.Tensor, list[int]]:
     q, k = qpos[:, None], torch.arange(S, device=qpos.device)[None, :]
     cols = ((q - k).abs(), (k == 0).expand(t, S), k == q - 1, k == q, k > q)
     w = torch.stack([c.float() for c in cols]).reshape(len(cols), t * S)  # (5, t*S)
-    counts = [t, t, int(((qpos >= 1) & (qpos - 1 < S)).sum()), int((qpos < S).sum())]
+    prev, diag = int(((qpos >= 1) & (qpos - 1 < S)).sum()), int((qpos < S).sum())
+    counts = torch.tensor([t, t, t, prev, diag, t], dtype=torch.float32, device=qpos.device)[:, None]
     if len(_WEIGHTS) > 8:
         _WEIGHTS.clear()
     _WEIGHTS[key] = (w, counts)
@@ -353,22 +358,19 @@ def _plogp(p: torch.Tensor) -> torch.Tensor:
 def _accumulate(acc: torch.Tensor, p: torch.Tensor, qpos: torch.Tensor) -> None:
     """Add per-head sums and row counts of every metric for probabilities p (b, H, t, S): the entropy
     from one elementwise pass, the five weighted sums (`_weights`) from one GEMM over the batch-summed
-    probabilities, and the future max only when some head puts weight on the future (a CPU check; on
-    an accelerator it is always computed, to avoid a synchronisation)."""
+    probabilities, the counts from a cached vector, and the future max only when some head puts weight on
+    the future (a CPU check; on an accelerator it is always computed, to avoid a synchronisation)."""
     b, H, t, S = p.shape
     if t == 0:
         return
-    w, (rows, _, prev_rows, diag_rows) = _weights(qpos, S)
+    w, counts = _weights(qpos, S)
     ph = p[0] if b == 1 else p.sum(0)  # (H, t, S)
     # (H, 5): distance, sink, prev, diag, future mass. The weights are stored (5, t*S) and passed transposed:
     # a GEMM with a (t*S, 5) row-major operand measured ~10x slower on the CPU.
     sums = ph.reshape(H, t * S) @ w.T
-    acc[0, 0] -= _plogp(p).sum((0, 2, 3))
-    acc[1:5, 0] += sums[:, :4].T
-    acc[:3, 1] += b * rows
-    acc[3, 1] += b * prev_rows
-    acc[4, 1] += b * diag_rows
+    acc[0, 0].sub_(_plogp(p).sum((0, 2, 3)))
+    acc[1:5, 0].add_(sums[:, :4].T)
+    acc[:, 1].add_(counts, alpha=b)
     if p.device.type != "cpu" or bool((sums[:, 4] > 0).any()):
         future = torch.arange(S, device=p.device)[None, :] > qpos[:, None]  # (t, S)
-        acc[5, 0] = torch.maximum(acc[5, 0], (p * future).amax(dim=(0, 2, 3)))
-    acc[5, 1] += b * rows
+        torch.maximum(acc[5, 0], (p * future).amax(dim=(0, 2, 3)), out=acc[5, 0])
