@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import tempfile
@@ -100,3 +101,13 @@ def environment(device: str) -> str:
         f"device={device} ({name}), threads={torch.get_num_threads()}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}, python {platform.python_version()}"
     )
+
+
+def cpu_run_args(doc: str | None) -> argparse.Namespace:
+    """--threads (set on torch here) and --repeats, for the benchmarks that time whole runs on the CPU."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args

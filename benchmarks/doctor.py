@@ -7,12 +7,11 @@ counted; each diagnosis is timed whole (median of --repeats), and the slowest ch
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from common import environment
+from common import cpu_run_args, environment
 
 from workbench import ModelConfig, TransformerLM
 from workbench.doctor import diagnose
@@ -32,11 +31,7 @@ def run(name: str, model, tokenizer, repeats: int) -> None:  # noqa: ANN001
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = cpu_run_args(__doc__)
     print(f"{environment('cpu')}, torch threads={args.threads}")
     torch.manual_seed(0)
     run("tiny (ModelConfig.preset('tiny'))", TransformerLM(ModelConfig.preset("tiny")).eval(), None, args.repeats)
