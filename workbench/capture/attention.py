@@ -264,14 +264,14 @@ class AttentionCollector:
             step = max(f, step - step % f)
         pieces = []
         every_row = len(queries) == T and step >= T  # `queries` is sorted and distinct: then it is 0..T-1
+        head_idx = None if len(heads) == H else torch.tensor(heads, device=q_idx.device)
         with torch.no_grad():
             for start in range(0, len(queries), step):
                 rows = q_idx[start : start + step]
                 p = chunks(None if every_row else rows)  # (b, H, t, S) float32
                 _accumulate(acc, p, rows + offset)
                 if f:
-                    kept = p if len(heads) == H else p.index_select(1, torch.tensor(heads, device=p.device))
-                    pieces.append(_shrink(kept, f))
+                    pieces.append(_shrink(p if head_idx is None else p.index_select(1, head_idx), f))
         if pieces:
             rec.map = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
             self.used_bytes += rec.map_bytes

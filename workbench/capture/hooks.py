@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import operator
-import re
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -30,11 +29,10 @@ from .attention import AttentionCollector, AttentionSelection
 from .layout import Layout, model_layout
 from .memory import CudaAllocatorMeter, SavedTensorsMeter, layer_module_names, uses_allocator
 from .records import ModuleRecord
+from .select import ModuleFilter, select_modules
 from .stats import StatsBuffer
 from .timing import EventPool, event_pool, uses_cuda_events
 from .walk import distinct_bytes, first_float, first_float_in, flatten_tensors, tensor_meta
-
-ModuleFilter = str | re.Pattern | Iterable[str] | Callable[[str, nn.Module], bool] | None
 
 _TRAINING, _REQUIRES_GRAD = operator.attrgetter("training"), operator.attrgetter("requires_grad")
 _ACTIVE: dict[int, Recorder] = {}  # id(module) -> the recorder attached to it (cleared on detach)
@@ -50,35 +48,6 @@ class CaptureOptions:
     samples: int = 0
     attention: AttentionSelection | None = None
     attention_source: str = "auto"  # "auto", "hooks" (workbench hook_pattern) or "intercept"
-
-
-def select_modules(model: nn.Module, modules: ModuleFilter,
-                   named: list[tuple[str, nn.Module]] | None = None) -> list[tuple[str, nn.Module]]:
-    """(name, module) pairs to record. str/Pattern: regex searched in the name; iterable of str:
-    exact names; callable: predicate(name, module); None: every module including the root (""),
-    except workbench `hook_scores`/`hook_pattern` sites, since hooking them switches attention to the
-    slower eager path (select them by name to record them anyway). `named` reuses a
-    `list(model.named_modules())` the caller already has."""
-    named = list(model.named_modules()) if named is None else named
-    if modules is None:
-        return [(n, m) for n, m in named if not _switches_path(n, m)]
-    if isinstance(modules, (str, re.Pattern)):
-        rx = re.compile(modules) if isinstance(modules, str) else modules
-        return [(n, m) for n, m in named if rx.search(n)]
-    if callable(modules):
-        return [(n, m) for n, m in named if modules(n, m)]
-    wanted = set(modules)
-    unknown = wanted - {n for n, _ in named}
-    if unknown:
-        raise CaptureError(
-            f"modules={sorted(unknown)[:5]} are not module names of this model; "
-            "use names from model.named_modules(), a regex string, or a predicate(name, module)."
-        )
-    return [(n, m) for n, m in named if n in wanted]
-
-
-def _switches_path(name: str, module: nn.Module) -> bool:
-    return isinstance(module, HookPoint) and name.endswith(("hook_scores", "hook_pattern"))
 
 
 class Recorder:

@@ -25,11 +25,12 @@ from ..errors import CaptureError, CorruptFileError, LoadError
 from . import serialize
 from .attention import AttentionSelection
 from .gradients import GradientCapture, module_norms
-from .hooks import CaptureOptions, ModuleFilter, Recorder, select_modules
+from .hooks import CaptureOptions, Recorder
 from .layout import Layout, filter_key, model_layout
 from .ranks import gather_trace, rank_memory, trace_for_rank, trace_ranks
 from .records import AttentionRecord, ModuleRecord, ParamGradRecord
 from .report import format_bytes, summary_table, to_dataframe
+from .select import ModuleFilter, select_modules
 
 FORMAT, VERSION = "workbench.trace", 1
 

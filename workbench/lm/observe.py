@@ -151,14 +151,18 @@ class SdpaCall:
         return allowed.reshape(-1, allowed.shape[-1]).any(0)
 
 
-def _grouped_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _grouped_matmul(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None,
+                    alpha: float = 1.0) -> torch.Tensor:
     """a (n, H, t, X) @ b (n, K, X, Y) -> (n, H, t, Y) where each of the K heads of b serves H/K heads of a
-    in turn (grouped-query attention, as `repeat_interleave` would pair them), without copying b."""
+    in turn (grouped-query attention, as `repeat_interleave` would pair them), without copying b: a group's
+    query rows are stacked against its key head. With `add` ((H/K * t, Y), broadcast over n and K) the result
+    is add + alpha * a @ b in the same GEMM (`baddbmm`)."""
     n, H, t, X = a.shape
     K = b.shape[1]
-    if K == H:
+    if add is None and K == H:
         return a @ b
-    out = a.reshape(n, K, (H // K) * t, X) @ b  # (n, K, G*t, Y): a group's query rows stacked
+    a3, b3 = a.reshape(n * K, (H // K) * t, X), b.reshape(n * K, X, b.shape[-1])
+    out = torch.bmm(a3, b3) if add is None else torch.baddbmm(add, a3, b3, alpha=alpha)
     return out.view(n, H, t, -1)
 
 
@@ -184,21 +188,16 @@ _ADDITIVE: dict[tuple, torch.Tensor] = {}  # (groups, t, S, device) -> (groups *
 def _causal_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """scale * q k^T with SDPA's causal mask (top-left aligned) as -inf, (n, H, t, S) float32, in one
     `baddbmm`: the scale and the mask ride on the GEMM instead of two passes over the scores (on the CPU the
-    mask's `masked_fill_` alone measured ~0.3 ms per SmolLM2 layer at 128 tokens). Grouped-query heads are
-    paired as `_grouped_matmul` pairs them, each group's query rows stacked against its key head."""
-    n, H, t, D = q.shape
-    K, S = k.shape[1], k.shape[2]
-    G = H // K
+    mask's `masked_fill_` alone measured ~0.3 ms per SmolLM2 layer at 128 tokens)."""
+    t, S, G = q.shape[2], k.shape[2], q.shape[1] // k.shape[1]
     key = (G, t, S, q.device)
     mask = _ADDITIVE.get(key)
     if mask is None:
         if len(_ADDITIVE) > 16:
             _ADDITIVE.clear()
         above = _future(t, S, None, q.device)
-        mask = torch.zeros(t, S, device=q.device).masked_fill_(above, float("-inf")).repeat(G, 1)
-        _ADDITIVE[key] = mask
-    out = torch.baddbmm(mask, q.reshape(n * K, G * t, D), k.transpose(-2, -1).reshape(n * K, D, S), alpha=scale)
-    return out.view(n, H, t, S)
+        mask = _ADDITIVE[key] = torch.zeros(t, S, device=q.device).masked_fill_(above, float("-inf")).repeat(G, 1)
+    return _grouped_matmul(q, k.transpose(-2, -1), add=mask, alpha=scale)
 
 
 def _computes_in_place(call: SdpaCall, args: dict[str, Any]) -> bool:
