@@ -6,7 +6,10 @@ SmolLM2-135M-Instruct's real weights as HF `LlamaForCausalLM` (float32, CPU), wr
 `workbench.models.smollm2()` into --hf-dir (a temporary folder when not given). Every method runs one
 forward of the same token ids under `torch.no_grad()`, interleaved round by round with the plain forward
 (rotating order), and each ratio is the median over rounds of t(method) / t(plain) from the same round.
-Every method's logits are checked against plain HF before timing (largest difference printed).
+Every method's logits are checked against plain HF before timing (largest difference printed), and each
+ratio is printed with its quartiles over the rounds, so the machine's spread shows in the table itself.
+One peer is the statistics a record holds, written by hand in HF hooks (mean, std, min, max, abs-max, NaN and
+Inf counts of every module's output), to compare what those numbers cost.
 "Held" is what the method keeps after the forward: the tensors it saved (distinct storages), or, for
 workbench, the attention maps it stores (its records hold no tensors).
 
@@ -83,6 +86,18 @@ def kept_outputs(modules: list[torch.nn.Module]) -> Iterator[list[torch.Tensor]]
             h.remove()
 
 
+def first_float(out: object) -> torch.Tensor | None:
+    """The first floating tensor of a module's output (a tensor, a tuple/list, or an HF ModelOutput)."""
+    if isinstance(out, torch.Tensor):
+        return out if out.is_floating_point() else None
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
+    for v in values:
+        found = first_float(v)
+        if found is not None:
+            return found
+    return None
+
+
 def completion_order(model: torch.nn.Module) -> dict[int, int]:
     """id(module) -> position of its first completed call in one small forward (modules never called are absent)."""
     order: list[int] = []
@@ -109,6 +124,24 @@ def own_methods(hf: torch.nn.Module, eager: torch.nn.Module) -> dict[str, Method
             return logits, held_bytes(kept)
         return run
 
+    def hooks_with_statistics(ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """What a record's statistics take when written by hand in a hook: each module's first floating output
+        reduced to mean, std, min, max, abs-max and NaN/Inf counts, read at once; nothing kept."""
+        def hook(_m: torch.nn.Module, _args: object, out: object) -> None:
+            x = first_float(out)
+            if x is not None:
+                values = (x.mean(), x.std(), x.min(), x.max(), x.abs().max(), x.isnan().sum(), x.isinf().sum())
+                read.append([float(v) for v in values])
+
+        read: list[list[float]] = []
+        handles = [m.register_forward_hook(hook) for m in every]
+        try:
+            logits = hf(ids).logits
+        finally:
+            for h in handles:
+                h.remove()
+        return logits, 0
+
     def output_attentions(ids: torch.Tensor) -> tuple[torch.Tensor, int]:
         out = eager(ids, output_attentions=True)
         return out.logits, held_bytes(out.attentions)
@@ -125,6 +158,7 @@ def own_methods(hf: torch.nn.Module, eager: torch.nn.Module) -> dict[str, Method
         "HF SDPA forward (reference)": plain,
         f"HF hooks, keep {len(layers)} layer outputs": hooks(layers),
         f"HF hooks, keep all {len(every)} module outputs": hooks(every),
+        f"HF hooks, statistics of all {len(every)} module outputs": hooks_with_statistics,
         "HF eager + output_attentions": output_attentions,
         "workbench trace() defaults": traced(),
         "workbench trace(stats=False)": traced(stats=False),
@@ -246,7 +280,8 @@ def main() -> None:
         methods = {k: v for k, v in methods.items() if k == ref or re.search(args.only, k)}
     print(f"{environment('cpu')}; {versions()}")
     print(f"{path.name}: {type(hf).__name__}, float32, torch.no_grad(); workbench holds records plus the maps shown; "
-          f"median paired ratio to {ref!r} over {args.repeats} interleaved rounds")
+          f"median paired ratio to {ref!r} over {args.repeats} interleaved rounds, "
+          "with its quartiles over the rounds in brackets")
     table: dict[str, dict[str, str]] = {name: {} for name in methods}
     for shape in args.shapes:
         b, t = map(int, shape.split("x"))
@@ -265,7 +300,9 @@ def main() -> None:
             samples = interleaved_samples(fns, "cpu", args.warmup, args.repeats)
         plain_ms = statistics.median(samples[ref]) * 1e3
         for name in methods:
-            table[name][shape] = f"{paired_ratio(samples, name, ref):.2f}"
+            ratios = [a / b for a, b in zip(samples[name], samples[ref])]
+            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+            table[name][shape] = f"{paired_ratio(samples, name, ref):.2f} ({q1:.2f}-{q3:.2f})"
             table[name][f"{shape} held"] = fmt_bytes(held[name])
         print(f"{shape}: reference {plain_ms:.0f} ms (wall, median)")
         print_table(table, args.shapes[: args.shapes.index(shape) + 1])  # so far, in case a later shape is cut short

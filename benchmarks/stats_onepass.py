@@ -1,13 +1,16 @@
 """How much of the defaults' statistics cost a one-pass reduction would save, measured inside the forward.
 
-Run: .venv/bin/python benchmarks/stats_onepass.py --hf-dir DIR [--rounds 12] [--threads 2] [--shape 1x128]
+Run: .venv/bin/python benchmarks/stats_onepass.py --hf-dir DIR [--rounds 12] [--threads 2] [--shape 1x128] [--breakdown]
 
 The workbench reduces every activation three times (sum, BLAS dot for the sum of squares, aminmax): no ATen op
 computes all four in one pass on the CPU. This experiment compiles a small C function that does (sum and sum of
 squares accumulated in double, min and max; needs `cc` on PATH), swaps it in for float32 dense tensors, and times
 `trace()` defaults with either reduction, `stats=False` and HF hooks keeping every output, as paired ratios to
 the plain forward of SmolLM2 as an HF model (`--hf-dir`, written by `benchmarks/peers.py`). It also prints how
-far the two reductions' statistics differ. Nothing here is used by the library.
+far the two reductions' statistics differ. With --breakdown it also times the defaults with the bookkeeping
+alone (every reduction replaced by a constant), with each reduction alone, and with the sum as a BLAS dot against
+a vector of ones, which splits the statistics' cost into its parts, and times an activation's first read inside
+the forward against the same reduction repeated at once. Nothing here is used by the library.
 """
 
 from __future__ import annotations
@@ -81,12 +84,82 @@ def one_pass(lib: ctypes.CDLL):  # noqa: ANN201
     return reduce
 
 
+def single(kind: str):  # noqa: ANN201
+    """A stand-in reduction for the breakdown: none at all (the bookkeeping around it), or one of the three."""
+    blank = ActStats(1, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0)
+
+    def reduce(x: torch.Tensor) -> ActStats:
+        v = stats._flat(x)
+        if v is not None and kind == "sum":
+            float(v.sum())
+        elif v is not None and kind == "dot":
+            float(torch.dot(v, v)) if v.dtype == torch.float32 else float(torch.linalg.vector_norm(v))
+        elif v is not None and kind == "aminmax":
+            float(torch.aminmax(v)[0])
+        return blank
+
+    return reduce
+
+
+def dot_with_ones() -> object:
+    """The library's three reductions with the sum taken as a BLAS dot against a cached vector of ones."""
+    ones = torch.ones(1 << 16)
+    three = stats._cpu_stats
+
+    def reduce(x: torch.Tensor) -> ActStats:
+        v = stats._flat(x) if x.dtype == torch.float32 else None
+        if v is None or v.numel() > ones.numel():
+            return three(x)
+        total, sq = float(torch.dot(v, ones[: v.numel()])), float(torch.dot(v, v))
+        lo, hi = (float(t) for t in torch.aminmax(v))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return three(x)
+        mean, std = stats._finish(v.numel(), total, sq)
+        return ActStats(v.numel(), mean, std, max(abs(lo), abs(hi)), lo, hi, 0, 0, 0)
+
+    return reduce
+
+
+def first_read(hf: torch.nn.Module, ids: torch.Tensor, traces: int = 5) -> None:
+    """Inside traced forwards: an activation's first aminmax right after the module wrote it, against the
+    same call repeated at once (median per activation size)."""
+    blank = ActStats(1, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0)
+    seen: dict[int, list[tuple[float, float]]] = {}
+    three = stats._cpu_stats
+
+    def reduce(x: torch.Tensor) -> ActStats:
+        v = stats._flat(x)
+        if v is not None:
+            t0 = time.perf_counter()
+            torch.aminmax(v)
+            t1 = time.perf_counter()
+            torch.aminmax(v)
+            seen.setdefault(v.numel(), []).append((t1 - t0, time.perf_counter() - t1))
+        return blank
+
+    stats._cpu_stats = reduce
+    try:
+        for _ in range(traces):
+            with warnings.catch_warnings(), workbench.trace(hf):
+                warnings.simplefilter("ignore")
+                hf(ids)
+    finally:
+        stats._cpu_stats = three
+    print("  aminmax inside the forward, first read / repeated at once (median):")
+    for n, pairs in sorted(seen.items()):
+        first, again = (statistics.median(p[i] for p in pairs) * 1e6 for i in (0, 1))
+        print(f"    {n:>9,} elements x {len(pairs) // traces:>3}: {first:7.0f} us / {again:7.0f} us")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--hf-dir", type=Path, required=True)
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shape", default="1x128")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the defaults with no reduction, with each of the three alone, and with the sum "
+                         "as a BLAS dot; then time an activation's first read against a repeated one")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -116,6 +189,10 @@ def main() -> None:
         fns = {"plain HF SDPA forward": lambda: hf(ids), "HF hooks, keep every output": hooks_all,
                "trace() defaults, three passes": traced(three), "trace() defaults, one pass": traced(fused),
                "trace(stats=False)": traced(three, stats=False)}
+        if args.breakdown:
+            fns.update({f"defaults, {label}": traced(single(kind)) for kind, label in (
+                ("none", "bookkeeping only"), ("sum", "sum only"), ("dot", "dot only"), ("aminmax", "aminmax only"))})
+            fns["defaults, sum as a dot with ones"] = traced(dot_with_ones())
         times: dict[str, list[float]] = {k: [] for k in fns}
         with torch.no_grad():
             for fn in fns.values():
@@ -136,7 +213,10 @@ def main() -> None:
     base = times["plain HF SDPA forward"]
     print(f"{environment('cpu')}; {args.shape}, {args.rounds} rounds, plain {statistics.median(base) * 1e3:.0f} ms")
     for name, ts in times.items():
-        print(f"  {name:32s} {statistics.median([x / y for x, y in zip(ts, base)]):.3f}")
+        print(f"  {name:34s} {statistics.median([x / y for x, y in zip(ts, base)]):.3f}")
+    if args.breakdown:
+        with torch.no_grad():
+            first_read(hf, ids)
     pairs = [(x.out_stats, y.out_stats) for x, y in zip(a.records, c.records) if x.out_stats and y.out_stats]
     mean = max(abs(x.mean - y.mean) / max(x.std, 1e-12) for x, y in pairs)
     std = max(abs(x.std - y.std) / max(x.std, 1e-12) for x, y in pairs)
