@@ -41,6 +41,7 @@ from common import environment, interleaved_samples, paired_ratio  # noqa: E402
 import workbench  # noqa: E402
 
 LAYERS = r"^model\.layers\.\d+$"
+LAYER_STATS = r"^model\.layers\.\d+$|^lm_head$"  # every module recorded, statistics on these only
 Method = Callable[[torch.Tensor], tuple[torch.Tensor, int]]  # ids -> (logits, bytes held after the forward)
 
 
@@ -162,6 +163,7 @@ def own_methods(hf: torch.nn.Module, eager: torch.nn.Module) -> dict[str, Method
         "HF eager + output_attentions": output_attentions,
         "workbench trace() defaults": traced(),
         "workbench trace(stats=False)": traced(stats=False),
+        "workbench trace(stats=layers and logits)": traced(stats=LAYER_STATS),
         "workbench trace(modules=layers)": traced(modules=LAYERS),
         "workbench trace(attention=True, attention_batch=None)": traced(attention=True, attention_batch=None),
         "workbench attention only (all rows; shapes, timing, stats off)": traced(
