@@ -13,11 +13,16 @@
 #   compiled-decode 300 s   benchmarks/fast.py --compile --skip-forward: decode with fast="compile"
 #   carrier-decode  300 s   the same with --carrier compile: torch.compile(mode="reduce-overhead") makes
 #                    the CUDA graphs instead of the hand-built capture; compare with compiled-decode
-# Together they take longer than one 600 s call: run `env tests fast` in one call, `overhead compile`
-# in the next and `compiled-decode carrier-decode` in a third. Needs only torch, transformers, safetensors, tokenizers, tqdm and pytest (no plotly,
+# Together they take longer than a lease allows (15 minutes of device time per task, the machine's start
+# included, at most 600 s per command). BUDGET=SECONDS bounds the whole script: each step gets the smaller
+# of its own limit and the time left, a step with under 30 s left is skipped, and the end of the output
+# (and $OUT/summary.txt) names the steps not run, as the command that runs them next. One call per lease:
+#   device run: BUDGET=450 bash benchmarks/gpu_check.sh      (timeout_s=500; leaves ~4 min for a rerun)
+# The default order puts the issue's GPU rows first after the tests: env tests fast overhead carrier-decode
+# compiled-decode compile. Needs only torch, transformers, safetensors, tokenizers, tqdm and pytest (no plotly,
 # ipywidgets or gguf; the real SmolLM2 weights are too large to carry, so random weights of its shape
 # are used). Each step's full log goes to $OUT/<step>.log ($OUT is what the device tool brings back;
-# ./gpu_check_out elsewhere); its tail is printed. Exit status 1 when any step failed.
+# ./gpu_check_out elsewhere); its tail is printed. Exit status 1 when any step failed or was skipped.
 set -u
 out=${OUT:-gpu_check_out}
 mkdir -p "$out"
@@ -25,10 +30,23 @@ py=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 failed=0
 
+budget=${BUDGET:-0}  # seconds for the whole script; 0: no bound
+skipped=()
+
 step() {  # step NAME SECONDS COMMAND...
-  local name=$1 limit=$2 start=$SECONDS rc
+  local name=$1 limit=$2 start=$SECONDS rc left
   shift 2
-  echo "=== $name: $*"
+  if [ "$budget" -gt 0 ]; then
+    left=$((budget - SECONDS))
+    if [ "$left" -lt 30 ]; then
+      echo "=== $name: skipped, ${left} s of BUDGET=$budget left"
+      skipped+=("$name")
+      failed=1
+      return
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
+  fi
+  echo "=== $name (limit ${limit} s): $*"
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
   rc=$?
   tail -n "${TAIL:-20}" "$out/$name.log"
@@ -53,6 +71,10 @@ print('cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" ;;
   esac
 }
 
-if [ $# -eq 0 ]; then set -- env tests fast overhead compile compiled-decode carrier-decode; fi
+if [ $# -eq 0 ]; then set -- env tests fast overhead carrier-decode compiled-decode compile; fi
 for s in "$@"; do run "$s"; done
+{
+  echo "ran for $SECONDS s; failed or skipped: $failed"
+  if [ ${#skipped[@]} -gt 0 ]; then echo "not run (budget): bash benchmarks/gpu_check.sh ${skipped[*]}"; fi
+} | tee "$out/summary.txt"
 exit $failed
