@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, interleaved_samples, paired_ratio  # noqa: E402
 
 import workbench  # noqa: E402
+from workbench.capture.walk import first_float, flatten_tensors  # noqa: E402  (the records' own output walk)
 
 LAYERS = r"^model\.layers\.\d+$"
 LAYER_STATS = r"^model\.layers\.\d+$|^lm_head$"  # every module recorded, statistics on these only
@@ -87,18 +88,6 @@ def kept_outputs(modules: list[torch.nn.Module]) -> Iterator[list[torch.Tensor]]
             h.remove()
 
 
-def first_float(out: object) -> torch.Tensor | None:
-    """The first floating tensor of a module's output (a tensor, a tuple/list, or an HF ModelOutput)."""
-    if isinstance(out, torch.Tensor):
-        return out if out.is_floating_point() else None
-    values = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else ()
-    for v in values:
-        found = first_float(v)
-        if found is not None:
-            return found
-    return None
-
-
 def completion_order(model: torch.nn.Module) -> dict[int, int]:
     """id(module) -> position of its first completed call in one small forward (modules never called are absent)."""
     order: list[int] = []
@@ -129,7 +118,9 @@ def own_methods(hf: torch.nn.Module, eager: torch.nn.Module) -> dict[str, Method
         """What a record's statistics take when written by hand in a hook: each module's first floating output
         reduced to mean, std, min, max, abs-max and NaN/Inf counts, read at once; nothing kept."""
         def hook(_m: torch.nn.Module, _args: object, out: object) -> None:
-            x = first_float(out)
+            flat: list[tuple[str, torch.Tensor]] = []
+            flatten_tensors(out, "out", flat)
+            x = first_float(flat)
             if x is not None:
                 values = (x.mean(), x.std(), x.min(), x.max(), x.abs().max(), x.isnan().sum(), x.isinf().sum())
                 read.append([float(v) for v in values])

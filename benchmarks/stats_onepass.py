@@ -66,27 +66,46 @@ def compile_kernel(folder: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(folder / "stats.so"))
 
 
+THREE = stats._cpu_stats  # the library's reduction, kept before any is swapped in
+BLANK = ActStats(1, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0)  # what the stand-in reductions return
+
+
+def traced(hf: torch.nn.Module, ids: torch.Tensor, reduce, **kwargs):  # noqa: ANN001, ANN201
+    """One traced forward with `reduce` in place of the library's reduction (put back after the forward)."""
+    def run() -> None:
+        stats._cpu_stats = reduce
+        try:
+            with warnings.catch_warnings(), workbench.trace(hf, **kwargs):
+                warnings.simplefilter("ignore")
+                hf(ids)
+        finally:
+            stats._cpu_stats = THREE
+    return run
+
+
+def finished(x: torch.Tensor, n: int, total: float, sq: float, lo: float, hi: float) -> ActStats:
+    """A candidate reduction's record; non-finite values go to the library's three passes, which count them."""
+    if not all(map(math.isfinite, (total, sq, lo, hi))):
+        return THREE(x)
+    mean, std = stats._finish(n, total, sq)
+    return ActStats(n, mean, std, max(abs(lo), abs(hi)), lo, hi, 0, 0, 0)
+
+
 def one_pass(lib: ctypes.CDLL):  # noqa: ANN201
     out = (ctypes.c_double * 4)()
-    three = stats._cpu_stats
 
     def reduce(x: torch.Tensor) -> ActStats:
         v = stats._flat(x) if x.dtype == torch.float32 else None
         if v is None:
-            return three(x)
+            return THREE(x)
         lib.stats_f32(ctypes.c_void_p(v.data_ptr()), ctypes.c_size_t(v.numel()), out)
-        total, sq, lo, hi = out[0], out[1], out[2], out[3]
-        if not (math.isfinite(total) and math.isfinite(sq)):  # NaN/Inf: the three-pass path counts them
-            return three(x)
-        mean, std = stats._finish(v.numel(), total, sq)
-        return ActStats(v.numel(), mean, std, max(abs(lo), abs(hi)), lo, hi, 0, 0, 0)
+        return finished(x, v.numel(), out[0], out[1], out[2], out[3])
 
     return reduce
 
 
 def single(kind: str):  # noqa: ANN201
     """A stand-in reduction for the breakdown: none at all (the bookkeeping around it), or one of the three."""
-    blank = ActStats(1, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0)
 
     def reduce(x: torch.Tensor) -> ActStats:
         v = stats._flat(x)
@@ -96,26 +115,21 @@ def single(kind: str):  # noqa: ANN201
             float(torch.dot(v, v)) if v.dtype == torch.float32 else float(torch.linalg.vector_norm(v))
         elif v is not None and kind == "aminmax":
             float(torch.aminmax(v)[0])
-        return blank
+        return BLANK
 
     return reduce
 
 
-def dot_with_ones() -> object:
+def dot_with_ones():  # noqa: ANN201
     """The library's three reductions with the sum taken as a BLAS dot against a cached vector of ones."""
     ones = torch.ones(1 << 16)
-    three = stats._cpu_stats
 
     def reduce(x: torch.Tensor) -> ActStats:
         v = stats._flat(x) if x.dtype == torch.float32 else None
         if v is None or v.numel() > ones.numel():
-            return three(x)
-        total, sq = float(torch.dot(v, ones[: v.numel()])), float(torch.dot(v, v))
+            return THREE(x)
         lo, hi = (float(t) for t in torch.aminmax(v))
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            return three(x)
-        mean, std = stats._finish(v.numel(), total, sq)
-        return ActStats(v.numel(), mean, std, max(abs(lo), abs(hi)), lo, hi, 0, 0, 0)
+        return finished(x, v.numel(), float(torch.dot(v, ones[: v.numel()])), float(torch.dot(v, v)), lo, hi)
 
     return reduce
 
@@ -123,9 +137,7 @@ def dot_with_ones() -> object:
 def first_read(hf: torch.nn.Module, ids: torch.Tensor, traces: int = 5) -> None:
     """Inside traced forwards: an activation's first aminmax right after the module wrote it, against the
     same call repeated at once (median per activation size)."""
-    blank = ActStats(1, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0)
     seen: dict[int, list[tuple[float, float]]] = {}
-    three = stats._cpu_stats
 
     def reduce(x: torch.Tensor) -> ActStats:
         v = stats._flat(x)
@@ -135,16 +147,11 @@ def first_read(hf: torch.nn.Module, ids: torch.Tensor, traces: int = 5) -> None:
             t1 = time.perf_counter()
             torch.aminmax(v)
             seen.setdefault(v.numel(), []).append((t1 - t0, time.perf_counter() - t1))
-        return blank
+        return BLANK
 
-    stats._cpu_stats = reduce
-    try:
-        for _ in range(traces):
-            with warnings.catch_warnings(), workbench.trace(hf):
-                warnings.simplefilter("ignore")
-                hf(ids)
-    finally:
-        stats._cpu_stats = three
+    run = traced(hf, ids, reduce)
+    for _ in range(traces):
+        run()
     print("  aminmax inside the forward, first read / repeated at once (median):")
     for n, pairs in sorted(seen.items()):
         first, again = (statistics.median(p[i] for p in pairs) * 1e6 for i in (0, 1))
@@ -167,17 +174,11 @@ def main() -> None:
     hf = transformers.AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32).eval()
     b, t = map(int, args.shape.split("x"))
     ids = torch.randint(0, hf.config.vocab_size, (b, t), generator=torch.Generator().manual_seed(0))
-    three = stats._cpu_stats
     with tempfile.TemporaryDirectory() as tmp:
         fused = one_pass(compile_kernel(Path(tmp)))
 
-        def traced(reduce, **kwargs):  # noqa: ANN001, ANN202
-            def run() -> None:
-                stats._cpu_stats = reduce
-                with warnings.catch_warnings(), workbench.trace(hf, **kwargs):
-                    warnings.simplefilter("ignore")
-                    hf(ids)
-            return run
+        def timed(reduce, **kwargs):  # noqa: ANN001, ANN202
+            return traced(hf, ids, reduce, **kwargs)
 
         def hooks_all() -> None:
             kept: list = []
@@ -187,12 +188,12 @@ def main() -> None:
                 h.remove()
 
         fns = {"plain HF SDPA forward": lambda: hf(ids), "HF hooks, keep every output": hooks_all,
-               "trace() defaults, three passes": traced(three), "trace() defaults, one pass": traced(fused),
-               "trace(stats=False)": traced(three, stats=False)}
+               "trace() defaults, three passes": timed(THREE), "trace() defaults, one pass": timed(fused),
+               "trace(stats=False)": timed(THREE, stats=False)}
         if args.breakdown:
-            fns.update({f"defaults, {label}": traced(single(kind)) for kind, label in (
+            fns.update({f"defaults, {label}": timed(single(kind)) for kind, label in (
                 ("none", "bookkeeping only"), ("sum", "sum only"), ("dot", "dot only"), ("aminmax", "aminmax only"))})
-            fns["defaults, sum as a dot with ones"] = traced(dot_with_ones())
+            fns["defaults, sum as a dot with ones"] = timed(dot_with_ones())
         times: dict[str, list[float]] = {k: [] for k in fns}
         with torch.no_grad():
             for fn in fns.values():
@@ -203,13 +204,14 @@ def main() -> None:
                     start = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - start)
-            stats._cpu_stats = three
             with workbench.trace(hf) as a:
                 hf(ids)
             stats._cpu_stats = fused
-            with workbench.trace(hf) as c:
-                hf(ids)
-        stats._cpu_stats = three
+            try:
+                with workbench.trace(hf) as c:
+                    hf(ids)
+            finally:
+                stats._cpu_stats = THREE
     base = times["plain HF SDPA forward"]
     print(f"{environment('cpu')}; {args.shape}, {args.rounds} rounds, plain {statistics.median(base) * 1e3:.0f} ms")
     for name, ts in times.items():

@@ -405,4 +405,3 @@ def test_trace_under_inference_mode_records_statistics(tiny):
     last = tr.records[-1]
     assert last.out_stats is not None and last.out_stats.absmax == pytest.approx(float(logits.abs().max()), rel=1e-6)
     assert [r.out_stats for r in tr.records] == [r.out_stats for r in reference.records]
-
