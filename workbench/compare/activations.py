@@ -91,7 +91,8 @@ def rel_error(candidate: torch.Tensor | None, reference: torch.Tensor | None, va
     candidate holds NaN/Inf where the reference does not (an overflow), nan where a value is missing."""
     if candidate is None or reference is None:
         return math.nan
-    candidate, reference = _last(candidate, valid.shape[1]), _last(reference, valid.shape[1])
+    B, T = valid.shape
+    candidate, reference = _last(_unfold(candidate, B), T), _last(_unfold(reference, B), T)
     if candidate.shape != reference.shape or tuple(reference.shape[:2]) != tuple(valid.shape):
         return math.inf
     keep = valid.to(reference.device)
@@ -101,6 +102,14 @@ def rel_error(candidate: torch.Tensor | None, reference: torch.Tensor | None, va
     if not bool(torch.isfinite(c[torch.isfinite(r)]).all()):
         return math.inf
     return float((c - r).abs().max()) / max(float(r.abs().max()), 1e-6)
+
+
+def _unfold(x: torch.Tensor, B: int) -> torch.Tensor:
+    """(B, T', ...) from an activation whose batch and positions are flattened into its first dim (B*T', ...), as
+    OPT's blocks flatten them around the MLP; others as they are."""
+    if x.dim() >= 1 and x.shape[0] != B and x.shape[0] % B == 0:
+        return x.reshape(B, x.shape[0] // B, *x.shape[1:])
+    return x
 
 
 def _last(x: torch.Tensor, T: int) -> torch.Tensor:

@@ -55,8 +55,8 @@ def find_points(adapter: ModelAdapter) -> list[Point]:
     found = adapter.blocks()
     if found is None:
         raise CompareError(f"{type(adapter.model).__name__} has no list of transformer blocks (an nn.ModuleList "
-                           "of modules with weights), so its computation points cannot be found; compare "
-                           "models built as a stack of blocks.")
+                           "or nn.Sequential of modules with weights), so its computation points cannot be found; "
+                           "compare models built as a stack of blocks.")
     _, blocks = found
     points = [Point(("embedding", -1, 0), blocks[0][0], blocks[0][1], take="input")]
     inside: set[int] = set()

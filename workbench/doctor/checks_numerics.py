@@ -31,7 +31,9 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
     seen: dict[str, dict[str, Any]] = {}
     handles = []
     products: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module -> operands of its last q @ k^T
-    outputs: dict[str, torch.Tensor] = {}  # leaf module -> its output in this forward (projection candidates)
+    # module with weights -> its output in this forward (projection candidates): leaves, and the modules around
+    # them, whose output may be the one the attention receives (StableLM's per-head q/k norms, a ModuleList)
+    outputs: dict[str, torch.Tensor] = {}
 
     def on_call(stack, func, args, kwargs, result) -> None:  # noqa: ANN001
         if func in MATMULS and isinstance(result, torch.Tensor) and result.dim() in (3, 4):
@@ -40,7 +42,7 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
                 products[stack.current] = (ops[-2], ops[-1])  # baddbmm(bias, q, k^T): the last two
 
     def sources(owner: str) -> list[torch.Tensor]:
-        """Outputs of the leaf modules inside `owner`, else inside its parent (projections may sit there)."""
+        """Outputs of the modules inside `owner`, else inside its parent (projections may sit there)."""
         for scope in (owner, owner.rsplit(".", 1)[0] if "." in owner else None):
             if scope is not None:
                 found = [t for n, t in outputs.items() if n.startswith(scope + ".")]
@@ -59,11 +61,20 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
         return {"scale_ratio": ratio, "head_dim": q.shape[-1], "call_scale": post, "q_prescale": cq,
                 "k_prescale": ck}
 
-    def note(module: str, scores: torch.Tensor, probs: torch.Tensor | None, scale: dict[str, Any]) -> None:
+    def note(module: str, scores: torch.Tensor, probs: torch.Tensor | None, scale: dict[str, Any],
+             dtype: torch.dtype) -> None:
         entry = seen.setdefault(module, {"max_score": 0.0, "nonfinite": 0, "scale_ratio": None})
         if entry["scale_ratio"] is None:
             entry.update(scale)
-        finite = scores[torch.isfinite(scores) & (scores > -1e30)]  # not the dtype-minimum that masks add
+        # not the mask values: -inf, or the minimum of the mask's dtype (-3.4e38 in float32, -65504 in float16)
+        # written or added, so anything below half of it (or below -1e30) is a masked key, not a score. With the
+        # probabilities at hand, a negative score whose probability is exactly 0 took no part either (GPT-Neo
+        # writes float16's minimum and then adds a float32 mask, so the value alone does not tell).
+        floor = max(torch.finfo(dtype).min / 2, -1e30)
+        keep = torch.isfinite(scores) & (scores > floor)
+        if probs is not None and probs.shape == scores.shape:
+            keep &= (probs != 0) | (scores >= 0)
+        finite = scores[keep]
         if finite.numel():
             entry["max_score"] = max(entry["max_score"], float(finite.abs().max()))
         overflow = int((scores == float("inf")).sum())  # +inf scores: overflow (-inf is a mask)
@@ -71,7 +82,7 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
 
     class Listener:  # attention events of the observation layer, attributed to the running module
         def on_softmax(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
-            owner, scores = stack.current, scores.detach().float()
+            owner, formed_in, scores = stack.current, scores.dtype, scores.detach().float()
             scale: dict[str, Any] = {"scale_ratio": None}
             operands = products.get(owner)
             if operands is not None and operands[0].numel() * scores.shape[-1] == (
@@ -81,12 +92,14 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
                 q4 = q.reshape(B, H, T, -1)  # (B, H, T, D), also from bmm's (B*H, T, D)
                 k4 = k_t.reshape(B, H, -1, S).transpose(-2, -1)  # (B, H, S, D)
                 scale = measure(owner, q4, k4, fit_scale(scores, q4, k_t))
-            note(owner, scores, probs, scale)
+            note(owner, scores, probs, scale, formed_in)
 
         def on_sdpa(self, call: SdpaCall) -> None:
             q = call.query if call.query.dim() == 4 else call.query.unsqueeze(1)
             k = call.key if call.key.dim() == 4 else call.key.unsqueeze(1)
-            note(stack.current, call.scores(), call.output, measure(stack.current, q, k, call.effective_scale))
+            m = call.attn_mask
+            note(stack.current, call.scores(), call.output, measure(stack.current, q, k, call.effective_scale),
+                 m.dtype if m is not None and m.is_floating_point() else call.query.dtype)
 
     def amplify(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         arg_list, kwargs = list(args), dict(kwargs)
@@ -108,7 +121,7 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
         for name, m in ctx.model.named_modules():
             if scale_inputs and id(m) in scale_inputs:
                 handles.append(m.register_forward_pre_hook(amplify, with_kwargs=True))
-            if not scale_inputs and next(m.children(), None) is None and next(m.parameters(), None) is not None:
+            if not scale_inputs and name and next(m.parameters(), None) is not None:
                 handles.append(m.register_forward_hook(keep_output(name)))
         device = ctx.adapter.device.type
         cast = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()

@@ -47,7 +47,8 @@ def positions(ctx: Context) -> Result:
             probe = _first_block_reordering(a, ids)
             if probe is None:
                 return na("position ids 0,2,4,... give the same logits as 0,1,2,..., and the model's blocks (an "
-                          "nn.ModuleList) could not be found to test whether positions come from elsewhere.")
+                          "nn.ModuleList or nn.Sequential) could not be found to test whether positions come from "
+                          "elsewhere.")
             reordered, block_tol = probe
             evidence.update(position_ids_used=False, first_block_reordered_delta=Within(reordered, block_tol),
                             first_block_tolerance=block_tol)
@@ -81,7 +82,7 @@ def positions(ctx: Context) -> Result:
             if not moved > tol:
                 return Result("warn", f"one token repeated gives the same logits at every position (spread "
                               f"{moved:.1e}): positions are not applied, or are rotary; accept position_ids, or keep "
-                              "the blocks in an nn.ModuleList, to test this fully.", evidence)
+                              "the blocks in an nn.ModuleList or nn.Sequential, to test this fully.", evidence)
             how = f"logits move by {moved:.3g}"
     if a.cache_style is None:
         return Result("pass", f"positions are applied ({how}); no cache to test continuation with.", evidence)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -32,12 +33,30 @@ def _block_placement(
     block_in: torch.Tensor | None, block_out: torch.Tensor | None, norms: list[tuple[Any, Any]]
 ) -> str:
     """"pre" (a norm reads the block input; the output is a residual sum), "post" (the block output is a
-    norm's output), "mixed" (both), or "none"."""
+    norm's output), "mixed" (both), "sublayer" (neither, and the output is the input plus the outputs of the
+    block's norms: x + norm(f(x)) per sublayer, as OLMo 2 places them), or "none"."""
     reads_input = any(_same(block_in, x) for x, _ in norms)
     ends_in_norm = bool(norms) and _same(block_out, norms[-1][1])
     if reads_input and ends_in_norm:
         return "mixed"
-    return "pre" if reads_input else "post" if ends_in_norm else "none"
+    if reads_input or ends_in_norm:
+        return "pre" if reads_input else "post"
+    return "sublayer" if _residual_of_norms(block_in, block_out, [out for _, out in norms]) else "none"
+
+
+def _residual_of_norms(block_in: torch.Tensor | None, block_out: torch.Tensor | None, outs: list[Any]) -> bool:
+    """Whether block_out = block_in + the sum of some of the norm outputs shaped like it, to float32 rounding.
+    Some, not all: a norm of the block's width may also sit inside a sublayer (OLMo 2's q norm)."""
+    if block_in is None or block_out is None or block_in.shape != block_out.shape:
+        return False
+    branches = [o.double() for o in outs if isinstance(o, torch.Tensor) and o.shape == block_out.shape][:8]
+    want = block_out.double() - block_in.double()
+    tol = 1e-5 * (float(block_out.double().abs().max()) + 1e-12)
+    for n in range(1, len(branches) + 1):
+        for subset in itertools.combinations(branches, n):
+            if float((sum(subset) - want).abs().max()) <= tol:
+                return True
+    return False
 
 
 @check(
@@ -50,7 +69,7 @@ def _block_placement(
 def norm_placement(ctx: Context) -> Result:
     found = ctx.adapter.blocks()
     if found is None:
-        return na("no repeated blocks (nn.ModuleList of one class) found.")
+        return na("no list of blocks (an nn.ModuleList or nn.Sequential of modules with weights) found.")
     blocks = found[1]
     calls: dict[str, dict[str, Any]] = {name: {"norms": []} for name, _ in blocks}
     handles = []
@@ -82,7 +101,9 @@ def norm_placement(ctx: Context) -> Result:
                   "produces its output.", **evidence)
     if len(by_kind) == 1:
         kind = next(iter(by_kind))
-        return Result("pass", f"{kind}-norm in all {len(blocks)} blocks of {found[0]}.", evidence)
+        what = ("a norm on each sublayer's output inside the residual (x + norm(f(x)))" if kind == "sublayer"
+                else f"{kind}-norm")
+        return Result("pass", f"{what} in all {len(blocks)} blocks of {found[0]}.", evidence)
     detail = "; ".join(f"{k}: {', '.join(v[:6])}" for k, v in sorted(by_kind.items()))
     for k, v in by_kind.items():
         evidence[f"{k}_layers"] = ",".join(n.rsplit(".", 1)[-1] for n in v)

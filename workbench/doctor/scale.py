@@ -116,4 +116,6 @@ def declared_ratio(config: Any, D: int) -> tuple[float, str] | None:
         return mult * math.sqrt(D), f"attention_multiplier={mult}"
     if config_value(config, "scale_attn_weights") is False:
         return math.sqrt(D), "scale_attn_weights=False"
+    if getattr(config, "model_type", None) == "gpt_neo":  # trained without the factor; the config has no field for it
+        return math.sqrt(D), "model_type=gpt_neo: GPT-Neo is trained without the 1/sqrt(head_dim) factor"
     return None

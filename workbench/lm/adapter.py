@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import re
 import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from ..model.placement import module_device, module_dtype
 from .caches import ForeignCache, new_hf_cache, returned_cache
 
 _NORM_NAME = re.compile(r"norm", re.IGNORECASE)
+_STATIC_OK: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()  # see _static_cache_faithful
 
 
 def config_value(config: Any, *names: str) -> Any:
@@ -44,15 +46,18 @@ def config_value(config: Any, *names: str) -> Any:
 
 
 def extract_logits(out: Any) -> torch.Tensor:
-    """Logits (B, T, V) from a tensor, an object with `.logits`, or a dict with "logits"."""
+    """Logits (B, T, V) from a tensor, an object with `.logits`, a dict with "logits", or a tuple or list that
+    starts with them (nanoGPT's `(logits, loss)`, transformers' `return_dict=False` without labels)."""
     logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
     if logits is None and isinstance(out, dict):
         logits = out.get("logits")
+    if logits is None and isinstance(out, (tuple, list)) and out:
+        logits = out[0]
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
         raise ModelContractError(
-            f"the model's forward returned {got}; a causal LM must return logits shaped (B, T, V), as a tensor or "
-            "as `.logits` of the output. Wrap the model in a module whose forward returns them."
+            f"the model's forward returned {got}; a causal LM must return logits shaped (B, T, V), as a tensor, "
+            "as `.logits` of the output or first in a tuple. Wrap the model in a module whose forward returns them."
         )
     return logits
 
@@ -145,7 +150,13 @@ class ModelAdapter:
         kwargs = self._kwargs(mask, positions)
         if self.kind == "hf":
             kwargs["use_cache"] = False
-        return self._finite(extract_logits(self.model(ids, **kwargs)), allow_nonfinite)
+        logits = extract_logits(self.model(ids, **kwargs))
+        if logits.shape[:2] != ids.shape:
+            raise ModelContractError(
+                f"the model returned logits shaped {tuple(logits.shape)} for ids shaped {tuple(ids.shape)}: every "
+                "position needs its logits (nanoGPT's forward keeps only the last one when `targets` is None). "
+                "Make forward return logits for all positions, e.g. `self.lm_head(x)` instead of `x[:, [-1], :]`.")
+        return self._finite(logits, allow_nonfinite)
 
     @staticmethod
     def _finite(logits: torch.Tensor, allow: bool) -> torch.Tensor:
@@ -229,18 +240,42 @@ class ModelAdapter:
             return logits
         if self.supports_positions:
             kwargs["position_ids"] = positions[:, -T:]
+        prefill_static = cache.style == "hf" and cache.static and cache.length == 0
         try:
+            if prefill_static and not self._static_cache_faithful(ids):
+                raise RuntimeError("the logits through a StaticCache differ from a forward without a cache")
             logits, state = self._call_cached(ids, cache.state, dict(kwargs))
         except RuntimeError:
-            if not (cache.style == "hf" and cache.static and cache.length == 0):
+            if not prefill_static:
                 raise
-            # some families (BLOOM's ALiBi sizes its bias by the cache) cannot decode into a StaticCache
+            # some families cannot decode into a StaticCache: BLOOM's ALiBi sizes its bias by the cache (an
+            # error), GPT-Neo builds its causal mask from the cache's capacity (wrong logits, no error)
             warnings.warn(f"{type(self.model).__name__} cannot decode into a transformers StaticCache; "
                           "cache_mode='static' uses a DynamicCache for it.", stacklevel=3)
             cache.make_dynamic(new_hf_cache(self.model, cache.batch_size, cache.max_len, "growing"))
             logits, state = self._call_cached(ids, cache.state, kwargs)
         cache.commit(ids, mask, state)
         return logits
+
+    def _static_cache_faithful(self, ids: torch.Tensor) -> bool:
+        """Whether a transformers StaticCache gives this model the logits a forward without a cache gives: 4
+        tokens of the prompt into a cache of 8, once per model (a family that sizes its mask or bias by the
+        cache's capacity fails it). Raises RuntimeError for a model that refuses such a cache outright."""
+        verdict = _STATIC_OK.get(self.model)
+        if verdict is None and self.model.training:
+            return True  # dropout would make the two forwards differ; decoding in train mode is the caller's choice
+        if verdict is None:
+            probe = ids[:1, : min(4, ids.shape[1])]
+            kwargs: dict[str, Any] = {}
+            if self.supports_positions:
+                kwargs["position_ids"] = torch.arange(probe.shape[1], device=probe.device)[None]
+            with torch.no_grad():
+                cached, _ = self._call_cached(probe, new_hf_cache(self.model, 1, 8, "static"), dict(kwargs))
+                plain = extract_logits(self.model(probe, **kwargs, **({"use_cache": False} if self.takes_use_cache
+                                                                       else {})))
+            tol = (1e-3 if plain.dtype in (torch.float32, torch.float64) else 5e-2) * (float(plain.abs().max()) + 1e-6)
+            verdict = _STATIC_OK[self.model] = bool((cached.float() - plain.float()).abs().max() <= tol)
+        return verdict
 
     def check_ids(self, ids: torch.Tensor) -> None:
         """Refuse ids the embedding cannot look up (a raw IndexError, or a device assert on CUDA)."""
@@ -267,12 +302,18 @@ class ModelAdapter:
 
     # --- structure ------------------------------------------------------------------------------
     def blocks(self) -> tuple[str, list[tuple[str, nn.Module]]] | None:
-        """The transformer blocks with their names: the longest `nn.ModuleList` whose entries hold parameters
-        (same-class lists win ties; a list may mix classes, as a model with one odd block does)."""
-        best, best_key = None, (0, False)
+        """The transformer blocks with their names: the `nn.ModuleList` or `nn.Sequential` whose entries all hold
+        parameters and that holds the most parameter elements, then the longest, then one of a single class (a
+        list may mix classes, as a model with one odd block does). A model that is itself such a list has no
+        block list apart from its embedding and head, so the root is not one.
+
+        Counting parameters, not entries, keeps lists nested inside blocks out: per-head norms (StableLM's
+        `q_layernorm.norms`, as many as the heads) or a layer's experts can outnumber the blocks."""
+        best, best_key = None, (0, 0, False)
         for name, m in self.model.named_modules():
-            if isinstance(m, nn.ModuleList) and len(m) > 0 and all(any(True for _ in c.parameters()) for c in m):
-                key = (len(m), len({type(c) for c in m}) == 1)
+            if name and isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > 0 and all(
+                    any(True for _ in c.parameters()) for c in m):
+                key = (sum(p.numel() for p in m.parameters()), len(m), len({type(c) for c in m}) == 1)
                 if key > best_key:
                     best, best_key = (name, [(f"{name}.{i}", c) for i, c in enumerate(m)]), key
         return best
