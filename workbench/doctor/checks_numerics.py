@@ -17,6 +17,7 @@ from .registry import Context, Result, check, na
 from .scale import declared_ratio, fit_scale, prescale
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
+FP16_MIN = float(torch.finfo(torch.float16).min)
 STRESS = 8.0  # attention inputs are multiplied by this: "large activations" (scores grow STRESS**2)
 
 
@@ -61,20 +62,13 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
         return {"scale_ratio": ratio, "head_dim": q.shape[-1], "call_scale": post, "q_prescale": cq,
                 "k_prescale": ck}
 
-    def note(module: str, scores: torch.Tensor, probs: torch.Tensor | None, scale: dict[str, Any],
-             dtype: torch.dtype) -> None:
+    def note(module: str, scores: torch.Tensor, probs: torch.Tensor | None, scale: dict[str, Any]) -> None:
         entry = seen.setdefault(module, {"max_score": 0.0, "nonfinite": 0, "scale_ratio": None})
         if entry["scale_ratio"] is None:
             entry.update(scale)
-        # not the mask values: -inf, or the minimum of the mask's dtype (-3.4e38 in float32, -65504 in float16)
-        # written or added, so anything below half of it (or below -1e30) is a masked key, not a score. With the
-        # probabilities at hand, a negative score whose probability is exactly 0 took no part either (GPT-Neo
-        # writes float16's minimum and then adds a float32 mask, so the value alone does not tell).
-        floor = max(torch.finfo(dtype).min / 2, -1e30)
-        keep = torch.isfinite(scores) & (scores > floor)
-        if probs is not None and probs.shape == scores.shape:
-            keep &= (probs != 0) | (scores >= 0)
-        finite = scores[keep]
+        # not the mask values: -inf, a float32 or bfloat16 minimum (below -1e30), or float16's minimum exactly,
+        # which GPT-Neo writes into scores that a float32 mask then turns into float32
+        finite = scores[torch.isfinite(scores) & (scores > -1e30) & (scores != FP16_MIN)]
         if finite.numel():
             entry["max_score"] = max(entry["max_score"], float(finite.abs().max()))
         overflow = int((scores == float("inf")).sum())  # +inf scores: overflow (-inf is a mask)
@@ -82,7 +76,7 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
 
     class Listener:  # attention events of the observation layer, attributed to the running module
         def on_softmax(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
-            owner, formed_in, scores = stack.current, scores.dtype, scores.detach().float()
+            owner, scores = stack.current, scores.detach().float()
             scale: dict[str, Any] = {"scale_ratio": None}
             operands = products.get(owner)
             if operands is not None and operands[0].numel() * scores.shape[-1] == (
@@ -92,14 +86,12 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
                 q4 = q.reshape(B, H, T, -1)  # (B, H, T, D), also from bmm's (B*H, T, D)
                 k4 = k_t.reshape(B, H, -1, S).transpose(-2, -1)  # (B, H, S, D)
                 scale = measure(owner, q4, k4, fit_scale(scores, q4, k_t))
-            note(owner, scores, probs, scale, formed_in)
+            note(owner, scores, probs, scale)
 
         def on_sdpa(self, call: SdpaCall) -> None:
             q = call.query if call.query.dim() == 4 else call.query.unsqueeze(1)
             k = call.key if call.key.dim() == 4 else call.key.unsqueeze(1)
-            m = call.attn_mask
-            note(stack.current, call.scores(), call.output, measure(stack.current, q, k, call.effective_scale),
-                 m.dtype if m is not None and m.is_floating_point() else call.query.dtype)
+            note(stack.current, call.scores(), call.output, measure(stack.current, q, k, call.effective_scale))
 
     def amplify(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         arg_list, kwargs = list(args), dict(kwargs)

@@ -96,6 +96,8 @@ class ModelAdapter:
         # spelling this forward declares.
         self.cache_kwarg = "cache" if hf and "cache" in params else "past_key_values"
         self.takes_use_cache = hf or "use_cache" in params
+        self.takes_targets = not hf and "targets" in params
+        self._targets_for_logits = False  # see _all_logits
         self.device, self.dtype = module_device(model), module_dtype(model)
         self._vocab: int | None = None
         self._embedding: nn.Module | None = None
@@ -150,13 +152,24 @@ class ModelAdapter:
         kwargs = self._kwargs(mask, positions)
         if self.kind == "hf":
             kwargs["use_cache"] = False
+        return self._finite(self._all_logits(ids, kwargs), allow_nonfinite)
+
+    def _all_logits(self, ids: torch.Tensor, kwargs: dict[str, Any], strict: bool = True) -> torch.Tensor:
+        """Logits (B, T, V) for every position of ids. A forward that keeps only the last position's unless it
+        computes a loss (nanoGPT's, when `targets` is None) is given the ids as targets, from then on. Not
+        strict: what the forward gives when it cannot give more (decoding needs the last position only)."""
+        if self._targets_for_logits:
+            kwargs = {**kwargs, "targets": ids}
         logits = extract_logits(self.model(ids, **kwargs))
-        if logits.shape[:2] != ids.shape:
+        if logits.shape[1] == 1 < ids.shape[1] and self.takes_targets and not self._targets_for_logits:
+            self._targets_for_logits = True
+            logits = extract_logits(self.model(ids, **kwargs, targets=ids))
+        if strict and logits.shape[:2] != ids.shape:
             raise ModelContractError(
                 f"the model returned logits shaped {tuple(logits.shape)} for ids shaped {tuple(ids.shape)}: every "
                 "position needs its logits (nanoGPT's forward keeps only the last one when `targets` is None). "
                 "Make forward return logits for all positions, e.g. `self.lm_head(x)` instead of `x[:, [-1], :]`.")
-        return self._finite(logits, allow_nonfinite)
+        return logits
 
     @staticmethod
     def _finite(logits: torch.Tensor, allow: bool) -> torch.Tensor:
@@ -235,7 +248,7 @@ class ModelAdapter:
             if self.supports_positions:
                 kwargs["position_ids"] = positions
             everything = torch.cat((cache.ids, ids), dim=1)  # (B, L+T): no cache, recompute all
-            logits = extract_logits(self.model(everything, **kwargs))[:, -T:]
+            logits = self._all_logits(everything, kwargs, strict=False)[:, -T:]
             cache.commit(ids, mask, None)
             return logits
         if self.supports_positions:
