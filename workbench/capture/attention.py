@@ -4,7 +4,8 @@ The three kinds of event of the observation layer (`workbench.lm.observe`) feed 
 - "hook": the workbench model's `hook_pattern` sites (hooking one switches that layer to eager);
 - "sdpa": calls of `torch.nn.functional.scaled_dot_product_attention`, whose probabilities are
   recomputed (float32, one query chunk at a time) for the selected layers only;
-- "softmax": a hand-written softmax over the last dim of a 4-D (B, H, T, S) tensor.
+- "softmax": a hand-written softmax over the last dim of a 4-D (B, H, T, S) tensor, or of a causal 3-D
+  (N, T, T) one, recorded as (N, 1, T, T) (heads folded into N, or one module per head).
 """
 
 from __future__ import annotations

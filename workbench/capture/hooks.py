@@ -336,6 +336,8 @@ class Recorder:
         if self._name_stack and self.collector is not None and self.collector.wants(self._name_stack[-1]):
             self.collector.add_probs(self._name_stack[-1], "softmax", probs)
 
+    on_folded_softmax = on_softmax  # (N, 1, T, T): recorded as the call says, N batch rows of one head
+
     # --- exit -----------------------------------------------------------------------------------
     def finish(self) -> None:
         """Single host synchronisation: CUDA event times, device stats, attention metrics."""

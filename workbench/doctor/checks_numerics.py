@@ -88,6 +88,8 @@ def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | N
                 scale = measure(owner, q4, k4, fit_scale(scores, q4, k_t))
             note(owner, scores, probs, scale)
 
+        on_folded_softmax = on_softmax  # (N, 1, T, T): q and k are (N, T, D), one head per row
+
         def on_sdpa(self, call: SdpaCall) -> None:
             q = call.query if call.query.dim() == 4 else call.query.unsqueeze(1)
             k = call.key if call.key.dim() == 4 else call.key.unsqueeze(1)
