@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from doctor.test_lecture_gpt import Head, build  # the lecture GPT, one module per head
+from generation.genmodels import NumberTokenizer
 from torch import nn
 
 from workbench.capture import trace
@@ -88,16 +89,7 @@ def test_a_router_softmax_is_not_taken_for_attention(T):
 
 
 def test_the_session_leaves_folded_heads_out_rather_than_half_shown():
-    class Ids:
-        eos_token_id = None
-
-        def encode(self, text: str) -> list[int]:
-            return [int(t) for t in text.split()]
-
-        def decode(self, ids: list[int]) -> str:
-            return " ".join(map(str, ids))
-
-    session = GenerationSession(build(), Ids(), [3, 9, 4, 17], capture_attention=True)
+    session = GenerationSession(build(), NumberTokenizer(), [3, 9, 4, 17], capture_attention=True)
     records = [session.step() for _ in range(3)]
     assert [r.attention for r in records] == [None, None, None]
     assert all(0 <= r.token_id < 64 for r in records)

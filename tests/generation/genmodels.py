@@ -9,6 +9,18 @@ import torch
 import workbench as wb
 
 
+class NumberTokenizer:
+    """Ids written as numbers: enough for a session, and a tokenizer no HF model knows."""
+
+    eos_token_id = None
+
+    def encode(self, text: str) -> list[int]:
+        return [int(x) for x in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(map(str, ids))
+
+
 def tiny_model(preset: str = "tiny", seed: int = 0, init_std: float = 0.3, **changes) -> wb.TransformerLM:
     """A random tiny model; init_std 0.3 makes next-token distributions peaked, so argmax is stable."""
     torch.manual_seed(seed)

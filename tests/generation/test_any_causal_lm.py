@@ -10,6 +10,7 @@ import hfzoo
 import pytest
 import torch
 from bugzoo.minigpt import BareLM, MiniConfig, MiniGPT
+from genmodels import NumberTokenizer
 
 from workbench.generation import GenerationSession, generate
 from workbench.lm import ForeignCache
@@ -17,18 +18,6 @@ from workbench.lm import ForeignCache
 pytest.importorskip("transformers")
 NEW = 10
 PROMPT = [5, 17, 33, 9, 64, 100, 7, 12]
-
-
-class NumberTokenizer:
-    """Ids written as numbers: enough for a session, and a tokenizer no HF model knows."""
-
-    eos_token_id = None
-
-    def encode(self, text: str) -> list[int]:
-        return [int(x) for x in text.split()]
-
-    def decode(self, ids: list[int]) -> str:
-        return " ".join(map(str, ids))
 
 
 @pytest.fixture(scope="module")
