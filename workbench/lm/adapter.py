@@ -275,9 +275,7 @@ class ModelAdapter:
         tokens of the prompt into a cache of 8, once per model (a family that sizes its mask or bias by the
         cache's capacity fails it). Raises RuntimeError for a model that refuses such a cache outright."""
         verdict = _STATIC_OK.get(self.model)
-        if verdict is None and self.model.training:
-            return True  # dropout would make the two forwards differ; decoding in train mode is the caller's choice
-        if verdict is None:
+        if verdict is None and not self.model.training:  # in train mode, dropout alone would tell them apart
             probe = ids[:1, : min(4, ids.shape[1])]
             kwargs: dict[str, Any] = {}
             if self.supports_positions:
@@ -288,7 +286,7 @@ class ModelAdapter:
                                                                        else {})))
             tol = (1e-3 if plain.dtype in (torch.float32, torch.float64) else 5e-2) * (float(plain.abs().max()) + 1e-6)
             verdict = _STATIC_OK[self.model] = bool((cached.float() - plain.float()).abs().max() <= tol)
-        return verdict
+        return verdict is not False
 
     def check_ids(self, ids: torch.Tensor) -> None:
         """Refuse ids the embedding cannot look up (a raw IndexError, or a device assert on CUDA)."""
@@ -317,8 +315,7 @@ class ModelAdapter:
     def blocks(self) -> tuple[str, list[tuple[str, nn.Module]]] | None:
         """The transformer blocks with their names: the `nn.ModuleList` or `nn.Sequential` whose entries all hold
         parameters and that holds the most parameter elements, then the longest, then one of a single class (a
-        list may mix classes, as a model with one odd block does). A model that is itself such a list has no
-        block list apart from its embedding and head, so the root is not one.
+        list may mix classes, as a model with one odd block does). The root is never one.
 
         Counting parameters, not entries, keeps lists nested inside blocks out: per-head norms (StableLM's
         `q_layernorm.norms`, as many as the heads) or a layer's experts can outnumber the blocks."""
