@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
-from common import environment
+from common import environment, timer
 
 from workbench.capture import attention as A
 from workbench.lm import sdpa_call as S
@@ -31,14 +30,11 @@ TINY = torch.finfo(torch.float32).tiny
 
 
 def median_us(fn: Callable[[], object], calls: int) -> float:
+    """Median of `calls` back-to-back calls after 3 warm-up calls (the part's inputs stay as hot as they can)."""
+    run = timer("cpu")
     for _ in range(3):
         fn()
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e6
+    return statistics.median(run(fn) for _ in range(calls)) * 1e6
 
 
 def parts(B: int, T: int) -> dict[str, Callable[[], object]]:
@@ -59,7 +55,7 @@ def parts(B: int, T: int) -> dict[str, Callable[[], object]]:
         return torch.softmax(q @ kk.transpose(2, 3) * scale + mask, -1) @ vv
 
     def in_place() -> object:
-        return S._grouped_matmul(torch.softmax(S._causal_scores(q, k, scale), -1), v)
+        return S.grouped_matmul(torch.softmax(S._causal_scores(q, k, scale), -1), v)
 
     def gemm() -> object:
         w, _ = A._weights(qpos, T)

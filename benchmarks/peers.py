@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, interleaved_samples, paired_ratio  # noqa: E402
+from common import environment, interleaved_samples  # noqa: E402
 
 import workbench  # noqa: E402
 from workbench.capture.walk import first_float, flatten_tensors  # noqa: E402  (the records' own output walk)
@@ -293,9 +293,9 @@ def main() -> None:
             samples = interleaved_samples(fns, "cpu", args.warmup, args.repeats)
         plain_ms = statistics.median(samples[ref]) * 1e3
         for name in methods:
-            ratios = [a / b for a, b in zip(samples[name], samples[ref])]
-            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
-            table[name][shape] = f"{paired_ratio(samples, name, ref):.2f} ({q1:.2f}-{q3:.2f})"
+            ratios = [a / b for a, b in zip(samples[name], samples[ref])]  # paired, as common.paired_ratio
+            q1, q3 = statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else (ratios[0],) * 2
+            table[name][shape] = f"{statistics.median(ratios):.2f} ({q1:.2f}-{q3:.2f})"
             table[name][f"{shape} held"] = fmt_bytes(held[name])
         print(f"{shape}: reference {plain_ms:.0f} ms (wall, median)")
         print_table(table, args.shapes[: args.shapes.index(shape) + 1])  # so far, in case a later shape is cut short

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from workbench.doctor import CHECK_NAMES, diagnose
+from workbench.doctor.checks_structure import _block_placement
 
 pytest.importorskip("transformers")
 
@@ -93,3 +94,17 @@ def test_a_gpt2_whose_context_is_shorter_than_the_probes_says_na():
     assert report.failed == []
     na = [f for f in report if f.status == "n/a"]
     assert len(na) == 13 and all("the model's context is 4" in f.summary for f in na)
+
+
+def test_olmo2_norms_on_the_sublayer_outputs_are_one_placement(reports):
+    f = reports("olmo2")["norm_placement"]
+    assert f.status == "pass" and f.evidence["sublayer_blocks"] == 2 and "(x + norm(f(x)))" in f.summary
+
+
+def test_sublayer_placement_needs_the_output_to_be_the_input_plus_norm_outputs():
+    g = torch.Generator().manual_seed(0)
+    x, inner, n1, n2 = (torch.randn(1, 4, 8, generator=g) for _ in range(4))  # inner: a q norm of the same width
+    norms = [(None, inner), (None, n1), (None, n2)]
+    assert _block_placement(x, x + n1 + n2, norms) == "sublayer"
+    assert _block_placement(x, x + 2 * n1 + n2, norms) == "none"  # a branch scaled after its norm: not that form
+    assert _block_placement(x, x + n1 + n2, [(None, inner)]) == "none"

@@ -284,8 +284,8 @@ class ModelAdapter:
                 cached, _ = self._call_cached(probe, new_hf_cache(self.model, 1, 8, "static"), dict(kwargs))
                 plain = extract_logits(self.model(probe, **kwargs, **({"use_cache": False} if self.takes_use_cache
                                                                        else {})))
-            tol = (1e-3 if plain.dtype in (torch.float32, torch.float64) else 5e-2) * (float(plain.abs().max()) + 1e-6)
-            verdict = _STATIC_OK[self.model] = bool((cached.float() - plain.float()).abs().max() <= tol)
+            gap = float((cached.float() - plain.float()).abs().max())
+            verdict = _STATIC_OK[self.model] = gap <= self.tolerance(plain)
         return verdict is not False
 
     def check_ids(self, ids: torch.Tensor) -> None:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.layers import HookPoint
-from .sdpa_call import SDPA_ARGS, SdpaCall, _grouped_matmul, sdpa_arguments
+from .sdpa_call import SDPA_ARGS, SdpaCall, grouped_matmul, sdpa_arguments
 
 __all__ = ["SDPA_ARGS", "AttentionListener", "SdpaCall", "original_sdpa", "pattern_sites", "sdpa_arguments",
            "watch_attention"]
@@ -72,7 +72,7 @@ def _computes_in_place(call: SdpaCall, args: dict[str, Any]) -> bool:
 def _sdpa_in_place(call: SdpaCall, value: torch.Tensor) -> SdpaCall:
     """softmax(scores) @ v: the call with its output and the probabilities it came from (B, H, T, S)."""
     p = torch.softmax(call.scores(), dim=-1)
-    out = _grouped_matmul(p, value)  # (B, H, T, Dv)
+    out = grouped_matmul(p, value)  # (B, H, T, Dv)
     return dataclasses.replace(call, output=out, probs=p)
 
 

@@ -79,7 +79,7 @@ class SdpaCall:
             return _causal_scores(q, k, self.effective_scale)
         if rows is not None:
             q = q.index_select(2, rows.to(q.device))
-        s = _grouped_matmul(q.float() * self.effective_scale, k.float().transpose(-2, -1))  # (b, H, t, S)
+        s = grouped_matmul(q.float() * self.effective_scale, k.float().transpose(-2, -1))  # (b, H, t, S)
         S = s.shape[-1]
         qrows = rows.to(s.device) if rows is not None else None
         if self.attn_mask is not None:
@@ -125,7 +125,7 @@ class SdpaCall:
         return allowed.reshape(-1, allowed.shape[-1]).any(0)
 
 
-def _grouped_matmul(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None,
+def grouped_matmul(a: torch.Tensor, b: torch.Tensor, add: torch.Tensor | None = None,
                     alpha: float = 1.0) -> torch.Tensor:
     """a (n, H, t, X) @ b (n, K, X, Y) -> (n, H, t, Y) where each of the K heads of b serves H/K heads of a
     in turn (grouped-query attention, as `repeat_interleave` would pair them), without copying b: a group's
@@ -171,4 +171,4 @@ def _causal_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tens
             _ADDITIVE.clear()
         above = _future(t, S, None, q.device)
         mask = _ADDITIVE[key] = torch.zeros(t, S, device=q.device).masked_fill_(above, float("-inf")).repeat(G, 1)
-    return _grouped_matmul(q, k.transpose(-2, -1), add=mask, alpha=scale)
+    return grouped_matmul(q, k.transpose(-2, -1), add=mask, alpha=scale)
