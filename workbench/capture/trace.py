@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..display import export_html
 from ..distributed.env import unwrap
 from ..distributed.gather import rank_meta
 from ..errors import CaptureError, CorruptFileError, LoadError
@@ -305,10 +306,9 @@ class Trace:
         return summary_table(self, max_depth=max_depth, max_rows=max_rows)
 
     def report_html(self, path: str | Path, **kwargs: Any) -> Path:
-        """Write a standalone HTML report (plotly.js inline, works offline); see `workbench.viz.report_html`."""
-        from ..viz.report import report_html
-
-        return report_html(self, path, **kwargs)
+        """Write a standalone HTML report (plotly.js inline, works offline) by the export registered in
+        `workbench.display` (`workbench.viz.report_html`, whose keyword arguments it passes on)."""
+        return export_html(self, path, **kwargs)
 
     def __len__(self) -> int:
         return len(self.records)
