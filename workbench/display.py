@@ -10,7 +10,7 @@ as IPython keeps one formatter per MIME type:
 
 A handler is found along the record type's `__mro__` (treescope's type registries and IPython's
 `formatter.for_type` do the same), so a subclass shows as its nearest registered base until it registers its
-own. `workbench.views` registers every workbench view, and `import workbench` imports it; so does any
+own. `import workbench` registers every workbench view (`workbench.views.register_views`), and so does any
 `import workbench.capture` (Python runs the package's `__init__` first). `with NOTEBOOK.override(Report, view):`
 swaps one handler for a block (None removes it) and always restores the previous one.
 
