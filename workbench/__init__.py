@@ -2,13 +2,14 @@
 
 The public API is re-exported here; everything else is internal. The figure and widget layers
 (`viz`, `widgets`, and the names they export) load on first use, so scripts that only build, trace or
-generate (a training job, a GPU benchmark) never import plotly or ipywidgets.
+generate (a training job, a GPU benchmark) never import plotly or ipywidgets. `views` registers, per record
+type, the view that shows it as HTML (see `workbench.display`); each view loads on first display.
 """
 
 import importlib
 from typing import Any
 
-from . import distributed, doctor, models
+from . import distributed, doctor, models, views
 from .capture import GradientHistory, Trace, trace
 from .compare import Comparison, compare
 from .errors import (
@@ -47,6 +48,8 @@ from .model import (
 )
 
 __version__ = "0.1.0"
+
+views.register_views()  # each record type's HTML views, in `display`; a view module loads on first display
 
 _LAZY = {  # public name -> (module, attribute or None for the module itself)
     "viz": ("workbench.viz", None),

@@ -60,3 +60,7 @@ class DoctorError(WorkbenchError, ValueError):
 
 class CompareError(WorkbenchError, ValueError):
     """`compare` got models or inputs it cannot line up (no block list, different vocabularies, bad inputs)."""
+
+
+class DisplayError(WorkbenchError, TypeError):
+    """A view was registered for something that is not a type, or an export has no view registered."""

@@ -3,9 +3,9 @@
 Safe means a `markupsafe.Markup` made here: `html(template, *values)` fills a literal template and
 escapes every value that is not itself Markup, `join` escapes its parts, and `plotly_div` wraps
 plotly's own output (its serializer escapes <, > and / inside the JSON it embeds). The sinks (widget
-HTML through `widgets.base.SafeHTML`, pages through `viz.export.write_html`, the doctor's
-`_repr_html_`) escape any plain string they are handed, so a module name, token or note from a
-hostile trace file shows as text and never runs. tests/test_html_safety.py checks that no other
+HTML through `widgets.base.SafeHTML`, pages through `viz.export.write_html`, a record's `_repr_html_`
+through `display.notebook_html`) escape any plain string they are handed, so a module name, token or
+note from a hostile trace file shows as text and never runs. tests/test_html_safety.py checks that no other
 module builds Markup itself and that templates are literals.
 """
 

@@ -1,8 +1,8 @@
-"""The one encoding of a `Trace` as text: JSON for records, metadata and gradients, with the attention
-maps kept aside as tensors (keyed by attention index).
+"""The one encoding of a `Trace`: JSON text for records, metadata and gradients, with the attention maps
+kept aside as tensors (keyed by attention index), and the file that holds both.
 
-`Trace.save` writes this text into a safetensors header next to the maps; `Trace.gather` sends it between
-ranks with the maps. Nothing is ever unpickled.
+`write` puts this text into a safetensors header next to the maps (`Trace.save`), `read` checks and reads it
+back (`Trace.load`); `Trace.gather` sends the text between ranks with the maps. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from ..errors import CorruptFileError
+from ..errors import CaptureError, CorruptFileError, LoadError
 from .records import AttentionRecord, ModuleRecord, ParamGradRecord
 from .schema import check_document
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from .trace import Trace
 
 T = TypeVar("T", bound="Trace")
+FORMAT, VERSION = "workbench.trace", 1  # the file's header names its format and the version of its document
 
 
 def dumps(tr: Trace) -> str:
@@ -61,6 +63,51 @@ def loads(text: str, tensors: dict[str, torch.Tensor], cls: type[T], source: str
         a.map = tensors.get(f"attention.{a.index}")
         tr.attention.append(a)
     return tr
+
+
+def write(tr: Trace, path: str | Path) -> Path:
+    """One safetensors file at `path` (parent folders created): the maps as tensors, the text as metadata."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CaptureError(f"{path} is a folder; pass a file path such as {path / 'trace.safetensors'}.")
+    header = {"format": FORMAT, "version": str(VERSION), "trace": dumps(tr)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(maps(tr), str(path), metadata=header)
+    except (OSError, SafetensorError) as err:
+        raise CaptureError(f"could not write the trace to {path} ({err}); choose a writable path.") from err
+    return path
+
+
+def read(path: str | Path, cls: type[T]) -> T:
+    """The `cls` (a Trace class) that `write` put in the file at `path`; malformed files raise CorruptFileError."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise LoadError(f"No trace file at {path}; pass the path given to Trace.save().")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise CorruptFileError(f"{path} is not a workbench trace (no '{FORMAT}' header).")
+            version = meta.get("version", "0")
+            if not version.isdigit():
+                raise CorruptFileError(f"{path} has a trace format version {version!r}, not a number; save again.")
+            if int(version) > VERSION:
+                raise CorruptFileError(f"{path} was written by a newer workbench (format {version}).")
+            if "trace" not in meta:
+                raise CorruptFileError(f"{path} has no 'trace' document in its header; save it again.")
+            text = meta["trace"]
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return loads(text, tensors, cls, source=str(path))
+    except CorruptFileError:
+        raise
+    except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as err:
+        raise CorruptFileError(f"{path} is not a readable workbench trace ({err}); save it again.") from err
 
 
 def _json_default(obj: Any) -> Any:

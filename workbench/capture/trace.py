@@ -1,4 +1,4 @@
-"""`trace()` and the `Trace` it returns: records, tables, summary, save/load.
+"""`trace()` and the `Trace` it returns: records, tables, summary, save/load (the file is `serialize`'s).
 
     with workbench.trace(model, attention=True) as tr:
         model(input_ids)
@@ -10,7 +10,6 @@ Hooks exist only inside the `with` block; everything device-side is read back in
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +18,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..display import export_html
 from ..distributed.env import unwrap
 from ..distributed.gather import rank_meta
-from ..errors import CaptureError, CorruptFileError, LoadError
+from ..errors import CaptureError
 from . import serialize
 from .attention import AttentionSelection
 from .gradients import GradientCapture, module_norms
@@ -31,8 +31,6 @@ from .ranks import gather_trace, rank_memory, trace_for_rank, trace_ranks
 from .records import AttentionRecord, ModuleRecord, ParamGradRecord
 from .report import format_bytes, summary_table, to_dataframe
 from .select import ModuleFilter, select_modules
-
-FORMAT, VERSION = "workbench.trace", 1
 
 
 def trace(
@@ -305,10 +303,9 @@ class Trace:
         return summary_table(self, max_depth=max_depth, max_rows=max_rows)
 
     def report_html(self, path: str | Path, **kwargs: Any) -> Path:
-        """Write a standalone HTML report (plotly.js inline, works offline); see `workbench.viz.report_html`."""
-        from ..viz.report import report_html
-
-        return report_html(self, path, **kwargs)
+        """Write a standalone HTML report (plotly.js inline, works offline) by the export registered in
+        `workbench.display` (`workbench.viz.report_html`, whose keyword arguments it passes on)."""
+        return export_html(self, path, **kwargs)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -353,47 +350,11 @@ class Trace:
         Missing parent folders are created, as `save_pretrained` creates its directory: the path says
         where the file should be, and a notebook user saving into `runs/today/` means just that.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import save_file
-
         if not self.meta:
             raise CaptureError("Nothing to save yet: save a trace after its with block has exited.")
-        path = Path(path).expanduser()
-        if path.is_dir():
-            raise CaptureError(f"{path} is a folder; pass a file path such as {path / 'trace.safetensors'}.")
-        header = {"format": FORMAT, "version": str(VERSION), "trace": serialize.dumps(self)}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(serialize.maps(self), str(path), metadata=header)
-        except (OSError, SafetensorError) as err:
-            raise CaptureError(f"could not write the trace to {path} ({err}); choose a writable path.") from err
-        return path
+        return serialize.write(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
         """Read a file written by `save`. Never unpickles; malformed files raise CorruptFileError."""
-        from safetensors import SafetensorError, safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise LoadError(f"No trace file at {path}; pass the path given to Trace.save().")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != FORMAT:
-                    raise CorruptFileError(f"{path} is not a workbench trace (no '{FORMAT}' header).")
-                version = meta.get("version", "0")
-                if not version.isdigit():
-                    raise CorruptFileError(f"{path} has a trace format version {version!r}, not a number; save again.")
-                if int(version) > VERSION:
-                    raise CorruptFileError(f"{path} was written by a newer workbench (format {version}).")
-                if "trace" not in meta:
-                    raise CorruptFileError(f"{path} has no 'trace' document in its header; save it again.")
-                text = meta["trace"]
-                maps = {k: f.get_tensor(k) for k in f.keys()}
-            tr = serialize.loads(text, maps, cls, source=str(path))
-        except CorruptFileError:
-            raise
-        except (SafetensorError, json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as err:
-            raise CorruptFileError(f"{path} is not a readable workbench trace ({err}); save it again.") from err
-        return tr
+        return serialize.read(path, cls)

@@ -2,7 +2,8 @@
 
 Weights first (a table of how each tensor relates), then the activations at every paired point on the same
 inputs, then the cause at the first divergence. The result is a `Comparison`: its text is the summary, its
-`_repr_html_` and `save_html` the offline report, `wb.widgets.CompareView` the interactive view.
+`_repr_html_` and `save_html` the offline report (views in `workbench.viz.compare`, reached through
+`workbench.display`), `wb.widgets.CompareView` the interactive view.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..display import export_html, notebook_html
 from ..errors import CompareError
 from ..lm.adapter import ModelAdapter, config_value
 from .activations import CaseRun, PointError, default_cases, measure, noise_tolerance, run_case
@@ -82,15 +84,12 @@ class Comparison:
         return self.summary()
 
     def _repr_html_(self) -> str:
-        from ..viz.compare import comparison_html
-
-        return str(comparison_html(self))
+        """The verdict, the divergence figure and both tables, by the view registered in `workbench.display`."""
+        return notebook_html(self)
 
     def save_html(self, path: str | Path) -> Path:
-        """The report as one offline HTML file (plotly.js inline)."""
-        from ..viz.compare import save_comparison
-
-        return save_comparison(self, path)
+        """The report as one offline HTML file (plotly.js inline), by the export registered in `workbench.display`."""
+        return export_html(self, path)
 
 
 def _num(x: float, tol: float | None = None) -> str:

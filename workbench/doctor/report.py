@@ -1,4 +1,7 @@
-"""`Finding` (one check's verdict with its numbers) and `Report` (all findings, as text, markdown or HTML)."""
+"""`Finding` (one check's verdict with its numbers) and `Report` (all findings, as text or markdown).
+
+The HTML table is a view, `workbench.viz.doctor.report_table`, which `Report._repr_html_` reaches through
+`workbench.display`."""
 
 from __future__ import annotations
 
@@ -6,12 +9,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..safehtml import html, join
+from ..display import notebook_html
 
 STATUSES = ("pass", "warn", "fail", "n/a")
-_COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "n/a": "#6e7781"}
-_BACKGROUNDS = {"pass": "#dafbe1", "warn": "#fff8c5", "fail": "#ffebe9", "n/a": "#f6f8fa"}
-_LEFT = "text-align:left;vertical-align:top"
 
 
 class Within(float):
@@ -78,8 +78,17 @@ class Finding:
         if self.status not in STATUSES:
             raise ValueError(f"status={self.status!r} is not one of {STATUSES}.")
 
+    @property
+    def advice(self) -> str:
+        """The fix, when the check did not pass (warn or fail); empty otherwise."""
+        return self.fix if self.status in ("warn", "fail") else ""
+
+    def evidence_shown(self) -> list[tuple[str, str]]:
+        """(name, value as `format_value` shows it) for each piece of evidence."""
+        return [(k, format_value(v)) for k, v in self.evidence.items()]
+
     def evidence_text(self) -> str:
-        return ", ".join(f"{k}={format_value(v)}" for k, v in self.evidence.items())
+        return ", ".join(f"{k}={v}" for k, v in self.evidence_shown())
 
     def __repr__(self) -> str:
         return f"Finding({self.check}: {self.status.upper()} - {self.summary})"
@@ -139,32 +148,13 @@ class Report:
         """A markdown table: check | status | summary | evidence | fix (fix only when not passing)."""
         lines = [f"**{self.headline()}**", "", "| check | status | summary | evidence | fix |", "|---|---|---|---|---|"]
         for f in self.findings:
-            fix = f.fix if f.status in ("warn", "fail") else ""
-            cells = [f.check, f.status.upper(), f.summary, f.evidence_text(), fix]
+            cells = [f.check, f.status.upper(), f.summary, f.evidence_text(), f.advice]
             lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        """The findings as an HTML table; every value goes through `workbench.safehtml` (escaped)."""
-        rows = []
-        for f in self.findings:
-            known = f.status in _COLOURS
-            colour, bg = (_COLOURS[f.status], _BACKGROUNDS[f.status]) if known else ("#000", "#fff")
-            status = html('<td style="color:{};background:{};font-weight:bold;text-align:center">{}</td>',
-                          colour, bg, str(f.status).upper())
-            evidence = join("<br>", (html("<code>{}</code> = {}", k, format_value(v)) for k, v in f.evidence.items()))
-            fix = f.fix if f.status in ("warn", "fail") else ""
-            rows.append(html(  # cells aligned left explicitly: JupyterLab right-aligns table cells by default
-                '<tr class="doctor-{}"><td style="{}"><b>{}</b></td>{}<td style="{}">{}<br><small>{}</small></td>'
-                '<td style="{};font-size:smaller">{}</td><td style="{}">{}</td></tr>',
-                str(f.status).replace("/", ""), _LEFT, f.check, status, _LEFT, f.summary, f.pitfall, _LEFT, evidence,
-                _LEFT, fix,
-            ))
-        return str(html(
-            "<div class='workbench-doctor'><p><b>{}</b></p>"
-            "<table><thead><tr><th>check</th><th>status</th><th>finding / pitfall</th><th>evidence</th>"
-            "<th>fix</th></tr></thead><tbody>{}</tbody></table></div>", self.headline(), join("", rows),
-        ))
+        """The findings as an HTML table, by the view registered in `workbench.display`."""
+        return notebook_html(self)
 
     def __str__(self) -> str:
         width = max((len(f.check) for f in self.findings), default=5)

@@ -1,10 +1,12 @@
-"""`LoadReport`: what happened when weights were loaded into a model."""
+"""`LoadReport`: what happened when weights were loaded into a model.
+
+Its HTML table is a view, `workbench.viz.load.load_report_table`, reached through `workbench.display`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..safehtml import html, join
+from ..display import notebook_html
 
 
 @dataclass
@@ -52,7 +54,5 @@ class LoadReport:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        body = join("", (html("<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>", k, n, d)
-                         for k, n, d in self.rows()))
-        return str(html("<div><b>{}</b><table><thead><tr><th>kind</th><th>key</th><th>detail</th></tr></thead>"
-                        "<tbody>{}</tbody></table></div>", self.summary(), body))
+        """The rows as an HTML table, by the view registered in `workbench.display`."""
+        return notebook_html(self)
