@@ -7,6 +7,7 @@ import torch
 from familymodels import VOCAB, logit_diff, randomize
 
 from workbench.io.load import load_pretrained
+from workbench.io.save import save_pretrained
 
 transformers = pytest.importorskip("transformers")
 
@@ -22,7 +23,7 @@ def test_decoupled_head_dim_parity_and_round_trip(tmp_path):
     ours = load_pretrained(tmp_path / "hf")
     assert (ours.config.head_dim, ours.config.attn_head_dim, ours.config.out_bias) == (24, 24, True)
     assert logit_diff(ours, hf) <= 1e-4
-    ours.save_pretrained(tmp_path / "ours", format="hf")
+    save_pretrained(ours, tmp_path / "ours", format="hf")
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
     assert type(again).__name__ == "LlamaForCausalLM" and again.config.head_dim == 24
     assert logit_diff(ours, again) <= 1e-4

@@ -111,7 +111,7 @@ def test_save_hf_loads_in_transformers(tmp_path, preset, tie):
     torch.manual_seed(3)
     cfg = wb.ModelConfig.preset(preset).replace(vocab_size=VOCAB, tie_embeddings=tie)
     ours = wb.TransformerLM(cfg).eval()
-    ours.save_pretrained(tmp_path, format="hf")
+    wb.save_pretrained(ours, tmp_path, format="hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     diff = _assert_parity(ours, hf)
     assert diff <= 1e-4
@@ -124,4 +124,4 @@ def test_save_hf_loads_in_transformers(tmp_path, preset, tie):
 def test_save_hf_refuses_post_norm(tmp_path):
     model = wb.TransformerLM(wb.ModelConfig.preset("tiny").replace(norm_placement="post"))
     with pytest.raises(wb.ConfigError, match="No HF transformers architecture"):
-        model.save_pretrained(tmp_path, format="hf")
+        wb.save_pretrained(model, tmp_path, format="hf")
