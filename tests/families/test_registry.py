@@ -22,10 +22,11 @@ from workbench.families import (
     registered,
     unregister,
 )
+from workbench.families.hf_config import config_from_hf, config_to_hf, hf_architecture
 from workbench.families.llama import GGUF_NAMING
 from workbench.families.naming import Naming
 from workbench.io.load import load_pretrained
-from workbench.model.hf_config import config_from_hf, config_to_hf, hf_architecture
+from workbench.io.schemas import GGUF_TOKENIZER_KEYS
 
 transformers = pytest.importorskip("transformers")
 
@@ -87,6 +88,95 @@ def test_register_refuses_a_family_that_claims_a_taken_name():
     assert "llama-again" not in {f.name for f in registered()}
 
 
+# --- the config.json fields and GGUF keys each family declares ------------------------------------------
+class ReadLog(dict):
+    """A config.json dict that records every key read from it."""
+
+    def __init__(self, data: dict) -> None:
+        super().__init__(data)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_each_family_declares_every_hf_field_it_reads(name):
+    family = get(name)
+    raw = ReadLog(transformers.AutoConfig.for_model(**config_to_hf(CONFIGS[name])).to_dict())
+    assert family.config_from_hf(raw) == CONFIGS[name]
+    assert raw.read - {"model_type"} <= set(family.hf_fields), raw.read - set(family.hf_fields)
+
+
+class MetaLog:
+    """GGUF metadata of a small decoder under `{arch}.` keys, recording every key read."""
+
+    def __init__(self, arch: str) -> None:
+        p = f"{arch}."
+        self.values = {p + "embedding_length": 64, p + "attention.head_count": 4, p + "attention.head_count_kv": 2,
+                       p + "block_count": 2, p + "feed_forward_length": 96, p + "context_length": 64,
+                       p + "vocab_size": 97, p + "rope.freq_base": 5000.0, p + "attention.layer_norm_rms_epsilon": 1e-6}
+        self.read: set[str] = set()
+        self.rope_scaling_read = False
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return self.values.get(key, default)
+
+    def require(self, key):
+        self.read.add(key)
+        return self.values[key]
+
+    def has_tensor(self, name):
+        return name == "output.weight"
+
+    def rope_scaling(self, head_dim, theta):
+        self.rope_scaling_read = True  # the reader reads `{arch}.rope.scaling.*` and `rope.scale_linear` for it
+        return None
+
+
+@pytest.mark.parametrize("family", [f for f in registered() if f.gguf is not None], ids=lambda f: f.name)
+def test_each_gguf_family_declares_every_key_it_reads(family):
+    spec = family.gguf
+    meta = MetaLog(spec.arch)
+    config = spec.config_from_meta(meta)
+    assert (config.d_model, config.n_layers, config.kv_heads, config.vocab_size) == (64, 2, 2, 97)
+    arch_keys = {k.removeprefix(f"{spec.arch}.") for k in meta.read if k.startswith(f"{spec.arch}.")}
+    assert arch_keys and arch_keys <= set(spec.keys), arch_keys - set(spec.keys)
+    assert meta.read - {f"{spec.arch}.{k}" for k in arch_keys} <= set(GGUF_TOKENIZER_KEYS)
+    if meta.rope_scaling_read:
+        assert {"rope.scaling.type", "rope.scaling.factor", "rope.scale_linear"} <= set(spec.keys)
+
+
+def test_a_field_is_checked_by_the_family_that_reads_it():
+    llama = config_to_hf(CONFIGS["llama"])
+    assert config_from_hf(llama | {"n_embd": "64", "max_window_layers": -1}) == CONFIGS["llama"]  # not Llama's
+    with pytest.raises(wb.ConfigError, match="n_embd: Input should be a valid integer"):
+        config_from_hf(config_to_hf(CONFIGS["gpt2"]) | {"n_embd": "64"})
+    with pytest.raises(wb.ConfigError, match="max_window_layers: Input should be greater than or equal to 0"):
+        config_from_hf(config_to_hf(CONFIGS["qwen2"]) | {"max_window_layers": -1})
+    with pytest.raises(wb.ConfigError, match="mlp_bias: Input should be a valid boolean"):
+        config_from_hf(llama | {"mlp_bias": "false"})
+
+
+def test_register_refuses_a_declaration_of_an_unknown_kind():
+    with pytest.raises(wb.ConfigError, match=r"declares hf_fields of unknown kinds \{'hidden_size': 'int'\}"):
+        register(dataclasses.replace(TOY, hf_fields={"hidden_size": "int"}))
+    bad_keys = dataclasses.replace(TOY.gguf, keys={"block_count": "integer"})
+    with pytest.raises(wb.ConfigError, match=r"declares gguf.keys of unknown kinds \{'block_count': 'integer'\}"):
+        register(dataclasses.replace(TOY, gguf=bad_keys))
+    assert "toy" not in {f.name for f in registered()}
+
+
 # --- a family added as a plug-in: only its own declarations, nothing else changes --------------
 TOY_NAMING = Naming(
     prefix="net.",
@@ -117,8 +207,9 @@ TOY = Family(
     config_from_hf=_toy_from_hf,
     config_to_hf=_toy_to_hf,
     hf_naming=TOY_NAMING,
+    hf_fields=dict.fromkeys(("vocab", "dim", "depth", "heads", "kv_heads", "ffn"), "count"),
     differences=lambda config: ["the toy family holds no config for saving"],
-    gguf=GGUFSpec(arch="toy", config_from_meta=lambda meta: TINY, naming=GGUF_NAMING),
+    gguf=GGUFSpec(arch="toy", config_from_meta=lambda meta: TINY, naming=GGUF_NAMING, keys={}),
 )
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from workbench import ConfigError, ModelConfig
-from workbench.model.hf_config import config_from_hf
+from workbench.families.hf_config import config_from_hf
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.families.hf_config import config_from_hf
 from workbench.io.load import load_pretrained
 from workbench.model.config import RopeScaling
 from workbench.model.decoder import FastDecoder
-from workbench.model.hf_config import config_from_hf
 from workbench.model.layers import Rotary
 
 transformers = pytest.importorskip("transformers")

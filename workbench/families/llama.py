@@ -14,8 +14,9 @@ import torch
 
 from ..errors import ConfigError
 from ..model.config import ModelConfig
-from .gguf_keys import GGUFMeta, decoder_from_gguf
-from .hf_common import decoder_from_hf, decoder_to_hf, head_dim_from_hf
+from .gguf_keys import DECODER_KEYS, GGUFMeta, decoder_from_gguf
+from .hf_common import DECODER_FIELDS, decoder_from_hf, decoder_to_hf, head_dim_from_hf
+from .hf_schema import HFFields
 from .naming import Naming
 from .registry import Family, GGUFSpec, Tensors, mismatches, register
 
@@ -42,6 +43,8 @@ GGUF_NAMING = Naming(
     top={"token_embd.weight": "embed.weight", "output_norm.weight": "ln_f.weight", "output.weight": "lm_head.weight"},
     unprefixed=(),
 )
+
+HF_FIELDS: HFFields = {**DECODER_FIELDS, "hidden_act": "string", "attention_bias": "bool", "mlp_bias": "bool"}
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -116,7 +119,14 @@ LLAMA = register(
         config_from_hf=config_from_hf,
         config_to_hf=config_to_hf,
         hf_naming=HF_NAMING,
+        hf_fields=HF_FIELDS,
         differences=differences,
-        gguf=GGUFSpec(arch="llama", config_from_meta=config_from_gguf, naming=GGUF_NAMING, fix_tensors=unpermute_qk),
+        gguf=GGUFSpec(
+            arch="llama",
+            config_from_meta=config_from_gguf,
+            naming=GGUF_NAMING,
+            keys=DECODER_KEYS,
+            fix_tensors=unpermute_qk,
+        ),
     )
 )

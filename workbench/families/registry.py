@@ -1,14 +1,15 @@
 """The family registry: what makes GPT-2, Llama, Qwen2 or Gemma what they are, declared once per family.
 
-A `Family` bundles HF config translation both ways, HF tensor naming, the llama.cpp (GGUF) spelling
-and an architecture match (which `ModelConfig`s it holds exactly). Loaders and savers look families up
-here (by HF model_type, GGUF architecture or config) and never branch on a family's name, so a new
-family is one module that calls `register`.
+A `Family` bundles HF config translation both ways with the config.json fields it reads, HF tensor
+naming, the llama.cpp (GGUF) spelling with the metadata keys it reads, and an architecture match (which
+`ModelConfig`s it holds exactly). Loaders and savers look families up here (by HF model_type, GGUF
+architecture or config) and never branch on a family's name, so a new family is one module that calls
+`register`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,8 @@ import torch
 
 from ..errors import ConfigError, UnsupportedModelError
 from ..model.config import ModelConfig
-from .gguf_keys import GGUFMeta
+from .gguf_keys import GGUF_KINDS, GGUFKind, GGUFMeta
+from .hf_schema import HF_KINDS, HFFields
 from .naming import Naming
 
 Tensors = dict[str, torch.Tensor]
@@ -33,6 +35,7 @@ class GGUFSpec:
     arch: str  # `general.architecture`, also the prefix of the family's metadata keys ("llama.block_count")
     config_from_meta: Callable[[GGUFMeta], ModelConfig]  # header -> ModelConfig
     naming: Naming  # GGUF tensor names ("blk.{i}.attn_q") <-> workbench names
+    keys: Mapping[str, GGUFKind]  # the `{arch}.` keys config_from_meta reads -> kind, checked before it runs
     # Undo what the converter changed in the values (GGUF names in and out), with notes for the load report.
     fix_tensors: Callable[[Tensors, ModelConfig], tuple[Tensors, list[str]]] = _unchanged
 
@@ -47,6 +50,7 @@ class Family:
     config_from_hf: Callable[[dict[str, Any]], ModelConfig]  # may raise KeyError for a missing required key
     config_to_hf: Callable[[ModelConfig], dict[str, Any]]  # without model_type / architectures
     hf_naming: Naming  # HF tensor names <-> workbench names
+    hf_fields: HFFields  # the config.json fields config_from_hf reads -> kind, checked before it runs
     differences: Callable[[ModelConfig], list[str]]  # why the family cannot hold a config; [] = it holds it exactly
     gguf: GGUFSpec | None = None  # None: GGUF files of this family are not read
 
@@ -66,8 +70,20 @@ def _gguf_arch(family: Family) -> str | None:
     return family.gguf.arch if family.gguf is not None else None
 
 
+def _check_kinds(family: Family) -> None:
+    """Refuse declared fields and keys of kinds the checks do not know."""
+    declared = [("hf_fields", family.hf_fields, HF_KINDS)]
+    if family.gguf is not None:
+        declared.append(("gguf.keys", family.gguf.keys, GGUF_KINDS))
+    for what, names, kinds in declared:
+        unknown = {name: kind for name, kind in names.items() if kind not in kinds}
+        if unknown:
+            raise ConfigError(f"family {family.name!r} declares {what} of unknown kinds {unknown}; use one of {kinds}.")
+
+
 def register(family: Family) -> Family:
     """Add a family; its name, HF model_type and GGUF architecture must be new."""
+    _check_kinds(family)
     for other in _FAMILIES.values():
         for what, mine, theirs in (
             ("name", family.name, other.name),

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, CorruptFileError, LoadError
+from ..families.hf_config import config_from_hf
 from ..families.registry import Family, for_hf_model_type
 from ..model.config import ModelConfig
-from ..model.hf_config import config_from_hf
 from ..model.placement import check_dtype, resolve_device
 from ..model.transformer import TransformerLM
 from ..schema import read_json_object

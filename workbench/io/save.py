@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from safetensors.torch import save_file
 
 from ..errors import ConfigError
-from ..model.hf_config import config_to_hf
+from ..families.hf_config import config_to_hf
 from ..model.placement import module_dtype
 from .hf_naming import to_hf
 from .state import tied_pairs
