@@ -34,10 +34,8 @@ TINY = wb.ModelConfig.preset("tiny")
 CONFIGS = {  # one config per family, each with the variant fields that family needs
     "gpt2": wb.ModelConfig.preset("tiny-gpt2"),
     "llama": TINY.replace(n_kv_heads=2, rope_scaling=wb.RopeScaling("linear", 2.0)),
-    "qwen2": TINY.replace(n_kv_heads=2, qkv_bias=True, tie_embeddings=False),
-    "gemma": TINY.replace(
-        n_kv_heads=1, attn_head_dim=24, norm_offset=True, mlp="geglu", embed_scale=True, norm_eps=1e-6
-    ),
+    "qwen2": wb.ModelConfig.preset("tiny-qwen2"),
+    "gemma": wb.ModelConfig.preset("tiny-gemma"),
 }
 
 
@@ -80,6 +78,32 @@ def test_unknown_families_are_refused_naming_the_supported_ones():
         for_config(TINY.replace(norm_placement="post"))
     assert all(f"{name}: " in str(info.value) for name in CONFIGS)
     assert "norm_placement='post' (needs 'pre')" in str(info.value)
+
+
+def test_each_preset_is_declared_by_a_family_that_holds_it():
+    declared = {name: family for family in registered() for name in family.presets}
+    assert set(declared) == set(wb.PRESETS) >= {"tiny", "tiny-gpt2", "gpt2-small", "smollm2-135m"}
+    for name, family in declared.items():
+        assert family.holds(wb.ModelConfig.preset(name)), name
+    assert declared["tiny"].name == "llama" and declared["gpt2-small"].name == "gpt2"
+    assert {"tiny", "tiny-gpt2", "tiny-qwen2", "tiny-gemma"} <= set(wb.PRESETS)  # a tiny one for each family
+
+
+def test_presets_come_and_go_with_their_family():
+    llama = get("llama")
+    twin = dataclasses.replace(llama, name="twin", hf_model_type="twin", gguf=None, presets={"tiny-twin": TINY})
+    register(twin)
+    try:
+        assert wb.ModelConfig.preset("tiny-twin") == TINY and "tiny-twin" in wb.PRESETS
+    finally:
+        unregister("twin")
+    with pytest.raises(wb.ConfigError, match="Unknown preset 'tiny-twin'"):
+        wb.ModelConfig.preset("tiny-twin")
+    with pytest.raises(wb.ConfigError, match="declares the preset 'tiny' of the registered family 'llama'"):
+        register(dataclasses.replace(twin, presets={"tiny": TINY}))
+    with pytest.raises(wb.ConfigError, match=r"declares the preset 'odd', which it does not hold: mlp='gelu'"):
+        register(dataclasses.replace(twin, presets={"odd": TINY.replace(mlp="gelu")}))
+    assert "twin" not in {f.name for f in registered()} and "odd" not in wb.PRESETS
 
 
 def test_register_refuses_a_family_that_claims_a_taken_name():

@@ -90,6 +90,13 @@ def config_from_gguf(meta: GGUFMeta) -> ModelConfig:
     return ModelConfig(**fields, norm_offset=True, mlp="geglu", embed_scale=True)
 
 
+PRESETS = {  # 4 heads of 24 in a 64-wide model: a head width apart from d_model / n_heads, as Gemma 7B has
+    "tiny-gemma": ModelConfig(
+        n_kv_heads=1, attn_head_dim=24, norm_offset=True, mlp="geglu", embed_scale=True, norm_eps=1e-6
+    ),
+}
+
+
 GEMMA = register(
     Family(
         name="gemma",
@@ -107,5 +114,6 @@ GEMMA = register(
             keys=DECODER_KEYS,
             fix_tensors=norms_minus_one,
         ),
+        presets=PRESETS,
     )
 )

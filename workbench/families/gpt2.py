@@ -112,6 +112,24 @@ def differences(config: ModelConfig) -> list[str]:
     )
 
 
+PRESETS = {
+    "tiny-gpt2": ModelConfig(positions="learned", norm="layernorm", mlp="gelu", attn_bias=True, mlp_bias=True),
+    "gpt2-small": ModelConfig(
+        vocab_size=50257,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        d_ff=3072,
+        max_seq_len=1024,
+        positions="learned",
+        norm="layernorm",
+        mlp="gelu",
+        attn_bias=True,
+        mlp_bias=True,
+    ),
+}
+
+
 GPT2 = register(
     Family(
         name="gpt2",
@@ -122,5 +140,6 @@ GPT2 = register(
         hf_naming=HF_NAMING,
         hf_fields=HF_FIELDS,
         differences=differences,
+        presets=PRESETS,
     )
 )

@@ -111,6 +111,21 @@ def config_from_gguf(meta: GGUFMeta) -> ModelConfig:
     return ModelConfig(**decoder_from_gguf(meta, "llama"), mlp="swiglu")
 
 
+PRESETS = {
+    "tiny": ModelConfig(),  # ModelConfig's defaults: 2 layers of 64, 4 heads, RoPE, RMSNorm, SwiGLU, tied
+    "smollm2-135m": ModelConfig(
+        vocab_size=49152,
+        d_model=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        d_ff=1536,
+        max_seq_len=8192,
+        rope_theta=100000.0,
+    ),
+}
+
+
 LLAMA = register(
     Family(
         name="llama",
@@ -128,5 +143,6 @@ LLAMA = register(
             keys=DECODER_KEYS,
             fix_tensors=unpermute_qk,
         ),
+        presets=PRESETS,
     )
 )

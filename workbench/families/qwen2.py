@@ -90,6 +90,9 @@ def config_from_gguf(meta: GGUFMeta) -> ModelConfig:
     return ModelConfig(**decoder_from_gguf(meta, "qwen2"), mlp="swiglu", qkv_bias=True, out_bias=False)
 
 
+PRESETS = {"tiny-qwen2": ModelConfig(n_kv_heads=2, qkv_bias=True, tie_embeddings=False)}
+
+
 QWEN2 = register(
     Family(
         name="qwen2",
@@ -101,5 +104,6 @@ QWEN2 = register(
         hf_fields=HF_FIELDS,
         differences=differences,
         gguf=GGUFSpec(arch="qwen2", config_from_meta=config_from_gguf, naming=GGUF_NAMING, keys=DECODER_KEYS),
+        presets=PRESETS,
     )
 )

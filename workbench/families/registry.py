@@ -1,8 +1,8 @@
 """The family registry: what makes GPT-2, Llama, Qwen2 or Gemma what they are, declared once per family.
 
 A `Family` bundles HF config translation both ways with the config.json fields it reads, HF tensor
-naming, the llama.cpp (GGUF) spelling with the metadata keys it reads, and an architecture match (which
-`ModelConfig`s it holds exactly). Loaders and savers look families up here (by HF model_type, GGUF
+naming, the llama.cpp (GGUF) spelling with the metadata keys it reads, an architecture match (which
+`ModelConfig`s it holds exactly) and its named presets. Loaders and savers look families up here (by HF model_type, GGUF
 architecture or config) and never branch on a family's name, so a new family is one module that calls
 `register`.
 """
@@ -10,13 +10,14 @@ architecture or config) and never branch on a family's name, so a new family is 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError, UnsupportedModelError
 from ..model.config import ModelConfig
+from ..model.presets import add_presets, remove_presets
 from .gguf_keys import GGUF_KINDS, GGUFKind, GGUFMeta
 from .hf_schema import HF_KINDS, HFFields
 from .naming import Naming
@@ -53,6 +54,7 @@ class Family:
     hf_fields: HFFields  # the config.json fields config_from_hf reads -> kind, checked before it runs
     differences: Callable[[ModelConfig], list[str]]  # why the family cannot hold a config; [] = it holds it exactly
     gguf: GGUFSpec | None = None  # None: GGUF files of this family are not read
+    presets: Mapping[str, ModelConfig] = field(default_factory=dict)  # `ModelConfig.preset` names, held by it
 
     def holds(self, config: ModelConfig) -> bool:
         return not self.differences(config)
@@ -81,9 +83,24 @@ def _check_kinds(family: Family) -> None:
             raise ConfigError(f"family {family.name!r} declares {what} of unknown kinds {unknown}; use one of {kinds}.")
 
 
-def register(family: Family) -> Family:
-    """Add a family; its name, HF model_type and GGUF architecture must be new."""
-    _check_kinds(family)
+def _check_presets(family: Family) -> None:
+    """Refuse presets the family does not hold, or whose names another family took."""
+    for name, config in family.presets.items():
+        if family.differences(config):
+            raise ConfigError(
+                f"family {family.name!r} declares the preset {name!r}, which it does not hold: "
+                f"{', '.join(family.differences(config))}."
+            )
+        for other in _FAMILIES.values():
+            if name in other.presets:
+                raise ConfigError(
+                    f"family {family.name!r} declares the preset {name!r} of the registered family {other.name!r}; "
+                    "choose another name."
+                )
+
+
+def _check_identity(family: Family) -> None:
+    """Refuse a family whose name, HF model_type or GGUF architecture a registered one has."""
     for other in _FAMILIES.values():
         for what, mine, theirs in (
             ("name", family.name, other.name),
@@ -95,14 +112,23 @@ def register(family: Family) -> Family:
                     f"family {family.name!r} claims the {what} {mine!r} of the registered family {other.name!r}; "
                     f"choose another {what} or unregister({other.name!r}) first."
                 )
+
+
+def register(family: Family) -> Family:
+    """Add a family and its presets; its name, HF model_type, GGUF architecture and preset names must be new."""
+    _check_kinds(family)
+    _check_identity(family)
+    _check_presets(family)
+    add_presets(family.presets)
     _FAMILIES[family.name] = family
     return family
 
 
 def unregister(name: str) -> Family:
-    """Remove a family (a plug-in's tests clean up with this); returns it."""
-    get(name)
-    return _FAMILIES.pop(name)
+    """Remove a family and its presets (a plug-in's tests clean up with this); returns it."""
+    family = _FAMILIES.pop(get(name).name)
+    remove_presets(family.presets)
+    return family
 
 
 def registered() -> tuple[Family, ...]:
