@@ -20,6 +20,7 @@ from workbench.families import (
     get,
     register,
     registered,
+    row_permutations,
     unregister,
 )
 from workbench.families.hf_config import config_from_hf, config_to_hf, hf_architecture
@@ -104,6 +105,20 @@ def test_presets_come_and_go_with_their_family():
     with pytest.raises(wb.ConfigError, match=r"declares the preset 'odd', which it does not hold: mlp='gelu'"):
         register(dataclasses.replace(twin, presets={"odd": TINY.replace(mlp="gelu")}))
     assert "twin" not in {f.name for f in registered()} and "odd" not in wb.PRESETS
+
+
+def test_a_row_permutation_name_means_one_permutation():
+    llama = get("llama")
+    (rope,) = llama.permutations
+    swapped = dataclasses.replace(rope, apply=rope.undo, undo=rope.apply)
+    twin = dataclasses.replace(llama, name="twin", hf_model_type="twin", gguf=None, presets={})
+    with pytest.raises(wb.ConfigError, match="declares a row permutation 'rope' that differs from .* 'llama'"):
+        register(dataclasses.replace(twin, permutations=(swapped,)))
+    register(twin)  # the same permutation again is fine, and listed once
+    try:
+        assert [p.name for p in row_permutations()] == ["rope"]
+    finally:
+        unregister("twin")
 
 
 def test_register_refuses_a_family_that_claims_a_taken_name():

@@ -11,16 +11,19 @@ from .hf_config import config_from_hf, config_to_hf, hf_architecture
 from .registry import (
     Family,
     GGUFSpec,
+    RowPermutation,
     for_config,
     for_gguf_arch,
     for_hf_model_type,
     get,
     register,
     registered,
+    row_permutation,
+    row_permutations,
     unregister,
 )
 
 __all__ = [
     "Family", "GGUFSpec", "config_from_hf", "config_to_hf", "for_config", "for_gguf_arch", "for_hf_model_type", "get",
-    "hf_architecture", "register", "registered", "unregister",
+    "hf_architecture", "register", "registered", "row_permutation", "row_permutations", "RowPermutation", "unregister",
 ]

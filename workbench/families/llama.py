@@ -3,7 +3,8 @@
 HF keeps q/k/v and gate/up as separate projections; the workbench fuses them ([q; k; v] and
 [gate; up] rows). llama.cpp's converter permutes the rows of q and k so that RoPE rotates adjacent
 pairs (x0, x1), (x2, x3), ...; the workbench (like HF) rotates the two halves of each head, so the
-rows are permuted back (`unpermute_rope_rows`). Qwen2 and Gemma use the same tensor names.
+rows are permuted back (`unpermute_rope_rows`, the inverse of `permute_rope_rows`; both declared as
+`LLAMA_CPP_ROPE`). Qwen2 and Gemma use the same tensor names.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .gguf_keys import DECODER_KEYS, GGUFMeta, decoder_from_gguf
 from .hf_common import DECODER_FIELDS, decoder_from_hf, decoder_to_hf, head_dim_from_hf
 from .hf_schema import HFFields
 from .naming import Naming
-from .registry import Family, GGUFSpec, Tensors, mismatches, register
+from .registry import Family, GGUFSpec, RowPermutation, Tensors, mismatches, register
 
 HF_NAMING = Naming(
     prefix="model.",
@@ -84,6 +85,17 @@ def differences(config: ModelConfig) -> list[str]:
     )
 
 
+def permute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """llama.cpp's q/k row order: per head, half-split rows (half e, j) go to pairs (pair j, element e).
+
+    w: (H*D, C) with each head's rows in HF's half-split order; returns (H*D, C) as GGUF stores it.
+    """
+    rows, C = w.shape
+    D = rows // n_heads
+    halves = w.reshape(n_heads, 2, D // 2, C)  # (H, 2, D/2, C): row = (half e, j)
+    return halves.transpose(1, 2).reshape(rows, C)  # (H, D/2, 2, C) -> (H*D, C): row = (pair j, element e)
+
+
 def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Undo llama.cpp's q/k row order: per head, rows (pair j, element e) go back to (half e, j).
 
@@ -94,6 +106,15 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     D = rows // n_heads
     pairs = w.reshape(n_heads, D // 2, 2, C)  # (H, D/2, 2, C): row = (pair j, element e)
     return pairs.transpose(1, 2).reshape(rows, C)  # (H, 2, D/2, C) -> (H*D, C): row = (half e, j)
+
+
+LLAMA_CPP_ROPE = RowPermutation(
+    name="rope",
+    apply=permute_rope_rows,
+    undo=unpermute_rope_rows,
+    applied="with its q/k rows permuted as llama.cpp does (pairs instead of halves)",
+    undone="with llama.cpp's q/k row permutation undone (halves instead of pairs)",
+)
 
 
 def unpermute_qk(tensors: Tensors, config: ModelConfig) -> tuple[Tensors, list[str]]:
@@ -144,5 +165,6 @@ LLAMA = register(
             fix_tensors=unpermute_qk,
         ),
         presets=PRESETS,
+        permutations=(LLAMA_CPP_ROPE,),
     )
 )

@@ -2,7 +2,8 @@
 
 A `Family` bundles HF config translation both ways with the config.json fields it reads, HF tensor
 naming, the llama.cpp (GGUF) spelling with the metadata keys it reads, an architecture match (which
-`ModelConfig`s it holds exactly) and its named presets. Loaders and savers look families up here (by HF model_type, GGUF
+`ModelConfig`s it holds exactly), its named presets, and the row permutations its converters apply to
+weights, each with its inverse. Loaders and savers look families up here (by HF model_type, GGUF
 architecture or config) and never branch on a family's name, so a new family is one module that calls
 `register`.
 """
@@ -27,6 +28,21 @@ Tensors = dict[str, torch.Tensor]
 
 def _unchanged(tensors: Tensors, config: ModelConfig) -> tuple[Tensors, list[str]]:
     return tensors, []
+
+
+@dataclass(frozen=True)
+class RowPermutation:
+    """A reordering of each head's rows of a q/k projection that a converter applies, with its inverse.
+
+    Both map (H*D, C) rows and the head count H to (H*D, C), and `undo(apply(w, H), H)` is `w`.
+    `workbench.compare` tries every registered one when it relates two models' weights.
+    """
+
+    name: str  # compare names the relations f"{name}-permuted" (apply) and f"{name}-unpermuted" (undo)
+    apply: Callable[[torch.Tensor, int], torch.Tensor]  # HF's row order -> the converter's
+    undo: Callable[[torch.Tensor, int], torch.Tensor]  # the converter's row order -> HF's
+    applied: str  # how a tensor reads with `apply` done: "with its q/k rows permuted as ..."
+    undone: str  # how a tensor reads with `undo` done
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ class Family:
     differences: Callable[[ModelConfig], list[str]]  # why the family cannot hold a config; [] = it holds it exactly
     gguf: GGUFSpec | None = None  # None: GGUF files of this family are not read
     presets: Mapping[str, ModelConfig] = field(default_factory=dict)  # `ModelConfig.preset` names, held by it
+    permutations: tuple[RowPermutation, ...] = ()  # what its converters do to weight rows, with the inverses
 
     def holds(self, config: ModelConfig) -> bool:
         return not self.differences(config)
@@ -114,11 +131,24 @@ def _check_identity(family: Family) -> None:
                 )
 
 
+def _check_permutations(family: Family) -> None:
+    """Refuse a permutation under a name a registered family gives to another one."""
+    for perm in family.permutations:
+        for other in _FAMILIES.values():
+            theirs = next((p for p in other.permutations if p.name == perm.name), None)
+            if theirs is not None and theirs != perm:
+                raise ConfigError(
+                    f"family {family.name!r} declares a row permutation {perm.name!r} that differs from the "
+                    f"registered family {other.name!r}'s; choose another name, or declare the same one."
+                )
+
+
 def register(family: Family) -> Family:
     """Add a family and its presets; its name, HF model_type, GGUF architecture and preset names must be new."""
     _check_kinds(family)
     _check_identity(family)
     _check_presets(family)
+    _check_permutations(family)
     add_presets(family.presets)
     _FAMILIES[family.name] = family
     return family
@@ -134,6 +164,23 @@ def unregister(name: str) -> Family:
 def registered() -> tuple[Family, ...]:
     """Every registered family, in registration order."""
     return tuple(_FAMILIES.values())
+
+
+def row_permutations() -> tuple[RowPermutation, ...]:
+    """The row permutations of the registered families, each once, in registration order."""
+    out: dict[str, RowPermutation] = {}
+    for family in _FAMILIES.values():
+        for perm in family.permutations:
+            out.setdefault(perm.name, perm)
+    return tuple(out.values())
+
+
+def row_permutation(name: str) -> RowPermutation:
+    """The registered row permutation called `name` ("rope")."""
+    found = {perm.name: perm for perm in row_permutations()}
+    if name not in found:
+        raise ConfigError(f"Unknown row permutation {name!r}; registered ones are {sorted(found)}.")
+    return found[name]
 
 
 def get(name: str) -> Family:
