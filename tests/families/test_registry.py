@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import pkgutil
+import re
+import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -53,7 +58,7 @@ def test_lookups_by_model_type_gguf_arch_and_config():
     assert [for_gguf_arch(a).name for a in ("llama", "qwen2", "gemma")] == ["llama", "qwen2", "gemma"]
     for name, config in CONFIGS.items():
         assert for_config(config).name == name
-        assert [f.name for f in registered() if f.holds(config)] == [name]  # exactly one family holds it
+        assert [f.name for f in registered() if f.preferred and f.holds(config)] == [name]  # one preferred holder
         assert hf_architecture(config) == name
 
 
@@ -68,12 +73,17 @@ def test_config_to_hf_and_back(name):
 
 
 def test_unknown_families_are_refused_naming_the_supported_ones():
-    supported = r"model_type='mistral' is not supported; .*\('gemma', 'gpt2', 'llama', 'qwen2'\)"
-    with pytest.raises(wb.ConfigError, match=supported):
-        for_hf_model_type("mistral")
-    with pytest.raises(UnsupportedModelError, match=r"'falcon' is not supported; only \('gemma', 'llama', 'qwen2'\)"):
+    types = tuple(sorted(f.hf_model_type for f in registered()))
+    archs = tuple(sorted(f.gguf.arch for f in registered() if f.gguf is not None))
+    assert {"gemma", "gpt2", "llama", "qwen2"} <= set(types) and {"gemma", "llama", "qwen2"} <= set(archs)
+    supported = f"model_type='bert' is not supported; supported HF model types are {types}"
+    with pytest.raises(wb.ConfigError, match=re.escape(supported)):
+        for_hf_model_type("bert")
+    with pytest.raises(UnsupportedModelError, match=re.escape(f"'falcon' is not supported; only {archs}")):
         for_gguf_arch("falcon")
-    with pytest.raises(wb.ConfigError, match=r"Unknown model family 'bert'; registered families are \['gemma', 'gpt2'"):
+    names = sorted(f.name for f in registered())
+    unknown = f"Unknown model family 'bert'; registered families are {names}"
+    with pytest.raises(wb.ConfigError, match=re.escape(unknown)):
         get("bert")
     with pytest.raises(wb.ConfigError, match="No HF transformers architecture") as info:
         for_config(TINY.replace(norm_placement="post"))
@@ -119,6 +129,50 @@ def test_a_row_permutation_name_means_one_permutation():
         assert [p.name for p in row_permutations()] == ["rope"]
     finally:
         unregister("twin")
+
+
+def test_every_module_of_the_package_is_imported_so_a_family_module_registers_itself():
+    import workbench.families as package
+
+    modules = [m.name for m in pkgutil.iter_modules(package.__path__)]
+    assert {"llama", "gpt2", "qwen2", "gemma", "registry", "naming"} <= set(modules)
+    assert all(f"workbench.families.{m}" in sys.modules for m in modules)
+    for family in registered():  # each built-in family is declared by a module of its own name
+        assert getattr(importlib.import_module(f"workbench.families.{family.name}"), family.name.upper()) is family
+
+
+@contextmanager
+def registered_in_order(*families: Family):
+    """The registry holding `families` in this order, then the families it held before, in their order."""
+    before = registered()
+    for family in before:
+        unregister(family.name)
+    try:
+        for family in families:
+            register(family)
+        yield
+    finally:
+        for family in registered():
+            unregister(family.name)
+        for family in before:
+            register(family)
+
+
+def test_for_config_prefers_preferred_families_and_takes_a_named_one_that_holds_the_config():
+    llama = get("llama")
+    twin = dataclasses.replace(llama, name="twin", hf_model_type="twin", hf_architecture="TwinForCausalLM", gguf=None,
+                               presets={}, preferred=False)
+    with registered_in_order(twin, llama):  # the twin first: only its flag lets llama go first
+        assert for_config(TINY) is llama and config_to_hf(TINY)["model_type"] == "llama"
+        assert for_config(TINY, "twin") is twin
+        assert config_to_hf(TINY, "twin")["architectures"] == ["TwinForCausalLM"]
+        with pytest.raises(wb.ConfigError, match="the twin family cannot hold this config exactly .*'learned'"):
+            for_config(CONFIGS["gpt2"], "twin")
+    with registered_in_order(dataclasses.replace(twin, preferred=True), llama):
+        assert for_config(TINY).name == "twin"  # without the flag, registration order decides
+    assert [f.name for f in registered()][:1] == ["llama"] and "twin" not in {f.name for f in registered()}
+    with pytest.raises(wb.ConfigError, match="Unknown model family 'twin'"):
+        for_config(TINY, "twin")
 
 
 def test_register_refuses_a_family_that_claims_a_taken_name():
@@ -207,15 +261,6 @@ def test_a_field_is_checked_by_the_family_that_reads_it():
         config_from_hf(llama | {"mlp_bias": "false"})
 
 
-def test_register_refuses_a_declaration_of_an_unknown_kind():
-    with pytest.raises(wb.ConfigError, match=r"declares hf_fields of unknown kinds \{'hidden_size': 'int'\}"):
-        register(dataclasses.replace(TOY, hf_fields={"hidden_size": "int"}))
-    bad_keys = dataclasses.replace(TOY.gguf, keys={"block_count": "integer"})
-    with pytest.raises(wb.ConfigError, match=r"declares gguf.keys of unknown kinds \{'block_count': 'integer'\}"):
-        register(dataclasses.replace(TOY, gguf=bad_keys))
-    assert "toy" not in {f.name for f in registered()}
-
-
 # --- a family added as a plug-in: only its own declarations, nothing else changes --------------
 TOY_NAMING = Naming(
     prefix="net.",
@@ -278,3 +323,12 @@ def test_a_new_family_needs_only_its_declaration(tmp_path):
         assert torch.equal(loaded(ids), model(ids))
     with pytest.raises(wb.ConfigError, match="model_type='toy-lm' is not supported"):
         for_hf_model_type("toy-lm")
+
+
+def test_register_refuses_a_declaration_of_an_unknown_kind():
+    with pytest.raises(wb.ConfigError, match=r"declares hf_fields of unknown kinds \{'hidden_size': 'int'\}"):
+        register(dataclasses.replace(TOY, hf_fields={"hidden_size": "int"}))
+    bad_keys = dataclasses.replace(TOY.gguf, keys={"block_count": "integer"})
+    with pytest.raises(wb.ConfigError, match=r"declares gguf.keys of unknown kinds \{'block_count': 'integer'\}"):
+        register(dataclasses.replace(TOY, gguf=bad_keys))
+    assert "toy" not in {f.name for f in registered()}

@@ -132,3 +132,13 @@ def test_bad_paths_and_configs(tmp_path):
 def test_save_rejects_unknown_format(tmp_path):
     with pytest.raises(wb.ConfigError, match="format='onnx' is unknown"):
         wb.save_pretrained(_model(), tmp_path, format="onnx")
+
+
+def test_save_as_a_named_family_only_in_hf_format_and_only_one_that_holds_the_config(tmp_path):
+    with pytest.raises(wb.ConfigError, match="family='llama' names a HF architecture; pass it with format='hf'"):
+        wb.save_pretrained(_model(), tmp_path, family="llama")
+    with pytest.raises(wb.ConfigError, match="the gpt2 family cannot hold this config exactly .*positions='rope'"):
+        wb.save_pretrained(_model(), tmp_path, format="hf", family="gpt2")
+    assert not (tmp_path / "config.json").exists()
+    wb.save_pretrained(_model(), tmp_path, format="hf", family="llama")
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]

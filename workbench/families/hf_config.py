@@ -38,9 +38,12 @@ def hf_architecture(config: ModelConfig) -> str:
     return for_config(config).hf_model_type
 
 
-def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """A `config.json` dict that transformers' AutoConfig reads back into the same model."""
-    family = for_config(config)
-    return {"model_type": family.hf_model_type, "architectures": [family.hf_architecture]} | family.config_to_hf(
+def config_to_hf(config: ModelConfig, family: str | None = None) -> dict[str, Any]:
+    """A `config.json` dict that transformers' AutoConfig reads back into the same model.
+
+    family: the registered family to write it as (it must hold the config); default: see `for_config`.
+    """
+    chosen = for_config(config, family)
+    return {"model_type": chosen.hf_model_type, "architectures": [chosen.hf_architecture]} | chosen.config_to_hf(
         config
     )

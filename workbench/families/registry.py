@@ -1,4 +1,4 @@
-"""The family registry: what makes GPT-2, Llama, Qwen2 or Gemma what they are, declared once per family.
+"""The family registry: what makes each model family (GPT-2, Llama, ...) what it is, declared once per family.
 
 A `Family` bundles HF config translation both ways with the config.json fields it reads, HF tensor
 naming, the llama.cpp (GGUF) spelling with the metadata keys it reads, an architecture match (which
@@ -72,12 +72,15 @@ class Family:
     gguf: GGUFSpec | None = None  # None: GGUF files of this family are not read
     presets: Mapping[str, ModelConfig] = field(default_factory=dict)  # `ModelConfig.preset` names, held by it
     permutations: tuple[RowPermutation, ...] = ()  # what its converters do to weight rows, with the inverses
+    # False: `for_config` picks this family only when no preferred family holds the config. For a family whose
+    # configs another also holds (Mistral without its window is Llama's layout): a save names it to get it.
+    preferred: bool = True
 
     def holds(self, config: ModelConfig) -> bool:
         return not self.differences(config)
 
 
-_FAMILIES: dict[str, Family] = {}  # in registration order, which `for_config` tries
+_FAMILIES: dict[str, Family] = {}  # in registration order, which `for_config` tries (preferred families first)
 
 
 def mismatches(config: ModelConfig, **wanted: Any) -> list[str]:
@@ -210,10 +213,19 @@ def for_gguf_arch(arch: Any) -> Family:
     )
 
 
-def for_config(config: ModelConfig) -> Family:
-    """The first registered family that holds `config` exactly, or a ConfigError listing why each cannot."""
+def for_config(config: ModelConfig, name: str | None = None) -> Family:
+    """The family that writes `config` as a HF checkpoint: the one called `name`, or by default the first
+    registered family that holds it exactly, preferred families first; a ConfigError says why none can."""
+    if name is not None:
+        family = get(name)
+        if not family.holds(config):
+            raise ConfigError(
+                f"the {family.name} family cannot hold this config exactly ({', '.join(family.differences(config))}); "
+                "leave the family out to save with any family that holds it, or save with format='workbench'."
+            )
+        return family
     reasons = []
-    for family in _FAMILIES.values():
+    for family in sorted(_FAMILIES.values(), key=lambda f: not f.preferred):
         diffs = family.differences(config)
         if not diffs:
             return family
