@@ -202,12 +202,15 @@ class ReadLog(dict):
         return super().__contains__(key)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_each_family_declares_every_hf_field_it_reads(name):
-    family = get(name)
-    raw = ReadLog(transformers.AutoConfig.for_model(**config_to_hf(CONFIGS[name])).to_dict())
-    assert family.config_from_hf(raw) == CONFIGS[name]
-    assert raw.read - {"model_type"} <= set(family.hf_fields), raw.read - set(family.hf_fields)
+@pytest.mark.parametrize("family", registered(), ids=lambda f: f.name)
+def test_each_family_declares_every_hf_field_it_reads(family):
+    configs = [CONFIGS.get(family.name), *family.presets.values()]
+    assert configs[1:], f"{family.name} declares no preset"  # a tiny one at least, for tests
+    for config in filter(None, configs):
+        raw = ReadLog(transformers.AutoConfig.for_model(**config_to_hf(config, family.name)).to_dict())
+        back = family.config_from_hf(raw)
+        assert back.replace(n_kv_heads=back.kv_heads) == config.replace(n_kv_heads=config.kv_heads)  # None: n_heads
+        assert raw.read - {"model_type"} <= set(family.hf_fields), raw.read - set(family.hf_fields)
 
 
 class MetaLog:
