@@ -3,7 +3,7 @@
 Run: python benchmarks/capture_versus.py REV --hf-dir DIR [--shape 1x128] [--repeats 7] [--threads 1] [--clock cpu]
 
 REV's `workbench/` is imported as `workbench_rev` (see versus.py). DIR is an HF checkpoint, e.g. SmolLM2
-written by `workbench.models.smollm2()[0].save_pretrained(DIR, format="hf")`. Prints (1) the fixed cost of a
+written by `workbench.save_pretrained(workbench.models.smollm2()[0], DIR, format="hf")`. Prints (1) the fixed cost of a
 trace: process CPU time of enter + exit around an empty block, median of 15 x 20; (2) paired ratios to the
 plain HF SDPA forward of HF hooks keeping every output, HF eager + output_attentions and each trace setting
 on both sides, after checking logits (and, for attention, records) against each other.

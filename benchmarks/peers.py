@@ -260,7 +260,7 @@ def main() -> None:
         path = args.hf_dir or Path(tmp)
         if not (path / "config.json").is_file():
             model, _ = workbench.models.smollm2(dtype=torch.float32)
-            model.save_pretrained(path, format="hf")
+            workbench.save_pretrained(model, path, format="hf")
             del model
         hf, eager = hf_model(path, "sdpa"), hf_model(path, "eager")
         methods = own_methods(hf, eager)

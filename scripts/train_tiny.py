@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
+from workbench.io.save import save_pretrained  # noqa: E402
 from workbench.model.config import ModelConfig  # noqa: E402
 from workbench.model.transformer import TransformerLM  # noqa: E402
 
@@ -228,7 +229,7 @@ def evaluate(model: TransformerLM, *, length: int = 24, batch_size: int = 64, se
 def write_assets(model: TransformerLM, cfg: TrainConfig, metrics: dict, seconds: float, out: Path) -> None:
     """config.json + model.safetensors (workbench format), tokenizer files, training metadata, README."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    save_pretrained(model, out)
     build_tokenizer().save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
     meta = {

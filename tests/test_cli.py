@@ -24,7 +24,7 @@ def test_doctor_exit_codes(tmp_path, capsys):
     model = wb.TransformerLM(wb.ModelConfig.preset("tiny"))
     with torch.no_grad():
         model.blocks[1].attn.out.weight.fill_(float("nan"))
-    model.save_pretrained(tmp_path)
+    wb.save_pretrained(model, tmp_path)
     assert main(["doctor", str(tmp_path), "--quiet", "--checks", "nonfinite", "config"]) == 1
     out = capsys.readouterr().out
     assert "nonfinite" in out and "blocks.1" in out

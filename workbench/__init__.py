@@ -34,6 +34,7 @@ from .io.gguf_tokenizer import tokenizer_from_gguf
 from .io.load import load_pretrained
 from .io.load_tokenizer import load_tokenizer
 from .io.report import LoadReport
+from .io.save import save_pretrained
 from .io.tokenizer import Tokenizer
 from .model import (
     PRESETS,
@@ -130,6 +131,7 @@ __all__ = [
     "load_tokenizer",
     "models",
     "read_gguf",
+    "save_pretrained",
     "tokenizer_from_gguf",
     "trace",
     "WeightMismatchError",

@@ -155,10 +155,10 @@ def test_compare_view_wires_the_case_boxes(llama, tmp_path):
 
 def test_cli_exit_code_is_one_on_divergence(tmp_path, capsys):
     model = wb.TransformerLM(wb.ModelConfig.preset("tiny")).eval()
-    model.save_pretrained(tmp_path / "a")
+    wb.save_pretrained(model, tmp_path / "a")
     with torch.no_grad():
         model.blocks[0].mlp.down.weight.mul_(3)
-    model.save_pretrained(tmp_path / "b")
+    wb.save_pretrained(model, tmp_path / "b")
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "a")]) == 0
     assert "equivalent within noise" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--html", str(tmp_path / "r.html")]) == 1

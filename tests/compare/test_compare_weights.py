@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.compare.weights import match_weights, rope_permute
-from workbench.families.llama import unpermute_rope_rows
+from workbench.compare.weights import match_weights
+from workbench.families.llama import permute_rope_rows, unpermute_rope_rows
 
 
 class Attn(nn.Module):
@@ -36,7 +36,7 @@ def relations(table) -> dict[str, tuple[str, str]]:
 def test_each_transformation_is_named():
     ref = Attn()
     cand = _copy(ref, **{
-        "q_proj.weight": lambda w: rope_permute(w, 4),
+        "q_proj.weight": lambda w: permute_rope_rows(w, 4),
         "k_proj.weight": lambda w: unpermute_rope_rows(w, 4),
         "v_proj.weight": lambda w: w.reshape(4, 8, 32)[[2, 0, 3, 1]].reshape(32, 32),
         "o_proj.weight": lambda w: w.t(),
@@ -95,7 +95,7 @@ def test_fused_block_with_permuted_rows_is_found():
     split = Attn()
     fused = Fused(split)
     with torch.no_grad():
-        fused.c_attn.weight[:32] = rope_permute(split.q_proj.weight, 4)
+        fused.c_attn.weight[:32] = permute_rope_rows(split.q_proj.weight, 4)
     got = relations(match_weights(split, fused, head_dims=(8,)))
     assert got["c_attn.weight[0:32]"] == ("q_proj.weight", "rope-permuted")
 

@@ -88,10 +88,11 @@ def hf_round_trip(transformers, hf: torch.nn.Module, tmp_path, model_type: str, 
     """HF checkpoint -> workbench -> `save_pretrained(format="hf")` -> transformers, and back again: the same
     logits and bit-equal weights at every hop. Returns the config.json the workbench wrote."""
     from workbench.io.load import load_pretrained
+    from workbench.io.save import save_pretrained
 
     hf.save_pretrained(tmp_path / "hf")
     ours = load_pretrained(tmp_path / "hf")
-    ours.save_pretrained(tmp_path / "ours", format="hf")
+    save_pretrained(ours, tmp_path / "ours", format="hf")
     raw = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert raw["model_type"] == model_type and raw["architectures"] == [architecture]
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()

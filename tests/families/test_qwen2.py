@@ -7,9 +7,9 @@ import pytest
 from familymodels import hf_round_trip, logit_diff, qwen2, write_gguf
 
 import workbench as wb
+from workbench.families.hf_config import config_from_hf
 from workbench.io.gguf import load_gguf
 from workbench.io.load import load_pretrained
-from workbench.model.hf_config import config_from_hf
 
 transformers = pytest.importorskip("transformers")
 

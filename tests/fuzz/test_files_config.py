@@ -32,8 +32,8 @@ def saved(tmp_path_factory):
     """(workbench dir, HF dir, reference logits) of one tiny untied Llama-shaped model."""
     model = tiny_model()
     root = tmp_path_factory.mktemp("config")
-    model.save_pretrained(root / "wb")
-    model.save_pretrained(root / "hf", format="hf")
+    wb.save_pretrained(model, root / "wb")
+    wb.save_pretrained(model, root / "hf", format="hf")
     return root / "wb", root / "hf", logits(model)
 
 

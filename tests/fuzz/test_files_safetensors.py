@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from workbench.errors import CorruptFileError, LoadError, WeightMismatchError
 from workbench.io.safetensors import read_safetensors, read_sharded
+from workbench.io.save import save_pretrained
 
 from .conftest import FUZZ, contract
 from .files import check_loaded, load, logits, tiny_model
@@ -25,7 +26,7 @@ from .files import check_loaded, load, logits, tiny_model
 def saved(tmp_path_factory):
     model = tiny_model()
     path = tmp_path_factory.mktemp("st") / "wb"
-    model.save_pretrained(path)
+    save_pretrained(model, path)
     return path, logits(model)
 
 

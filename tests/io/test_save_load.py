@@ -27,7 +27,7 @@ def _model(**changes) -> wb.TransformerLM:
 )
 def test_workbench_round_trip_is_bit_exact(tmp_path, changes):
     model = _model(**changes)
-    model.save_pretrained(tmp_path)
+    wb.save_pretrained(model, tmp_path)
     loaded = load_pretrained(tmp_path)
     assert loaded.config == model.config
     assert loaded.state_dict().keys() == model.state_dict().keys()
@@ -43,7 +43,7 @@ def test_workbench_round_trip_is_bit_exact(tmp_path, changes):
 
 def test_load_report_missing_unexpected_mismatch(tmp_path):
     model = _model(tie_embeddings=False)
-    model.save_pretrained(tmp_path)
+    wb.save_pretrained(model, tmp_path)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     del state["ln_f.weight"]
     state["extra.weight"] = torch.zeros(3)
@@ -63,7 +63,7 @@ def test_load_report_missing_unexpected_mismatch(tmp_path):
 
 def test_dtype_casts_are_reported(tmp_path):
     model = _model()
-    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    wb.save_pretrained(model.to(torch.bfloat16), tmp_path)
     loaded = load_pretrained(tmp_path)
     assert loaded.embed.weight.dtype == torch.float32
     assert ("embed.weight", "bfloat16", "float32") in loaded.load_report.casts
@@ -72,7 +72,7 @@ def test_dtype_casts_are_reported(tmp_path):
 
 def test_pickle_refused_unless_opted_in(tmp_path):
     model = _model()
-    model.save_pretrained(tmp_path)
+    wb.save_pretrained(model, tmp_path)
     (tmp_path / "model.safetensors").unlink()
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(wb.UnsafeFormatError, match="allow_pickle=True"):
@@ -83,7 +83,7 @@ def test_pickle_refused_unless_opted_in(tmp_path):
 
 def test_pickle_with_code_is_refused_even_when_opted_in(tmp_path):
     model = _model()
-    model.save_pretrained(tmp_path)
+    wb.save_pretrained(model, tmp_path)
     (tmp_path / "model.safetensors").unlink()
 
     class Evil:
@@ -98,7 +98,7 @@ def test_pickle_with_code_is_refused_even_when_opted_in(tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "huge_header"])
 def test_corrupt_safetensors(tmp_path, damage):
     model = _model()
-    model.save_pretrained(tmp_path)
+    wb.save_pretrained(model, tmp_path)
     path = tmp_path / "model.safetensors"
     data = path.read_bytes()
     if damage == "truncate":
@@ -131,4 +131,14 @@ def test_bad_paths_and_configs(tmp_path):
 
 def test_save_rejects_unknown_format(tmp_path):
     with pytest.raises(wb.ConfigError, match="format='onnx' is unknown"):
-        _model().save_pretrained(tmp_path, format="onnx")
+        wb.save_pretrained(_model(), tmp_path, format="onnx")
+
+
+def test_save_as_a_named_family_only_in_hf_format_and_only_one_that_holds_the_config(tmp_path):
+    with pytest.raises(wb.ConfigError, match="family='llama' names a HF architecture; pass it with format='hf'"):
+        wb.save_pretrained(_model(), tmp_path, family="llama")
+    with pytest.raises(wb.ConfigError, match="the gpt2 family cannot hold this config exactly .*positions='rope'"):
+        wb.save_pretrained(_model(), tmp_path, format="hf", family="gpt2")
+    assert not (tmp_path / "config.json").exists()
+    wb.save_pretrained(_model(), tmp_path, format="hf", family="llama")
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]

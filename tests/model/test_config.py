@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from workbench import ConfigError, ModelConfig
-from workbench.model.hf_config import config_from_hf
+from workbench.families.hf_config import config_from_hf
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_from_hf_gpt2_and_llama():
 @pytest.mark.parametrize(
     "hf, message",
     [
-        ({"model_type": "mistral"}, "model_type='mistral' is not supported"),
+        ({"model_type": "bert"}, "model_type='bert' is not supported"),
         ({}, "model_type=None is not supported"),
         ({"model_type": "llama", "vocab_size": 10}, "lacks the required field 'hidden_size'"),
         (

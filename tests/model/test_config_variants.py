@@ -41,7 +41,7 @@ def test_attn_bias_still_sets_both_projections():
 def test_saved_configs_with_attn_bias_still_load(tmp_path):
     torch.manual_seed(0)
     model = wb.TransformerLM(TINY.replace(attn_bias=True))
-    model.save_pretrained(tmp_path)
+    wb.save_pretrained(model, tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())
     for key in ("qkv_bias", "out_bias", "attn_head_dim", "norm_offset", "embed_scale"):
         del raw["config"][key]  # a config written before these fields existed

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.families import get, registered
 from workbench.io.load import load_pretrained
 
 transformers = pytest.importorskip("transformers")
@@ -105,14 +106,20 @@ def test_sharded_llama_checkpoint(tmp_path):
     _assert_parity(load_pretrained(tmp_path), hf)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-gpt2"])
+# every family's tiny presets, each saved as the family that declares it
+TINY_PRESETS = [(f.name, name) for f in registered() for name in f.presets if name.startswith("tiny")]
+
+
+@pytest.mark.parametrize("family, preset", TINY_PRESETS, ids=[p for _, p in TINY_PRESETS])
 @pytest.mark.parametrize("tie", [True, False])
-def test_save_hf_loads_in_transformers(tmp_path, preset, tie):
+def test_save_hf_loads_in_transformers(tmp_path, family, preset, tie):
+    assert {"tiny", "tiny-gpt2"} <= {p for _, p in TINY_PRESETS}
     torch.manual_seed(3)
-    cfg = wb.ModelConfig.preset(preset).replace(vocab_size=VOCAB, tie_embeddings=tie)
+    cfg = wb.ModelConfig.preset(preset).replace(vocab_size=VOCAB, tie_embeddings=tie, init_std=0.2)
     ours = wb.TransformerLM(cfg).eval()
-    ours.save_pretrained(tmp_path, format="hf")
+    wb.save_pretrained(ours, tmp_path, format="hf", family=family)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert type(hf).__name__ == get(family).hf_architecture
     diff = _assert_parity(ours, hf)
     assert diff <= 1e-4
     # and back again: HF directory -> workbench, bit-exact weights
@@ -124,4 +131,4 @@ def test_save_hf_loads_in_transformers(tmp_path, preset, tie):
 def test_save_hf_refuses_post_norm(tmp_path):
     model = wb.TransformerLM(wb.ModelConfig.preset("tiny").replace(norm_placement="post"))
     with pytest.raises(wb.ConfigError, match="No HF transformers architecture"):
-        model.save_pretrained(tmp_path, format="hf")
+        wb.save_pretrained(model, tmp_path, format="hf")

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.families.hf_config import config_from_hf
 from workbench.io.load import load_pretrained
 from workbench.model.config import RopeScaling
 from workbench.model.decoder import FastDecoder
-from workbench.model.hf_config import config_from_hf
 from workbench.model.layers import Rotary
 
 transformers = pytest.importorskip("transformers")
@@ -185,7 +185,7 @@ def test_greedy_generation_matches_hf(pair, ids):
 
 def test_save_hf_reloads_in_transformers_with_same_logits(pair, ids, tmp_path):
     kind, _, ours, _ = pair
-    ours.save_pretrained(tmp_path, format="hf")
+    wb.save_pretrained(ours, tmp_path, format="hf")
     raw = json.loads((tmp_path / "config.json").read_text())
     assert raw["rope_scaling"]["rope_type"] == kind
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
@@ -198,7 +198,7 @@ def test_save_hf_reloads_in_transformers_with_same_logits(pair, ids, tmp_path):
 
 def test_workbench_format_keeps_rope_scaling(pair, ids, tmp_path):
     _, _, ours, _ = pair
-    ours.save_pretrained(tmp_path)
+    wb.save_pretrained(ours, tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())["config"]["rope_scaling"]
     assert saved["kind"] == ours.config.rope_scaling.kind
     again = load_pretrained(tmp_path)

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..families.llama import unpermute_rope_rows
-from .weights import rope_permute
+from ..families.registry import row_permutation
 
 EPS_NAMES = ("eps", "variance_epsilon", "epsilon")
 
@@ -282,13 +281,14 @@ def rope_fixes(rows: list[tuple[str, tuple[int, int], int]], params: dict[str, n
         return out
     if not rows:
         return []
+    pairs = row_permutation("rope")  # llama.cpp's: half-split rows to adjacent pairs, and back
     return [
         Fix("RoPE: half-split", "the candidate rotates adjacent pairs (interleaved RoPE, GPT-J / llama.cpp style) "
             "where the reference rotates the two halves of each head (its q/k weights are equal)",
-            lambda: patched_rows(params, updates(rope_permute))),
+            lambda: patched_rows(params, updates(pairs.apply))),
         Fix("RoPE: interleaved", "the candidate rotates the two halves of each head where the reference rotates "
             "adjacent pairs (its q/k weights are equal)",
-            lambda: patched_rows(params, updates(unpermute_rope_rows))),
+            lambda: patched_rows(params, updates(pairs.undo))),
     ]
 
 

@@ -2,7 +2,8 @@
 
 Every parameter is first put in one layout: a `Conv1D` weight (in, out) is transposed to the Linear
 layout (out, in), a bias becomes a column (n, 1). Then each candidate tensor is related to a reference
-tensor as exact, transposed, q/k rows permuted as llama.cpp does, heads reordered, scaled or offset by
+tensor as exact, transposed, q/k rows permuted as a converter permutes them (each row permutation the
+model families declare, and its inverse: llama.cpp's RoPE pair order), heads reordered, scaled or offset by
 one; a fused tensor (q/k/v in one matrix, gate/up in one) is cut into row blocks that match the other
 side's split tensors. Ties are compared last: a tensor that the reference shares between two names
 (embedding and LM head) but the candidate copies is reported, and the other way round.
@@ -20,22 +21,35 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..families.llama import unpermute_rope_rows
+from ..families.registry import row_permutations
 
 Signature = tuple[float, float, float, float]  # (norm, sum/norm, max/norm, min/norm)
 _NUMBER = re.compile(r"\.(\d+)\.")
-RELATIONS = ("exact", "transposed", "rope-permuted", "rope-unpermuted", "heads reordered", "scaled",
-             "offset +1", "offset -1")
+# Besides these, f"{name}-permuted" and f"{name}-unpermuted" for each registered row permutation ("rope").
+RELATIONS = ("exact", "transposed", "heads reordered", "scaled", "offset +1", "offset -1")
 SAY = {  # how the candidate's tensor relates to the reference's, after "equals the reference's tensor"
     "exact": "exactly",
     "transposed": "transposed (a Conv1D (in, out) weight read as a Linear (out, in) one, or the reverse)",
-    "rope-permuted": "with its q/k rows permuted as llama.cpp does (pairs instead of halves)",
-    "rope-unpermuted": "with llama.cpp's q/k row permutation undone (halves instead of pairs)",
     "heads reordered": "with its heads in another order",
     "scaled": "times a constant",
     "offset +1": "plus one (a norm stored as 1 + w, the scale Gemma's (1 + w) computes)",
     "offset -1": "minus one (a Gemma-style 1 + w offset taken off)",
 }
+_PERMUTED, _UNPERMUTED = "-permuted", "-unpermuted"
+
+
+def permutation_relations() -> dict[str, tuple[Callable[[torch.Tensor, int], torch.Tensor], str]]:
+    """relation -> (what turns the reference's rows into the candidate's, how to say it), per row permutation."""
+    out = {}
+    for perm in row_permutations():
+        out[perm.name + _PERMUTED] = (perm.apply, perm.applied)
+        out[perm.name + _UNPERMUTED] = (perm.undo, perm.undone)
+    return out
+
+
+def say(relation: str) -> str:
+    """How a candidate tensor relates to the reference's, for a relation `relate` found."""
+    return SAY[relation] if relation in SAY else permutation_relations()[relation][1]
 
 
 @dataclass(frozen=True)
@@ -62,18 +76,18 @@ class WeightMatch:
 
     candidate: str
     reference: str
-    relation: str  # one of RELATIONS
+    relation: str  # one of RELATIONS, or a row permutation's (see `permutation_relations`)
     detail: str = ""  # the scale factor, the head order, "fused", "copied where the reference ties"
     error: float = 0.0  # max |difference| / max |reference| after undoing the relation
 
     @property
     def explanation(self) -> str:
         extra = f" ({self.detail})" if self.detail else ""
-        return f"equals the reference's tensor {SAY[self.relation]}{extra}"
+        return f"equals the reference's tensor {say(self.relation)}{extra}"
 
     @property
     def sentence(self) -> str:
-        return f"`{self.candidate}` equals `{self.reference}` {SAY[self.relation]}"
+        return f"`{self.candidate}` equals `{self.reference}` {say(self.relation)}"
 
 
 @dataclass(frozen=True)
@@ -138,13 +152,6 @@ def _err(c: torch.Tensor, r: torch.Tensor) -> float:
     return float((c - r).abs_().max()) / (max(-float(low), float(high)) or 1.0)
 
 
-def rope_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """llama.cpp's q/k row permutation (H*D, C): per head, half-split rows (e, j) go to pairs (j, e)."""
-    rows, C = w.shape
-    D = rows // n_heads
-    return w.reshape(n_heads, 2, D // 2, C).transpose(1, 2).reshape(rows, C)  # (H, D/2, 2, C) -> (H*D, C)
-
-
 def relate(c: torch.Tensor, r: torch.Tensor, head_dims: tuple[int, ...], tol: float) -> tuple[str, str, float] | None:
     """How candidate `c` relates to reference `r` (both (rows, cols)), or None."""
     if c.shape == r.shape:
@@ -158,10 +165,11 @@ def relate(c: torch.Tensor, r: torch.Tensor, head_dims: tuple[int, ...], tol: fl
     if c.shape != r.shape:
         return None
     rows = r.shape[0]
+    permutations = permutation_relations()
     for D in head_dims:
         if D % 2 or rows % D or rows == D and D == 1:
             continue
-        for name, fn in (("rope-permuted", rope_permute), ("rope-unpermuted", unpermute_rope_rows)):
+        for name, (fn, _) in permutations.items():
             e = _err(c, fn(r, rows // D))
             if e <= tol:
                 return name, f"{rows // D} heads of {D}", e
@@ -297,8 +305,11 @@ def _flip(rel: str, cand_is_big: bool) -> str:
     """Relations are found as big-block vs small; say them as candidate vs reference."""
     if cand_is_big:
         return rel
-    return {"rope-permuted": "rope-unpermuted", "rope-unpermuted": "rope-permuted",
-            "offset +1": "offset -1", "offset -1": "offset +1"}.get(rel, rel)
+    if rel.endswith(_UNPERMUTED):
+        return rel.removesuffix(_UNPERMUTED) + _PERMUTED
+    if rel.endswith(_PERMUTED):
+        return rel.removesuffix(_PERMUTED) + _UNPERMUTED
+    return {"offset +1": "offset -1", "offset -1": "offset +1"}.get(rel, rel)
 
 
 def _blocks(big: Piece, smalls: list[Piece], head_dims: tuple[int, ...], tol: float,

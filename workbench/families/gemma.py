@@ -14,14 +14,22 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model.config import ModelConfig
-from .gguf_keys import GGUFMeta, decoder_from_gguf
-from .hf_common import decoder_from_hf, decoder_to_hf, head_dim_from_hf
+from .gguf_keys import DECODER_KEYS, GGUFMeta, decoder_from_gguf
+from .hf_common import DECODER_FIELDS, decoder_from_hf, decoder_to_hf, head_dim_from_hf
+from .hf_schema import HFFields
 from .llama import GGUF_NAMING, HF_NAMING
 from .registry import Family, GGUFSpec, Tensors, mismatches, register
 
 # transformers reads a legacy "gelu" in a Gemma config as the tanh approximation, as Gemma was trained.
 _ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")
 HF_HEAD_DIM = 256  # GemmaConfig's default head_dim
+HF_FIELDS: HFFields = {
+    **DECODER_FIELDS,
+    "hidden_act": "string",
+    "hidden_activation": "string",
+    "use_bidirectional_attention": "bool",
+    "attention_bias": "bool",
+}
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -82,6 +90,13 @@ def config_from_gguf(meta: GGUFMeta) -> ModelConfig:
     return ModelConfig(**fields, norm_offset=True, mlp="geglu", embed_scale=True)
 
 
+PRESETS = {  # 4 heads of 24 in a 64-wide model: a head width apart from d_model / n_heads, as Gemma 7B has
+    "tiny-gemma": ModelConfig(
+        n_kv_heads=1, attn_head_dim=24, norm_offset=True, mlp="geglu", embed_scale=True, norm_eps=1e-6
+    ),
+}
+
+
 GEMMA = register(
     Family(
         name="gemma",
@@ -90,7 +105,15 @@ GEMMA = register(
         config_from_hf=config_from_hf,
         config_to_hf=config_to_hf,
         hf_naming=HF_NAMING,
+        hf_fields=HF_FIELDS,
         differences=differences,
-        gguf=GGUFSpec(arch="gemma", config_from_meta=config_from_gguf, naming=GGUF_NAMING, fix_tensors=norms_minus_one),
+        gguf=GGUFSpec(
+            arch="gemma",
+            config_from_meta=config_from_gguf,
+            naming=GGUF_NAMING,
+            keys=DECODER_KEYS,
+            fix_tensors=norms_minus_one,
+        ),
+        presets=PRESETS,
     )
 )

@@ -1,12 +1,15 @@
 """GGUF metadata that llama.cpp writes alike for every decoder, under the `{arch}.` key prefix.
 
 `GGUFMeta` is what a family reads from a file's header; `workbench.io.gguf` implements it over a
-`gguf.GGUFReader`, so the families never touch the file format themselves.
+`gguf.GGUFReader`, so the families never touch the file format themselves. Each family declares the
+`{arch}.` keys it reads, with their kinds (`GGUFSpec.keys`); the reader checks a file's values
+against that declaration before the family sees them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 
@@ -30,13 +33,44 @@ class GGUFMeta(Protocol):
         """RoPE scaling from `{arch}.rope.scaling.*` and `rope_freqs.weight`, or None for plain RoPE."""
 
 
+# What a declared key must hold when present: count: an integer > 0; positive: a finite number > 0;
+# string; strings: a list of strings; bool.
+GGUFKind = Literal["count", "positive", "string", "strings", "bool"]
+GGUF_KINDS: tuple[str, ...] = get_args(GGUFKind)
+
+# `{arch}.` keys behind `GGUFMeta.rope_scaling`: linear scaling and llama3's original context.
+ROPE_SCALING_KEYS: Mapping[str, GGUFKind] = {
+    "rope.scale_linear": "positive",
+    "rope.scaling.factor": "positive",
+    "rope.scaling.original_context_length": "count",
+    "rope.scaling.type": "string",
+}
+
+# `{arch}.` keys `decoder_from_gguf` reads.
+DECODER_KEYS: Mapping[str, GGUFKind] = {
+    "block_count": "count",
+    "embedding_length": "count",
+    "feed_forward_length": "count",
+    "context_length": "count",
+    "vocab_size": "count",
+    "attention.head_count": "count",
+    "attention.head_count_kv": "count",
+    "attention.key_length": "count",
+    "attention.value_length": "count",
+    "rope.dimension_count": "count",
+    "rope.freq_base": "positive",
+    "attention.layer_norm_rms_epsilon": "positive",
+    **ROPE_SCALING_KEYS,
+}
+
+
 def float32(value: Any) -> float:
     """A float32 metadata value as the shortest decimal that round-trips (9.9999997e-06 -> 1e-05)."""
     return float(str(np.float32(value)))
 
 
 def decoder_from_gguf(meta: GGUFMeta, arch: str) -> dict[str, Any]:
-    """ModelConfig fields every llama.cpp decoder states under `{arch}.*` keys.
+    """ModelConfig fields every llama.cpp decoder states under `{arch}.*` keys (those of DECODER_KEYS).
 
     The head width comes from `attention.key_length` when present (Gemma's differs from
     embedding_length / head_count); values and rotary must span the same width.

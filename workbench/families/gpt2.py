@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model.config import ModelConfig
+from .hf_schema import HFFields
 from .naming import Naming
 from .registry import Family, mismatches, register
 
@@ -35,6 +36,19 @@ HF_NAMING = Naming(
         "lm_head.weight": "lm_head.weight",
     },
 )
+
+HF_FIELDS: HFFields = {
+    "vocab_size": "count",
+    "n_embd": "count",
+    "n_layer": "count",
+    "n_head": "count",
+    "n_inner": "count",
+    "n_positions": "count",
+    "activation_function": "string",
+    "tie_word_embeddings": "bool",
+    "layer_norm_epsilon": "positive",
+    "initializer_range": "positive",
+}
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -98,6 +112,24 @@ def differences(config: ModelConfig) -> list[str]:
     )
 
 
+PRESETS = {
+    "tiny-gpt2": ModelConfig(positions="learned", norm="layernorm", mlp="gelu", attn_bias=True, mlp_bias=True),
+    "gpt2-small": ModelConfig(
+        vocab_size=50257,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        d_ff=3072,
+        max_seq_len=1024,
+        positions="learned",
+        norm="layernorm",
+        mlp="gelu",
+        attn_bias=True,
+        mlp_bias=True,
+    ),
+}
+
+
 GPT2 = register(
     Family(
         name="gpt2",
@@ -106,6 +138,8 @@ GPT2 = register(
         config_from_hf=config_from_hf,
         config_to_hf=config_to_hf,
         hf_naming=HF_NAMING,
+        hf_fields=HF_FIELDS,
         differences=differences,
+        presets=PRESETS,
     )
 )

@@ -10,8 +10,28 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model.config import ModelConfig, RopeScaling
+from .hf_schema import HFFields
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+# The fields `decoder_from_hf` and `head_dim_from_hf` read; a family adds its own to these.
+DECODER_FIELDS: HFFields = {
+    "vocab_size": "count",
+    "hidden_size": "count",
+    "num_hidden_layers": "count",
+    "num_attention_heads": "count",
+    "num_key_value_heads": "count",
+    "intermediate_size": "count",
+    "max_position_embeddings": "count",
+    "original_max_position_embeddings": "count",
+    "head_dim": "count",
+    "tie_word_embeddings": "bool",
+    "rope_theta": "positive",
+    "rms_norm_eps": "positive",
+    "initializer_range": "positive",
+    "rope_scaling": "rope",
+    "rope_parameters": "rope",
+}
 
 
 def decoder_from_hf(hf: dict[str, Any], *, tie_default: bool) -> dict[str, Any]:

@@ -1,57 +1,62 @@
-"""The schema of a HF transformers `config.json`, for the fields the families read.
+"""Checking a HF transformers `config.json` against the fields its family declares it reads.
 
-Checked before any family translates the dict, so a size written as a string, a NaN epsilon or
+Each family lists the fields its `config_from_hf` reads, with their kinds (`Family.hf_fields`); the
+schema is built here from that list, so a size written as a string, a NaN epsilon or
 `"tie_word_embeddings": "false"` is refused by name instead of divided, compared or taken as true.
 Other keys (transformers writes many) pass through unread. pydantic is imported on call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..errors import ConfigError
 from ..schema import check, strict_config
 
-_INTS = (  # sizes: positive integers
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "intermediate_size", "max_position_embeddings", "head_dim", "original_max_position_embeddings",
-    "n_embd", "n_layer", "n_head", "n_inner", "n_positions", "sliding_window",
-)
-_NON_NEGATIVE_INTS = ("max_window_layers",)
-_FLOATS = ("rope_theta", "rms_norm_eps", "layer_norm_epsilon", "initializer_range")  # finite, > 0
-_BOOLS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window", "use_bidirectional_attention")
-_STRINGS = ("model_type", "hidden_act", "hidden_activation", "activation_function")
+# What a declared field must hold (every field may also be absent or null):
+#   count: an integer > 0 (a size); index: an integer >= 0; positive: a finite number > 0;
+#   bool: true / false; string; strings: a list of strings;
+#   rope: a `rope_scaling` / `rope_parameters` object (its numbers finite and > 0).
+HFKind = Literal["count", "index", "positive", "bool", "string", "strings", "rope"]
+HFFields = Mapping[str, HFKind]
+HF_KINDS: tuple[str, ...] = get_args(HFKind)
+
 _ROPE_FLOATS = ("factor", "low_freq_factor", "high_freq_factor", "rope_theta", "partial_rotary_factor")
 
 
-@cache
-def _schema() -> Any:
+def _kind_type(kind: str) -> Any:
     from pydantic import Field, PositiveFloat, PositiveInt, StrictBool, StrictStr, create_model
 
-    rope_fields: dict[str, Any] = {
-        "rope_type": (StrictStr | None, None),
-        "type": (StrictStr | None, None),
-        "original_max_position_embeddings": (PositiveInt | None, None),
-        **{k: (PositiveFloat | None, None) for k in _ROPE_FLOATS},
-    }
-    rope = create_model("HFRopeSchema", __config__=strict_config(extra="allow"), **rope_fields)
-    fields: dict[str, Any] = {
-        **{k: (PositiveInt | None, None) for k in _INTS},
-        **{k: (int | None, Field(None, ge=0)) for k in _NON_NEGATIVE_INTS},
-        **{k: (PositiveFloat | None, None) for k in _FLOATS},
-        **{k: (StrictBool | None, None) for k in _BOOLS},
-        **{k: (StrictStr | None, None) for k in _STRINGS},
-        "rope_scaling": (rope | None, None),
-        "rope_parameters": (rope | None, None),
-        "layer_types": (list[StrictStr] | None, None),
-    }
-    return create_model("HFConfigSchema", __config__=strict_config(extra="allow"), **fields)
+    if kind == "rope":
+        rope_fields: dict[str, Any] = {
+            "rope_type": (StrictStr | None, None),
+            "type": (StrictStr | None, None),
+            "original_max_position_embeddings": (PositiveInt | None, None),
+            **{k: (PositiveFloat | None, None) for k in _ROPE_FLOATS},
+        }
+        rope = create_model("HFRopeSchema", __config__=strict_config(extra="allow"), **rope_fields)
+        return (rope | None, None)
+    return {
+        "count": (PositiveInt | None, None),
+        "index": (int | None, Field(None, ge=0)),
+        "positive": (PositiveFloat | None, None),
+        "bool": (StrictBool | None, None),
+        "string": (StrictStr | None, None),
+        "strings": (list[StrictStr] | None, None),
+    }[kind]  # the registry admits declared kinds only (HF_KINDS)
 
 
-def check_hf_config(hf: Any, source: str = "HF config") -> None:
-    """Raise ConfigError naming the field when `hf` does not fit the fields the families read."""
-    if not isinstance(hf, dict):
-        raise ConfigError(f"{source} must be a JSON object, got {type(hf).__name__}.")
+@cache
+def _schema(fields: tuple[tuple[str, str], ...]) -> Any:
+    from pydantic import create_model
+
+    declared = {name: _kind_type(kind) for name, kind in fields}
+    return create_model("HFConfigSchema", __config__=strict_config(extra="allow"), **declared)
+
+
+def check_hf_config(hf: dict[str, Any], fields: HFFields, source: str = "HF config") -> None:
+    """Raise ConfigError naming the field when `hf` does not hold what `fields` declares."""
     fix = "Fix that field in config.json (sizes are integers, epsilons finite numbers, switches true/false)."
-    check(_schema(), hf, source=source, error=ConfigError, fix=fix)
+    check(_schema(tuple(sorted(fields.items()))), hf, source=source, error=ConfigError, fix=fix)

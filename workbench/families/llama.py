@@ -3,7 +3,8 @@
 HF keeps q/k/v and gate/up as separate projections; the workbench fuses them ([q; k; v] and
 [gate; up] rows). llama.cpp's converter permutes the rows of q and k so that RoPE rotates adjacent
 pairs (x0, x1), (x2, x3), ...; the workbench (like HF) rotates the two halves of each head, so the
-rows are permuted back (`unpermute_rope_rows`). Qwen2 and Gemma use the same tensor names.
+rows are permuted back (`unpermute_rope_rows`, the inverse of `permute_rope_rows`; both declared as
+`LLAMA_CPP_ROPE`). Qwen2 and Gemma use the same tensor names.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import torch
 
 from ..errors import ConfigError
 from ..model.config import ModelConfig
-from .gguf_keys import GGUFMeta, decoder_from_gguf
-from .hf_common import decoder_from_hf, decoder_to_hf, head_dim_from_hf
+from .gguf_keys import DECODER_KEYS, GGUFMeta, decoder_from_gguf
+from .hf_common import DECODER_FIELDS, decoder_from_hf, decoder_to_hf, head_dim_from_hf
+from .hf_schema import HFFields
 from .naming import Naming
-from .registry import Family, GGUFSpec, Tensors, mismatches, register
+from .registry import Family, GGUFSpec, RowPermutation, Tensors, mismatches, register
 
 HF_NAMING = Naming(
     prefix="model.",
@@ -42,6 +44,8 @@ GGUF_NAMING = Naming(
     top={"token_embd.weight": "embed.weight", "output_norm.weight": "ln_f.weight", "output.weight": "lm_head.weight"},
     unprefixed=(),
 )
+
+HF_FIELDS: HFFields = {**DECODER_FIELDS, "hidden_act": "string", "attention_bias": "bool", "mlp_bias": "bool"}
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -81,6 +85,17 @@ def differences(config: ModelConfig) -> list[str]:
     )
 
 
+def permute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """llama.cpp's q/k row order: per head, half-split rows (half e, j) go to pairs (pair j, element e).
+
+    w: (H*D, C) with each head's rows in HF's half-split order; returns (H*D, C) as GGUF stores it.
+    """
+    rows, C = w.shape
+    D = rows // n_heads
+    halves = w.reshape(n_heads, 2, D // 2, C)  # (H, 2, D/2, C): row = (half e, j)
+    return halves.transpose(1, 2).reshape(rows, C)  # (H, D/2, 2, C) -> (H*D, C): row = (pair j, element e)
+
+
 def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Undo llama.cpp's q/k row order: per head, rows (pair j, element e) go back to (half e, j).
 
@@ -91,6 +106,15 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     D = rows // n_heads
     pairs = w.reshape(n_heads, D // 2, 2, C)  # (H, D/2, 2, C): row = (pair j, element e)
     return pairs.transpose(1, 2).reshape(rows, C)  # (H, 2, D/2, C) -> (H*D, C): row = (half e, j)
+
+
+LLAMA_CPP_ROPE = RowPermutation(
+    name="rope",
+    apply=permute_rope_rows,
+    undo=unpermute_rope_rows,
+    applied="with its q/k rows permuted as llama.cpp does (pairs instead of halves)",
+    undone="with llama.cpp's q/k row permutation undone (halves instead of pairs)",
+)
 
 
 def unpermute_qk(tensors: Tensors, config: ModelConfig) -> tuple[Tensors, list[str]]:
@@ -108,6 +132,21 @@ def config_from_gguf(meta: GGUFMeta) -> ModelConfig:
     return ModelConfig(**decoder_from_gguf(meta, "llama"), mlp="swiglu")
 
 
+PRESETS = {
+    "tiny": ModelConfig(),  # ModelConfig's defaults: 2 layers of 64, 4 heads, RoPE, RMSNorm, SwiGLU, tied
+    "smollm2-135m": ModelConfig(
+        vocab_size=49152,
+        d_model=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        d_ff=1536,
+        max_seq_len=8192,
+        rope_theta=100000.0,
+    ),
+}
+
+
 LLAMA = register(
     Family(
         name="llama",
@@ -116,7 +155,16 @@ LLAMA = register(
         config_from_hf=config_from_hf,
         config_to_hf=config_to_hf,
         hf_naming=HF_NAMING,
+        hf_fields=HF_FIELDS,
         differences=differences,
-        gguf=GGUFSpec(arch="llama", config_from_meta=config_from_gguf, naming=GGUF_NAMING, fix_tensors=unpermute_qk),
+        gguf=GGUFSpec(
+            arch="llama",
+            config_from_meta=config_from_gguf,
+            naming=GGUF_NAMING,
+            keys=DECODER_KEYS,
+            fix_tensors=unpermute_qk,
+        ),
+        presets=PRESETS,
+        permutations=(LLAMA_CPP_ROPE,),
     )
 )

@@ -12,10 +12,20 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model.config import ModelConfig
-from .gguf_keys import GGUFMeta, decoder_from_gguf
-from .hf_common import decoder_from_hf, decoder_to_hf, head_dim_from_hf
+from .gguf_keys import DECODER_KEYS, GGUFMeta, decoder_from_gguf
+from .hf_common import DECODER_FIELDS, decoder_from_hf, decoder_to_hf, head_dim_from_hf
+from .hf_schema import HFFields
 from .llama import GGUF_NAMING, HF_NAMING
 from .registry import Family, GGUFSpec, mismatches, register
+
+HF_FIELDS: HFFields = {
+    **DECODER_FIELDS,
+    "hidden_act": "string",
+    "use_sliding_window": "bool",
+    "sliding_window": "count",
+    "max_window_layers": "index",
+    "layer_types": "strings",
+}
 
 
 def _refuse_sliding_window(hf: dict[str, Any]) -> None:
@@ -80,6 +90,9 @@ def config_from_gguf(meta: GGUFMeta) -> ModelConfig:
     return ModelConfig(**decoder_from_gguf(meta, "qwen2"), mlp="swiglu", qkv_bias=True, out_bias=False)
 
 
+PRESETS = {"tiny-qwen2": ModelConfig(n_kv_heads=2, qkv_bias=True, tie_embeddings=False)}
+
+
 QWEN2 = register(
     Family(
         name="qwen2",
@@ -88,7 +101,9 @@ QWEN2 = register(
         config_from_hf=config_from_hf,
         config_to_hf=config_to_hf,
         hf_naming=HF_NAMING,
+        hf_fields=HF_FIELDS,
         differences=differences,
-        gguf=GGUFSpec(arch="qwen2", config_from_meta=config_from_gguf, naming=GGUF_NAMING),
+        gguf=GGUFSpec(arch="qwen2", config_from_meta=config_from_gguf, naming=GGUF_NAMING, keys=DECODER_KEYS),
+        presets=PRESETS,
     )
 )

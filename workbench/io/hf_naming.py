@@ -31,9 +31,14 @@ def from_hf(
     return family.hf_naming.to_workbench(state), notes
 
 
-def to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Workbench-named tensors -> HF naming (tied LM head omitted, as transformers saves it)."""
+def to_hf(
+    state: dict[str, torch.Tensor], config: ModelConfig, family: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Workbench-named tensors -> HF naming (tied LM head omitted, as transformers saves it).
+
+    family: the registered family whose names to write (it must hold `config`); default: see `for_config`.
+    """
     if config.tie_embeddings:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-    out = for_config(config).hf_naming.from_workbench(state, config)
+    out = for_config(config, family).hf_naming.from_workbench(state, config)
     return {k: v.contiguous() for k, v in out.items()}

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, CorruptFileError, LoadError
+from ..families.hf_config import config_from_hf
 from ..families.registry import Family, for_hf_model_type
 from ..model.config import ModelConfig
-from ..model.hf_config import config_from_hf
 from ..model.placement import check_dtype, resolve_device
 from ..model.transformer import TransformerLM
 from ..schema import read_json_object
@@ -69,9 +69,9 @@ def load_pretrained(
 ) -> TransformerLM:
     """Load a model in eval mode; `model.load_report` says what was missing, unexpected, tied or cast.
 
-    path: a workbench directory, a HF directory of a registered family (GPT-2, Llama, Qwen2, Gemma;
+    path: a workbench directory, a HF directory of a registered family (`workbench.families.registered()`;
     single or sharded safetensors), a `.safetensors` file inside such a directory, or a `.gguf` file
-    (llama, qwen2 or gemma architecture).
+    of an architecture a registered family reads.
     Pickle files (.bin/.pt) load only with allow_pickle=True, and then with weights_only=True.
     """
     device = resolve_device(device)  # before any file is read: a bad device fails in milliseconds

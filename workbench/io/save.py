@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from safetensors.torch import save_file
 
 from ..errors import ConfigError
-from ..model.hf_config import config_to_hf
+from ..families.hf_config import config_to_hf
 from ..model.placement import module_dtype
 from .hf_naming import to_hf
 from .state import tied_pairs
@@ -33,18 +33,26 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_pretrained(model: TransformerLM, directory: str | Path, *, format: str = "workbench") -> Path:
-    """Save `config.json` + `model.safetensors`; format="hf" writes what transformers loads directly."""
+def save_pretrained(
+    model: TransformerLM, directory: str | Path, *, format: str = "workbench", family: str | None = None
+) -> Path:
+    """Save `config.json` + `model.safetensors`; format="hf" writes what transformers loads directly.
+
+    family: with format="hf", the registered family to write the model as ("mistral"), which must hold
+    its config; by default the family `workbench.families.for_config` picks.
+    """
     if format not in FORMATS:
         raise ConfigError(f"format={format!r} is unknown; use one of {FORMATS}.")
+    if family is not None and format != "hf":
+        raise ConfigError(f"family={family!r} names a HF architecture; pass it with format='hf'.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     aliases = {alias for alias, _ in tied_pairs(model)}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in aliases}
     dtype = str(module_dtype(model)).replace("torch.", "")
     if format == "hf":
-        config = config_to_hf(model.config) | {"torch_dtype": dtype}
-        state, meta = to_hf(state, model.config), {"format": "pt"}
+        config = config_to_hf(model.config, family) | {"torch_dtype": dtype}
+        state, meta = to_hf(state, model.config, family), {"format": "pt"}
     else:
         config = {
             "format": "workbench",

@@ -18,26 +18,8 @@ SAFETENSORS_DTYPES: dict[str, int] = {
     "U64": 8, "I64": 8, "F64": 8,
 }
 
-# GGUF `{arch}.` metadata keys the families read -> kind ("count": integer > 0, "positive": finite float > 0)
-GGUF_ARCH_KEYS: dict[str, str] = {
-    "block_count": "count",
-    "embedding_length": "count",
-    "feed_forward_length": "count",
-    "context_length": "count",
-    "vocab_size": "count",
-    "attention.head_count": "count",
-    "attention.head_count_kv": "count",
-    "attention.key_length": "count",
-    "attention.value_length": "count",
-    "rope.dimension_count": "count",
-    "rope.freq_base": "positive",
-    "rope.scale_linear": "positive",
-    "rope.scaling.factor": "positive",
-    "rope.scaling.original_context_length": "count",
-    "rope.scaling.type": "string",
-    "attention.layer_norm_rms_epsilon": "positive",
-    "attention.layer_norm_epsilon": "positive",
-}
+# GGUF metadata keys read for every file, whatever its architecture -> kind (see `_gguf_type`); the
+# `{arch}.` keys are declared by the family of that architecture (`GGUFSpec.keys`).
 GGUF_TOKENIZER_KEYS: dict[str, str] = {
     "tokenizer.ggml.model": "string",
     "tokenizer.ggml.pre": "string",
@@ -121,18 +103,26 @@ def _gguf_type(kind: str) -> Any:
     }[kind]
 
 
-@cache
 def gguf_metadata(arch: str | None) -> Any:
     """The GGUF metadata keys the workbench reads, by their full dotted names: the tokenizer's, and
-    with an architecture (`general.architecture`) also that architecture's `{arch}.*` keys."""
+    with a registered architecture (`general.architecture`) also the `{arch}.*` keys its family declares."""
+    from ..families.registry import for_gguf_arch
+
+    keys = dict(GGUF_TOKENIZER_KEYS)
+    spec = for_gguf_arch(arch).gguf if arch is not None else None
+    if spec is not None:
+        keys |= {f"{arch}.{k}": kind for k, kind in spec.keys.items()}
+    return _gguf_schema(tuple(keys.items()))
+
+
+@cache
+def _gguf_schema(keys: tuple[tuple[str, str], ...]) -> Any:
     from pydantic import Field, create_model
 
     from ..schema import strict_config
 
-    arch_keys = {f"{arch}.{k}": kind for k, kind in GGUF_ARCH_KEYS.items()} if arch else {}
-    keys = arch_keys | GGUF_TOKENIZER_KEYS
     fields: dict[str, Any] = {
-        f"f{i}": (_gguf_type(kind) | None, Field(None, alias=key)) for i, (key, kind) in enumerate(keys.items())
+        f"f{i}": (_gguf_type(kind) | None, Field(None, alias=key)) for i, (key, kind) in enumerate(keys)
     }
     return create_model("GGUFMetadata", __config__=strict_config(extra="ignore"), **fields)
 

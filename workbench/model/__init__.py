@@ -2,9 +2,10 @@
 
 from .cache import KVCache
 from .compile import CompiledModel, compile_model
-from .config import PRESETS, ModelConfig, RopeScaling
+from .config import ModelConfig, RopeScaling
 from .decoder import FastDecoder
 from .layers import HookPoint
+from .presets import PRESETS
 from .transformer import TransformerLM
 
 __all__ = [

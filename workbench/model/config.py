@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from ..errors import ConfigError
 from ..schema import check, dataclass_schema, read_json_object
+from . import presets
 
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
@@ -237,36 +238,6 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str) -> ModelConfig:
-        """One of the named presets: see `PRESETS`."""
-        if name not in PRESETS:
-            raise ConfigError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-        return PRESETS[name]
+        """One of the named presets (`PRESETS`), each declared by the family that holds it."""
+        return presets.preset(name)
 
-
-PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(),
-    "tiny-gpt2": ModelConfig(positions="learned", norm="layernorm", mlp="gelu", attn_bias=True, mlp_bias=True),
-    "gpt2-small": ModelConfig(
-        vocab_size=50257,
-        d_model=768,
-        n_layers=12,
-        n_heads=12,
-        d_ff=3072,
-        max_seq_len=1024,
-        positions="learned",
-        norm="layernorm",
-        mlp="gelu",
-        attn_bias=True,
-        mlp_bias=True,
-    ),
-    "smollm2-135m": ModelConfig(
-        vocab_size=49152,
-        d_model=576,
-        n_layers=30,
-        n_heads=9,
-        n_kv_heads=3,
-        d_ff=1536,
-        max_seq_len=8192,
-        rope_theta=100000.0,
-    ),
-}

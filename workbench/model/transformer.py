@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -189,12 +188,6 @@ class TransformerLM(nn.Module):
     def num_parameters(self) -> int:
         """Parameters counted once each, so a tied embedding counts once."""
         return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory: str | Path, *, format: str = "workbench") -> Path:
-        """Write `config.json` + `model.safetensors` in workbench ("workbench") or HF ("hf") naming."""
-        from ..io.save import save_pretrained
-
-        return save_pretrained(self, directory, format=format)
 
 
 def build_mask(full_mask: torch.Tensor | None, T: int, past: int, device: torch.device) -> torch.Tensor | None:
