@@ -28,7 +28,7 @@ from .errors import (
     WeightMismatchError,
     WorkbenchError,
 )
-from .generation import GenerationOutput, GenerationSession, StepRecord, generate
+from .generation import GenerationOutput, GenerationRequest, GenerationSession, StepRecord, generate
 from .io.gguf import load_gguf, read_gguf
 from .io.gguf_tokenizer import tokenizer_from_gguf
 from .io.load import load_pretrained
@@ -119,6 +119,7 @@ __all__ = [
     "UnsafeFormatError",
     "UnsupportedModelError",
     "GenerationOutput",
+    "GenerationRequest",
     "GenerationSession",
     "GradientHistory",
     "StepRecord",

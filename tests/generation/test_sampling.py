@@ -6,7 +6,7 @@ import pytest
 import torch
 from genmodels import padded_batch
 
-from workbench.generation import Strategy, entropy, generate, process_logits
+from workbench.generation import GenerationRequest, entropy, generate, process_logits
 from workbench.generation.sampling import choose
 
 
@@ -44,22 +44,22 @@ def test_several_samples_per_prompt_are_independent(tiny):
 
 def test_top_k_keeps_exactly_k_tokens():
     logits = torch.tensor([[3.0, 1.0, 2.0, 0.5, -1.0]])
-    kept = process_logits(logits, Strategy(do_sample=True, top_k=2)).isfinite()
+    kept = process_logits(logits, GenerationRequest(do_sample=True, top_k=2)).isfinite()
     assert kept.tolist() == [[True, False, True, False, False]]
 
 
 @pytest.mark.parametrize("top_p, kept", [(0.4, 1), (0.75, 2), (0.85, 3), (1.0, 4)])
 def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
-    out = process_logits(logits, Strategy(do_sample=True, top_p=top_p))
+    out = process_logits(logits, GenerationRequest(do_sample=True, top_p=top_p))
     assert out.isfinite().sum().item() == kept
     assert out[0, :kept].isfinite().all()  # the most likely tokens are the ones kept
 
 
 def test_samples_follow_the_tempered_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(4000, 1)
-    strategy = Strategy(do_sample=True, temperature=0.7, seed=0)
-    draws = choose(logits, strategy, strategy.new_generator(torch.device("cpu")))
+    request = GenerationRequest(do_sample=True, temperature=0.7, seed=0)
+    draws = choose(logits, request, request.new_generator(torch.device("cpu")))
     freq = torch.bincount(draws, minlength=4).float() / 4000
     expected = torch.softmax(logits[0] / 0.7, dim=-1)
     assert torch.allclose(freq, expected, atol=0.03)

@@ -43,6 +43,8 @@ class Ids:
         (lambda tr: GenerationStepper(nn.Linear(2, 2), object(), "hi"), "tokenizer with encode and decode"),
         (lambda tr: GenerationStepper(nn.Linear(2, 2), Ids(), 42), "prompt must be a string"),
         (lambda tr: GenerationStepper(nn.Linear(2, 2), Ids(), "hi", top_k=0), "top_k must be an integer >= 1"),
+        (lambda tr: GenerationStepper(nn.Linear(2, 2), Ids(), "hi", {"do_sample": True}),
+         "request must be a GenerationRequest or None"),
     ],
 )
 def test_widget_constructors_refuse_wrong_types(tiny_trace, make, message):

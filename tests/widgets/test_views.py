@@ -9,6 +9,7 @@ from plotly.callbacks import InputDeviceState, Points
 
 from workbench.capture import GradientHistory, trace
 from workbench.errors import InputError
+from workbench.generation import GenerationRequest, GenerationSession
 from workbench.widgets import AttentionView, GenerationStepper, GradientFlow, LayerInspector, MemoryPanel, show
 
 TOKENS = [f"w{i}" for i in range(12)]
@@ -153,6 +154,15 @@ def test_stepper_reports_errors_instead_of_raising(tiny, chars):
     view = GenerationStepper(tiny, chars, "a" * 318)
     view.run(5)  # the model's max_seq_len=320 stops it
     assert "max_seq_len" in " ".join(w.value for w in view.messages.children)
+
+
+def test_stepper_decodes_as_its_request_says(tiny, chars):
+    request = GenerationRequest(max_new_tokens=3, do_sample=True, temperature=1.5, seed=2)
+    view = GenerationStepper(tiny, chars, "abc", request, fast=False)
+    view.run(8)
+    alone = GenerationSession(tiny, chars, "abc", request).run(8)
+    assert view.session.generated_ids == [r.token_id for r in alone] and len(alone) == 3
+    assert view.session.finish_reason == "length"
 
 
 def test_memory_panel_follows_a_session(tiny, chars):

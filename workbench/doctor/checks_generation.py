@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,9 @@ from ..errors import DoctorError
 from ..lm import cache_bytes, cache_tensors, returned_cache
 from .registry import Context, Precondition, Result, check, na
 from .report import Within, format_value
+
+if TYPE_CHECKING:
+    from ..generation import GenerationRequest
 
 NEW_TOKENS = 6
 
@@ -29,12 +32,18 @@ def _require_cache(ctx: Context) -> None:
                           "there is no cache to check.")
 
 
-def _generate(ctx: Context, ids: torch.Tensor, **kwargs: Any) -> Any:
+def _request(**settings: Any) -> GenerationRequest:
+    """NEW_TOKENS tokens, no EOS, pad 0, with `settings` on top (a GenerationRequest)."""
+    from ..generation import GenerationRequest
+
+    return GenerationRequest(max_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=0, **settings)
+
+
+def _generate(ctx: Context, ids: torch.Tensor, request: GenerationRequest) -> Any:
     from ..generation import generate
 
     try:
-        return generate(ctx.model, ids, max_new_tokens=NEW_TOKENS, fast=False, cache_mode="growing", pad_token_id=0,
-                        **kwargs)
+        return generate(ctx.model, ids, request, fast=False, cache_mode="growing")
     except (RuntimeError, IndexError, ValueError) as err:  # a cache that breaks decoding: kv_cache says where
         raise Precondition(f"cached decoding itself raised ({type(err).__name__}: {err})"[:240] + "; the "
                            "`kv_cache` check judges the cache.") from err
@@ -68,7 +77,7 @@ def generation_memory(ctx: Context) -> Result:
     ids = ctx.ids(1, 5, salt=16)
     handle = ctx.model.register_forward_hook(after_forward, with_kwargs=True)
     try:
-        _generate(ctx, ids)
+        _generate(ctx, ids, _request())
     finally:
         handle.remove()
     gc.collect()
@@ -114,12 +123,11 @@ def beam_search(ctx: Context) -> Result:
     P = ids.shape[1]
     ctx.adapter.logits(ids)  # NonFiniteLogits (n/a) when the logits are NaN/Inf: beams cannot be ranked then
     from ..generation.beam import beam_search as run_beams
-    from ..generation.sampling import Strategy
 
-    greedy = _generate(ctx, ids).sequences[0]
+    greedy = _generate(ctx, ids, _request()).sequences[0]
     with torch.no_grad():  # width 1 through the beam code itself (generate would take the greedy path)
-        width1 = run_beams(ctx.adapter, ids, None, Strategy(num_beams=1), NEW_TOKENS, "growing", 0, None).sequences[0]
-    beams = _generate(ctx, ids, num_beams=2, num_return_sequences=2)
+        width1 = run_beams(ctx.adapter, ids, None, _request(num_beams=1), "growing", None).sequences[0]
+    beams = _generate(ctx, ids, _request(num_beams=2, num_return_sequences=2))
     assert beams.scores is not None  # beam search scores every returned sequence
     seqs, scores, counts = beams.sequences, beams.scores.tolist(), beams.new_token_counts.tolist()
     alpha = 1.0

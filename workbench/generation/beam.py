@@ -16,7 +16,7 @@ import torch
 from ..lm import ModelAdapter
 from .prompt import prefill
 from .records import GenerationOutput
-from .sampling import Strategy
+from .request import GenerationRequest
 from .stopping import StopStrings
 
 
@@ -55,15 +55,18 @@ def beam_search(
     lm: ModelAdapter,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    strategy: Strategy,
-    max_new_tokens: int,
+    request: GenerationRequest,
     cache_mode: str,
-    pad: int,
     stop: StopStrings | None,
 ) -> GenerationOutput:
-    """Beam search over (B, T) prompts; returns a GenerationOutput with scores (B * num_return_sequences,)."""
+    """Beam search over (B, T) prompts; returns a GenerationOutput with scores (B * num_return_sequences,).
+
+    `request` gives the width, the length penalty, the EOS and pad ids and max_new_tokens (EOS ids as
+    resolved: `generate` has replaced "tokenizer" by the tokenizer's id already).
+    """
     B, T = input_ids.shape
-    nb, eos = strategy.num_beams, set(strategy.eos_token_ids)
+    max_new_tokens, pad = request.new_tokens, request.pad_id
+    nb, eos = request.num_beams, set(request.eos_ids)
     cache = lm.new_cache(B, T + max_new_tokens, mode=cache_mode)
     logits = prefill(lm, cache, input_ids, attention_mask)[:, -1]  # (B, V)
     expand = torch.arange(B, device=input_ids.device).repeat_interleave(nb)  # (B*nb,)
@@ -72,7 +75,7 @@ def beam_search(
     running = torch.zeros(B, nb, device=logits.device)  # summed log-probs per beam
     running[:, 1:] = float("-inf")  # all beams start identical: let only the first one expand
     beams: list[tuple[int, ...]] = [()] * (B * nb)
-    finished = [Finished(nb, strategy.length_penalty, max_new_tokens) for _ in range(B)]
+    finished = [Finished(nb, request.length_penalty, max_new_tokens) for _ in range(B)]
     done = [False] * B
     for step in range(max_new_tokens):
         V = logits.shape[-1]
@@ -106,12 +109,12 @@ def beam_search(
             for j, s in enumerate(running[b].tolist()):
                 if s > float("-inf"):
                     finished[b].add(s, beams[b * nb + j], "length")
-    chosen = [h for f in finished for h in f.items[: strategy.num_return_sequences]]
+    chosen = [h for f in finished for h in f.items[: request.num_return_sequences]]
     width = max(len(h.tokens) for h in chosen)
     new = torch.full((len(chosen), width), pad, dtype=torch.long)
     for i, h in enumerate(chosen):
         new[i, : len(h.tokens)] = torch.tensor(h.tokens)
-    prompt = input_ids.repeat_interleave(strategy.num_return_sequences, dim=0)  # (B*n, T)
+    prompt = input_ids.repeat_interleave(request.num_return_sequences, dim=0)  # (B*n, T)
     return GenerationOutput(
         sequences=torch.cat((prompt, new.to(prompt.device)), dim=1),
         prompt_length=T,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,34 +25,28 @@ from .fast import decode_stepper, resolve_fast
 from .prompt import check_pad, check_request, prefill
 from .protocols import TokenDecoder
 from .records import REASONS, GenerationOutput
-from .sampling import Strategy, as_eos_tuple, choose
+from .request import GenerationRequest, build_request
+from .sampling import choose
 from .stopping import StopStrings
 
 
 def generate(
     model: nn.Module,
     input_ids: torch.Tensor,
+    request: GenerationRequest | None = None,
     *,
     attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    num_return_sequences: int = 1,
-    eos_token_id: int | Sequence[int] | None = None,
-    pad_token_id: int | None = None,
-    stop_strings: str | Sequence[str] | None = None,
     tokenizer: TokenDecoder | None = None,
     generator: torch.Generator | None = None,
-    seed: int | None = None,
     cache_mode: str = "static",
     fast: bool | str | None = None,
+    **settings: Any,
 ) -> GenerationOutput:
     """Continue `input_ids` (B, T) (or (T,)) by up to `max_new_tokens` tokens per row.
 
+    request: the decoding settings (a `GenerationRequest`); keywords named after its fields override it,
+    so `generate(model, ids, max_new_tokens=20, do_sample=True)` equals
+    `generate(model, ids, GenerationRequest(max_new_tokens=20, do_sample=True))`. max_new_tokens is required.
     attention_mask: (B, T), 1 = token, 0 = left padding. Both are moved to the model's device (a
     tokenizer's CPU ids can go to a GPU model); the returned tokens live there.
     eos_token_id defaults to the tokenizer's.
@@ -64,30 +59,20 @@ def generate(
     a few steps), True = force it (eager off CUDA), "compile" = force the `torch.compile`d step,
     False = off. Greedy tokens are the same either way; see `workbench.generation.fast`.
     """
-    if eos_token_id is None and tokenizer is not None:
-        eos_token_id = getattr(tokenizer, "eos_token_id", None)
-    if isinstance(stop_strings, str):
-        stop_strings = (stop_strings,)
-    strategy = Strategy(
-        do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
-        length_penalty=length_penalty, num_return_sequences=num_return_sequences,
-        eos_token_ids=as_eos_tuple(eos_token_id), stop_strings=tuple(stop_strings or ()), seed=seed,
-    )  # fmt: skip
+    request = build_request(request, settings).for_tokenizer(tokenizer)
     lm = ModelAdapter(model) if isinstance(model, nn.Module) else None
     if lm is None:
         raise GenerationError(f"generate needs a causal LM (a torch nn.Module), got {type(model).__name__}.")
-    input_ids, attention_mask = check_request(lm, input_ids, attention_mask, max_new_tokens, cache_mode)
-    if generator is not None and seed is not None:
+    input_ids, attention_mask = check_request(lm, input_ids, attention_mask, request.max_new_tokens, cache_mode)
+    if generator is not None and request.seed is not None:
         raise GenerationError("pass either seed or generator, not both.")
-    stop = StopStrings(tokenizer, strategy.stop_strings) if strategy.stop_strings else None
-    if pad_token_id is None:
-        pad_token_id = strategy.eos_token_ids[0] if strategy.eos_token_ids else 0
-    check_pad(lm, pad_token_id)
-    generator = generator if generator is not None else strategy.new_generator(input_ids.device)
-    use_fast = resolve_fast(model, fast, cache_mode, num_beams, max_new_tokens)
-    args = (lm, input_ids, attention_mask, strategy, max_new_tokens, cache_mode, pad_token_id, stop)
+    stop = StopStrings(tokenizer, request.stops) if request.stops else None
+    check_pad(lm, request.pad_id)
+    generator = generator if generator is not None else request.new_generator(input_ids.device)
+    use_fast = resolve_fast(model, fast, cache_mode, request.num_beams, request.new_tokens)
+    args = (lm, input_ids, attention_mask, request, cache_mode, stop)
     with eval_no_grad(model):
-        return beam_search(*args) if num_beams > 1 else _decode(*args, generator, use_fast)
+        return beam_search(*args) if request.num_beams > 1 else _decode(*args, generator, use_fast)
 
 
 @contextlib.contextmanager
@@ -114,16 +99,15 @@ def _decode(
     lm: ModelAdapter,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    strategy: Strategy,
-    max_new_tokens: int,
+    request: GenerationRequest,
     cache_mode: str,
-    pad: int,
     stop: StopStrings | None,
     generator: torch.Generator | None,
     fast: bool | str = False,
 ) -> GenerationOutput:
     """Greedy or sampled decoding, one token per row per forward."""
-    n = strategy.num_return_sequences
+    max_new_tokens, pad, eos_ids = request.new_tokens, request.pad_id, request.eos_ids
+    n = request.num_return_sequences
     if n > 1:  # several samples per prompt: repeat rows so each draws independently
         input_ids = input_ids.repeat_interleave(n, dim=0)  # (B*n, T)
         attention_mask = attention_mask.repeat_interleave(n, dim=0) if attention_mask is not None else None
@@ -135,12 +119,12 @@ def _decode(
     new = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)  # (B, N)
     reason = torch.zeros(B, dtype=torch.long, device=device)  # index into REASONS; 0 while running
     counts = torch.zeros(B, dtype=torch.long, device=device)
-    eos = torch.tensor(strategy.eos_token_ids, dtype=torch.long, device=device)
-    watch = bool(strategy.eos_token_ids) or stop is not None  # otherwise no early stop: never sync
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    watch = bool(eos_ids) or stop is not None  # otherwise no early stop: never sync
     steps = max_new_tokens
     for step in range(max_new_tokens):
         running = reason == 0
-        token = torch.where(running, choose(logits, strategy, generator), pad)  # (B,)
+        token = torch.where(running, choose(logits, request, generator), pad)  # (B,)
         new[:, step] = token
         counts += running.long()
         if eos.numel():

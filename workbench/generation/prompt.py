@@ -17,7 +17,8 @@ def check_request(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reject what the model's own checks cannot see; returns (B, T) ids and the mask (None if no padding)."""
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
-        raise GenerationError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
+        raise GenerationError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}; pass "
+                              "max_new_tokens=N (or a GenerationRequest that sets it).")
     if cache_mode not in CACHE_MODES:
         raise GenerationError(f"cache_mode={cache_mode!r} is unknown; use one of {CACHE_MODES}.")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() not in (1, 2) or input_ids.shape[-1] == 0:

@@ -56,7 +56,7 @@ class StepRecord:
     cache_bytes_allocated: tuple[int, ...]  # per layer, after the step
     step_time: float  # seconds (perf_counter; one device sync per step on CUDA)
     attention: torch.Tensor | None = None  # (L, H, S) float32 CPU: the new token's attention over the cache
-    finish_reason: str | None = None  # "eos" or "stop_string" when this token ended the session
+    finish_reason: str | None = None  # "eos", "stop_string" or "length" when this token ended the session
 
     @property
     def cache_total_used(self) -> int:

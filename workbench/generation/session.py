@@ -27,18 +27,20 @@ from .generate import eval_no_grad
 from .prompt import prefill
 from .protocols import TokenizerLike
 from .records import StepRecord
-from .sampling import CACHE_MODES, Strategy, as_eos_tuple, choose, entropy
+from .request import GenerationRequest, build_request
+from .sampling import CACHE_MODES, choose, entropy
 from .stopping import StopStrings
-
-_STRATEGY_KEYS = ("do_sample", "temperature", "top_k", "top_p", "seed", "eos_token_id", "stop_strings")
 
 
 class GenerationSession:
     """Stepwise generation for one prompt (batch 1), with per-step records.
 
-    strategy: do_sample, temperature, top_k, top_p, seed, eos_token_id (default: the tokenizer's;
-    None disables EOS), stop_strings. With capture_attention=True each record carries the new
-    token's attention (L, H, S); the hooks that capture it exist only during a step.
+    request: the decoding settings (a `GenerationRequest`); keywords named after its fields override it
+    (do_sample, temperature, top_k, top_p, seed, eos_token_id: default the tokenizer's, None disables
+    EOS; stop_strings; max_new_tokens: the session ends after that many, None = no limit). A session
+    decodes one sequence, so num_beams and num_return_sequences must be 1, and it pads nothing
+    (pad_token_id and length_penalty are not used). With capture_attention=True each record carries the
+    new token's attention (L, H, S); the hooks that capture it exist only during a step.
     fast: decode with the fixed-shape step (see `workbench.generation.fast`); None = on for a
     TransformerLM on CUDA with a static cache, "compile" = the `torch.compile`d step. Records
     (tokens, cache statistics) are the same; a step with attention capture on runs the plain
@@ -63,19 +65,21 @@ class GenerationSession:
         model: nn.Module,
         tokenizer: TokenizerLike,
         prompt: str | Sequence[int] | torch.Tensor,
+        request: GenerationRequest | None = None,
         *,
         capture_attention: bool = False,
         top_k_candidates: int = 10,
         cache_mode: str = "static",
         reserve: int = 64,
         fast: bool | str | None = None,
-        **strategy: Any,
+        **settings: Any,
     ) -> None:
-        unknown = sorted(set(strategy) - set(_STRATEGY_KEYS))
-        if unknown:
+        request = build_request(request, settings)
+        if request.num_beams > 1 or request.num_return_sequences > 1:
             raise GenerationError(
-                f"unknown session options {unknown}; a session decodes one sequence greedily or by sampling "
-                f"and accepts {list(_STRATEGY_KEYS)} (use workbench.generate for beam search)."
+                f"a GenerationSession decodes one sequence greedily or by sampling, got num_beams="
+                f"{request.num_beams} and num_return_sequences={request.num_return_sequences}; use 1 for both "
+                "here, or workbench.generate for beam search and several sequences."
             )
         if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
             raise GenerationError("a GenerationSession needs a tokenizer (with .encode/.decode) to show text.")
@@ -83,10 +87,7 @@ class GenerationSession:
             raise GenerationError(f"cache_mode={cache_mode!r} is unknown; use one of {CACHE_MODES}.")
         if not isinstance(top_k_candidates, int) or top_k_candidates < 1:
             raise GenerationError(f"top_k_candidates must be a positive int, got {top_k_candidates!r}.")
-        eos = strategy.pop("eos_token_id", getattr(tokenizer, "eos_token_id", None))
-        stops = strategy.pop("stop_strings", None) or ()
-        stops = (stops,) if isinstance(stops, str) else tuple(stops)
-        self.strategy = Strategy(eos_token_ids=as_eos_tuple(eos), stop_strings=stops, **strategy)
+        self.request = request.for_tokenizer(tokenizer)
         if not isinstance(model, nn.Module):
             raise GenerationError("a GenerationSession needs a causal LM (a torch nn.Module), got "
                                   f"{type(model).__name__}.")
@@ -97,7 +98,7 @@ class GenerationSession:
         self.cache_mode, self.reserve = cache_mode, max(1, int(reserve))
         self.fast = resolve_fast(model, fast, cache_mode)
         self._module_list = list(model.modules())  # scanned for training mode at every step
-        self._stop = StopStrings(tokenizer, stops) if stops else None
+        self._stop = StopStrings(tokenizer, self.request.stops) if self.request.stops else None
         self._hook_sites = pattern_sites(model) if capture_attention else []
         self._start(prompt)
 
@@ -148,7 +149,7 @@ class GenerationSession:
         start = time.perf_counter()
         with eval_no_grad(self.model, self._module_list):
             logits = self._logits  # (1, V)
-            token = choose(logits, self.strategy, self._generator)  # (1,)
+            token = choose(logits, self.request, self._generator)  # (1,)
             probs = torch.softmax(logits.float(), dim=-1)[0]  # (V,)
             top = probs.topk(min(self.top_k_candidates, probs.numel()))
             summary = torch.stack((probs[token[0]], entropy(logits)[0]))  # (2,)
@@ -160,7 +161,7 @@ class GenerationSession:
         return self._record(int(token), top, summary.tolist(), attention, elapsed)
 
     def run(self, n: int) -> list[StepRecord]:
-        """Up to `n` steps; stops early when the session finishes (EOS or a stop string)."""
+        """Up to `n` steps; stops early when the session finishes (EOS, a stop string or max_new_tokens)."""
         if not isinstance(n, int) or n <= 0:
             raise GenerationError(f"run(n) needs a positive int, got {n!r}.")
         records = []
@@ -178,7 +179,7 @@ class GenerationSession:
         self.cache.truncate(self.prompt_length)
         self._logits = self._prefill_logits
         self._generated, self._history, self.finish_reason = [], [], None
-        self._generator = self.strategy.new_generator(self._logits.device)
+        self._generator = self.request.new_generator(self._logits.device)
 
     # --- internals -----------------------------------------------------------------------------
     def _start(self, prompt: str | Sequence[int] | torch.Tensor) -> None:
@@ -197,7 +198,7 @@ class GenerationSession:
         self.prompt_attention = attention.float().cpu() if attention is not None else None
         self._prefill_logits = self._logits
         self._generated, self._history, self.finish_reason = [], [], None
-        self._generator = self.strategy.new_generator(self.lm.device)
+        self._generator = self.request.new_generator(self.lm.device)
 
     def _fill(self, ids: list[int], capacity: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A new cache of `capacity` positions (within the model's limit) holding `ids`; the last logits."""
@@ -242,10 +243,12 @@ class GenerationSession:
     def _record(self, token: int, top, summary: list[float], attention, elapsed: float) -> StepRecord:
         self._generated.append(token)
         reason: str | None = None
-        if token in self.strategy.eos_token_ids:
+        if token in self.request.eos_ids:
             reason = "eos"
         elif self._stop is not None and self._stop.hit(self._generated):
             reason = "stop_string"
+        elif len(self._generated) == self.request.max_new_tokens:
+            reason = "length"
         self.finish_reason = reason
         ids = top.indices.tolist()
         cache = self.cache

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import GenerationError
 from ..generation.protocols import TokenizerLike
+from ..generation.request import GenerationRequest
 from ..generation.session import GenerationSession
 from ..safehtml import html
 from ..viz import generation as vgen
@@ -25,21 +26,27 @@ class GenerationStepper(View):
     """Prompt box, Step / Run N / Reset; shows the text (newest token highlighted), top-k bars,
     cache bytes per layer, KV growth and the new token's attention across layers.
 
-    Extra keyword arguments go to `GenerationSession` (do_sample, temperature, top_k, seed, ...).
+    request: the decoding settings (a `GenerationRequest`); extra keyword arguments go to
+    `GenerationSession`: its own options (cache_mode, fast, ...) and fields of the request to override
+    (do_sample, temperature, seed, ...). `top_k` here is the number of candidates drawn; sampling's top-k
+    is the request's.
     """
 
     title = "Generation stepper"
 
-    def __init__(self, model: nn.Module, tokenizer: TokenizerLike, prompt: str, *, top_k: int = 10, run_n: int = 8,
+    def __init__(self, model: nn.Module, tokenizer: TokenizerLike, prompt: str,
+                 request: GenerationRequest | None = None, *, top_k: int = 10, run_n: int = 8,
                  **session_kwargs: Any) -> None:
         check_arg("model", model, isinstance(model, nn.Module), "an nn.Module (a causal language model)")
         check_arg("tokenizer", tokenizer, callable(getattr(tokenizer, "encode", None))
                   and callable(getattr(tokenizer, "decode", None)), "a tokenizer with encode and decode")
         check_arg("prompt", prompt, isinstance(prompt, str), "a string")
+        check_arg("request", request, request is None or isinstance(request, GenerationRequest),
+                  "a GenerationRequest or None")
         check_arg("top_k", top_k, is_count(top_k), "an integer >= 1")
         check_arg("run_n", run_n, is_count(run_n) and run_n <= 4096, "an integer in [1, 4096]")
         super().__init__()
-        self.model, self.tokenizer, self._kwargs = model, tokenizer, session_kwargs
+        self.model, self.tokenizer, self._request, self._kwargs = model, tokenizer, request, session_kwargs
         self.prompt = W.Textarea(value=prompt, placeholder="prompt", layout=W.Layout(width="100%", height="60px"))
         self.step_button = W.Button(description="Step", button_style="primary", icon="step-forward",
                                     tooltip="generate one token")
@@ -105,13 +112,13 @@ class GenerationStepper(View):
         self._prompt_used = prompt
         try:
             try:
-                self.session = GenerationSession(self.model, self.tokenizer, prompt, capture_attention=True,
-                                                 top_k_candidates=self._top_k, **self._kwargs)
+                self.session = GenerationSession(self.model, self.tokenizer, prompt, self._request,
+                                                 capture_attention=True, top_k_candidates=self._top_k, **self._kwargs)
             except GenerationError as err:
                 if "capture_attention" not in str(err):
                     raise
-                self.session = GenerationSession(self.model, self.tokenizer, prompt, capture_attention=False,
-                                                 top_k_candidates=self._top_k, **self._kwargs)
+                self.session = GenerationSession(self.model, self.tokenizer, prompt, self._request,
+                                                 capture_attention=False, top_k_candidates=self._top_k, **self._kwargs)
             self.messages.children = []
         except GenerationError as err:
             self.session = None
