@@ -82,13 +82,14 @@ FAMILIES = tuple(SPECS)
 EAGER_ONLY = {"bloom", "gemma2", "gpt_neo", "mpt"}  # families without an SDPA path in transformers
 
 
-def build(name: str, seed: int = 0, attn: str = "sdpa") -> torch.nn.Module:
+def build(name: str, seed: int = 0, attn: str = "sdpa", **fields: Any) -> torch.nn.Module:
     """The family's tiny causal LM in eval mode, float32, with `attn` as its attention implementation
-    ("sdpa" falls back to "eager" for the families that have no SDPA path)."""
+    ("sdpa" falls back to "eager" for the families that have no SDPA path); `fields` sets more config
+    fields (use_cache=False, return_dict=False)."""
     import transformers
 
     config_cls, model_cls, sizes = SPECS[name]
-    config = getattr(transformers, config_cls)(**COMMON, **sizes)
+    config = getattr(transformers, config_cls)(**COMMON, **sizes, **fields)
     config._attn_implementation = "eager" if name in EAGER_ONLY else attn
     torch.manual_seed(seed)
     return getattr(transformers, model_cls)(config).eval()

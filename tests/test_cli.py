@@ -132,3 +132,66 @@ def test_ctrl_c_exits_130(monkeypatch, capsys):
     monkeypatch.setattr(commands, "resolve_model", interrupted)
     assert main(["trace", "tiny", "--prompt", "x"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+# --- an output file that cannot be written is bad input (exit 2) naming the path, not a bug ----------------
+WRITERS = {  # command -> (its arguments before the output option, the option)
+    "report": (["report", "tiny", "--prompt", "the cat sat"], "--out"),
+    "compare": (["compare", "tiny", "tiny"], "--html"),
+}
+
+
+def _unwritable(tmp_path, kind):
+    """(path, reason) for each way an output path cannot be written, even as root."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where a folder should be")
+    (tmp_path / "taken.html").mkdir()
+    return {
+        "under-a-file": (blocker / "out.html", f"{blocker} is a file, not a directory"),
+        "missing-folder-under-a-file": (blocker / "missing" / "out.html", f"{blocker} is a file, not a directory"),
+        "a-directory": (tmp_path / "taken.html", "it is a directory"),
+        "name-too-long": (tmp_path / ("x" * 300 + ".html"), "File name too long"),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["under-a-file", "missing-folder-under-a-file", "a-directory", "name-too-long"])
+@pytest.mark.parametrize("command", WRITERS)
+def test_an_unwritable_output_path_is_refused_before_a_model_loads(command, kind, tmp_path, monkeypatch, capsys):
+    import workbench.cli_commands as commands
+
+    def no_model(spec, device=None):
+        raise RuntimeError("a model was loaded before the output path was checked")
+
+    monkeypatch.setattr(commands, "resolve_model", no_model)
+    path, reason = _unwritable(tmp_path, kind)
+    argv, option = WRITERS[command]
+    assert main([*argv, option, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"workbench {command}: error: cannot write {option} {path}: {reason};" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_output_folder_is_created(tmp_path, capsys):
+    out = tmp_path / "new" / "folder" / "report.html"
+    assert main(["report", "tiny", "--prompt", "the cat sat", "--out", str(out)]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>") and f"wrote {out}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_a_write_that_fails_is_bad_input(command, tmp_path, monkeypatch, capsys):
+    """A failure no check can foresee (a full disk) while the file is written: exit 2 with the path and reason."""
+    import errno
+
+    import workbench.viz.report as report
+    from workbench.compare.comparison import Comparison
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "report_html", full_disk)
+    monkeypatch.setattr(Comparison, "save_html", full_disk)
+    out = tmp_path / "out.html"
+    argv, option = WRITERS[command]
+    assert main([*argv, option, str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"workbench {command}: error: cannot write {option} {out}: No space left on device;" in err

@@ -3,15 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import InputError, LoadError, WorkbenchError
+from .errors import InputError, LoadError, OutputPathError, WorkbenchError
 from .model.placement import module_device
 
 NAMED_MODELS = ("smollm2", "tiny")
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file a command writes (`report --out`, `compare --html`). `checked` refuses a path that cannot be
+    written before any model is loaded; `write` turns an OSError of the write itself (a full disk) into an
+    OutputPathError too. Either is bad input, exit code 2, with the path and the reason."""
+
+    option: str  # the command-line option that named it
+    path: Path
+
+    @classmethod
+    def checked(cls, option: str, text: str) -> OutputFile:
+        out = cls(option, Path(text).expanduser())
+        try:
+            problem = out._problem()
+        except OSError as exc:  # a name the system refuses outright (too long, ...)
+            problem = exc.strerror or str(exc)
+        if problem:
+            raise out._error(problem)
+        return out
+
+    def _problem(self) -> str | None:
+        """Why the file cannot be written, or None. Missing folders are fine: the writers create them."""
+        if self.path.is_dir():
+            return "it is a directory"
+        folder = self.path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            return f"{folder} is a file, not a directory"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"permission denied in {folder}"
+        return None
+
+    def write(self, writer: Callable[[Path], Path]) -> Path:
+        try:
+            return writer(self.path)
+        except OSError as exc:
+            raise self._error(exc.strerror or str(exc)) from exc
+
+    def _error(self, reason: str) -> OutputPathError:
+        return OutputPathError(f"cannot write {self.option} {self.path}: {reason}; give a file path in a folder "
+                               "you can write to.")
 
 
 def resolve_model(spec: str, device: str | None = None) -> tuple[torch.nn.Module, Any]:
@@ -69,13 +116,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .capture import trace
     from .viz.report import report_html
 
+    out_file = OutputFile.checked("--out", args.out)
     model, tokenizer = resolve_model(args.path, args.device)
     ids = encode_prompt(tokenizer, args.prompt, _device(model))
     with trace(model, memory=True, attention=True, gradients=True) as tr:
         logits = model(ids)
         logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).mean().neg().backward()
     model.zero_grad(set_to_none=True)
-    out = report_html(tr, args.out, tokens=tokenizer.token_strings(ids[0]))
+    out = out_file.write(lambda path: report_html(tr, path, tokens=tokenizer.token_strings(ids[0])))
     print(f"wrote {out}")
     return 0
 
@@ -106,10 +154,11 @@ def resolve_reference(spec: str, device: str | None = None) -> torch.nn.Module:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
+    html = OutputFile.checked("--html", args.html) if args.html else None
     result = compare(resolve_reference(args.reference, args.device), resolve_reference(args.candidate, args.device))
     print(result.summary())
-    if args.html:
-        print(f"wrote {result.save_html(args.html)}")
+    if html is not None:
+        print(f"wrote {html.write(result.save_html)}")
     return 0 if result.equivalent else 1
 
 

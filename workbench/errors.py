@@ -18,6 +18,11 @@ class InputError(WorkbenchError, ValueError):
     """A model input is malformed: ids out of range, wrong dtype, bad mask, too long."""
 
 
+class OutputPathError(WorkbenchError, ValueError):
+    """A file the workbench was asked to write cannot be written at that path (a directory there, a file where
+    a folder should be, no permission, a full disk)."""
+
+
 class LoadError(WorkbenchError):
     """Weights or a tokenizer could not be loaded."""
 

@@ -103,3 +103,54 @@ def test_every_registered_check_is_in_the_catalogue_and_places_are_declared():
     with pytest.raises(DoctorError, match="already registered"):
         check("config", order=10_000, pitfall="p", fix="f")
     assert "unplaced" not in doctor_pkg.CHECKS and "second_leak" not in doctor_pkg.CHECKS
+
+
+@pytest.fixture
+def registered_at_run_time():
+    """A check registered after the doctor was imported (as a plug-in or a notebook registers one), removed after."""
+    import workbench.doctor as doctor_pkg
+    from workbench.doctor.registry import Result, check
+
+    name = "vocabulary_is_even"
+    assert name not in doctor_pkg.CHECK_NAMES
+
+    def vocabulary_is_even(ctx):
+        V = ctx.adapter.vocab_size
+        return Result("pass" if V % 2 == 0 else "warn", f"the vocabulary holds {V} ids", {"vocab_size": V})
+
+    order = max(c.order for c in doctor_pkg.CHECKS.values()) + 1
+    check(name, order=order, pitfall="an odd vocabulary", fix="pad it to an even size")(vocabulary_is_even)
+    try:
+        yield name
+    finally:
+        doctor_pkg.unregister(name)
+
+
+def test_a_check_registered_after_import_is_validated_selected_and_run(registered_at_run_time):
+    import workbench.doctor as doctor_pkg
+
+    name = registered_at_run_time
+    assert doctor_pkg.catalogue()[-1] == name and doctor_pkg.CHECK_NAMES[-1] == name  # last by its place
+    report = diagnose(TransformerLM(ModelConfig.preset("tiny")), checks=[name, "config"], progress=False)
+    assert [f.check for f in report] == ["config", name]
+    finding = report[name]
+    assert (finding.status, finding.summary, finding.evidence) == ("pass", "the vocabulary holds 256 ids",
+                                                                   {"vocab_size": 256})
+    assert (finding.pitfall, finding.fix) == ("an odd vocabulary", "pad it to an even size")
+    with pytest.raises(DoctorError, match="unknown check name"):  # unknown names are still refused
+        diagnose(TransformerLM(ModelConfig.preset("tiny")), checks=[name, "flux_capacitor"], progress=False)
+
+
+def test_an_unregistered_check_is_unknown_again(registered_at_run_time):
+    import workbench.doctor as doctor_pkg
+
+    name = registered_at_run_time
+    spec = doctor_pkg.unregister(name)
+    try:
+        assert spec.name == name and name not in doctor_pkg.catalogue()
+        with pytest.raises(DoctorError, match=f"unknown check name.*{name}"):
+            diagnose(TransformerLM(ModelConfig.preset("tiny")), checks=[name], progress=False)
+        with pytest.raises(DoctorError, match="no doctor check named"):
+            doctor_pkg.unregister(name)
+    finally:
+        doctor_pkg.CHECKS[name] = spec  # the fixture removes it

@@ -37,9 +37,14 @@ META = {  # key (without the "llama." prefix) -> (writer method, value)
 }
 
 
-def write(path, model, *, meta=None, tokens=None, eos=2, merges=None, types=None):
-    """`model` as a llama GGUF; `meta` overrides `{arch}.*` values (a value's Python type picks its GGUF type)."""
+def write(path, model, *, meta=None, tokens=None, eos=2, merges=None, types=None, architecture=None):
+    """`model` as a llama GGUF; `meta` overrides `{arch}.*` values (a value's Python type picks its GGUF type);
+    `architecture` replaces general.architecture by (value, GGUF type[, item type]), or () leaves it out."""
     w = gguf.GGUFWriter(str(path), "llama")
+    if architecture is not None:
+        del w.kv_data[0]["general.architecture"]
+        if architecture:
+            w.add_key_value("general.architecture", *architecture)
     for key, value in {**META, **(meta or {})}.items():
         w.add_key_value(f"llama.{key}", value, _kind(value))
     w.add_tokenizer_model("gpt2")
@@ -108,6 +113,39 @@ def test_metadata_checked_before_building(model, tmp_path, meta, error, words):
         load_gguf(path)
     assert isinstance(outcome.error, error), outcome.error
     assert words in str(outcome.error)
+
+
+V = gguf.GGUFValueType
+
+
+@pytest.mark.parametrize(
+    "architecture, words",
+    [
+        ((b"\xff\xfe\x80ama", V.STRING), "'general.architecture' holds bytes that are not UTF-8 text"),
+        (("", V.STRING), "general.architecture is str ''"),
+        ((7, V.UINT32), "general.architecture is int 7"),
+        ((["llama"], V.ARRAY, V.STRING), "general.architecture is list ['llama']"),
+        ((), "general.architecture is missing"),
+    ],
+    ids=["garbage-bytes", "empty", "integer", "list", "missing"],
+)
+def test_damaged_architecture_name(model, tmp_path, architecture, words):
+    """Regression: a missing name matched a family that reads no GGUF files and reached an assert; bytes that
+    are not UTF-8 raised UnicodeDecodeError. Every path that reads the name refuses it the same way."""
+    path = write(tmp_path / "m.gguf", model, architecture=architecture)
+    for load in (load_gguf, lambda p: config_from_gguf(open_gguf(p)), wb.load_pretrained):
+        with contract() as outcome:
+            load(path)
+        assert isinstance(outcome.error, CorruptFileError), outcome.error
+        assert words in str(outcome.error) and "download or convert it again" in str(outcome.error)
+
+
+def test_tokenizer_text_that_is_not_utf8(model, tmp_path):
+    path = write(tmp_path / "m.gguf", model, tokens=["a", b"\xc3(", *(f"t{i}" for i in range(2, 32))])
+    with contract() as outcome:
+        tokenizer_from_gguf(path)
+    assert isinstance(outcome.error, CorruptFileError), outcome.error
+    assert "'tokenizer.ggml.tokens' holds bytes that are not UTF-8 text" in str(outcome.error)
 
 
 def test_eos_outside_the_vocabulary(model, tmp_path):

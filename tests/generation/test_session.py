@@ -98,6 +98,23 @@ def test_reset_rewinds_and_replays(tiny, chars):
     assert len(session.history) == 0
 
 
+def test_a_reset_that_cannot_make_its_cache_leaves_a_session_that_says_so(tiny, chars, monkeypatch):
+    session = GenerationSession(tiny, chars, PROMPT)
+
+    def out_of_memory(*_args, **_kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(session.lm, "new_cache", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        session.reset("abc")
+    for use in (lambda: session.cache, session.step):  # an error that says what to do, not an AssertionError
+        with pytest.raises(GenerationError, match=r"the session has no cache: the last reset\(prompt\) failed"):
+            use()
+    monkeypatch.undo()
+    session.reset("abc")
+    assert session.cache.length == 3 and session.step().position == 3
+
+
 def test_cache_grows_past_its_reserve_without_changing_tokens(tiny, chars):
     small = GenerationSession(tiny, chars, PROMPT, reserve=2)
     big = GenerationSession(tiny, chars, PROMPT, reserve=64)

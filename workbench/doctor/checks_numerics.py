@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -11,124 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture import trace
-from ..lm.observe import SdpaCall, watch_attention
-from .probes import observe
+from .attention_scores import STRESS, attention_calls
 from .registry import Context, Result, check, na
-from .scale import declared_ratio, fit_scale, prescale
+from .scale import declared_ratio
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
-FP16_MIN = float(torch.finfo(torch.float16).min)
-STRESS = 8.0  # attention inputs are multiplied by this: "large activations" (scores grow STRESS**2)
-
-
-def _attention_calls(ctx: Context, ids: torch.Tensor, scale_inputs: set[int] | None = None,
-                     dtype: torch.dtype | None = None) -> tuple[dict[str, dict[str, Any]], torch.Tensor]:
-    """Run a forward, watching attention: per module -> {max_score, nonfinite, scale_ratio, ...}; also the logits.
-
-    scale_ratio is the softmax input's scale relative to q.k/sqrt(D) of the q and k projections (see `scale`),
-    None when it cannot be measured. scale_inputs: ids of modules whose first floating input is multiplied
-    by STRESS. dtype: run under autocast to this dtype (the device's autocast), else in the model's dtype.
-    """
-    seen: dict[str, dict[str, Any]] = {}
-    handles = []
-    products: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module -> operands of its last q @ k^T
-    # module with weights -> its output in this forward (projection candidates): leaves, and the modules around
-    # them, whose output may be the one the attention receives (StableLM's per-head q/k norms, a ModuleList)
-    outputs: dict[str, torch.Tensor] = {}
-
-    def on_call(stack, func, args, kwargs, result) -> None:  # noqa: ANN001
-        if func in MATMULS and isinstance(result, torch.Tensor) and result.dim() in (3, 4):
-            ops = [x for x in (*args, kwargs.get("batch1"), kwargs.get("batch2")) if isinstance(x, torch.Tensor)]
-            if len(ops) >= 2:
-                products[stack.current] = (ops[-2], ops[-1])  # baddbmm(bias, q, k^T): the last two
-
-    def sources(owner: str) -> list[torch.Tensor]:
-        """Outputs of the modules inside `owner`, else inside its parent (projections may sit there)."""
-        for scope in (owner, owner.rsplit(".", 1)[0] if "." in owner else None):
-            if scope is not None:
-                found = [t for n, t in outputs.items() if n.startswith(scope + ".")]
-                if found:
-                    return found
-        return []
-
-    def measure(owner: str, q: torch.Tensor, k: torch.Tensor, post: float | None) -> dict[str, Any]:
-        """Score scale relative to 1/sqrt(D) given the attention call's own factor `post`; q (B, H, T, D),
-        k (B, K, S, D) as the call received them."""
-        cands = sources(owner)
-        cq, ck = prescale(q, cands), prescale(k, cands)
-        ratio = None
-        if post is not None and cq is not None and ck is not None:
-            ratio = post * cq * ck * math.sqrt(q.shape[-1])
-        return {"scale_ratio": ratio, "head_dim": q.shape[-1], "call_scale": post, "q_prescale": cq,
-                "k_prescale": ck}
-
-    def note(module: str, scores: torch.Tensor, probs: torch.Tensor | None, scale: dict[str, Any]) -> None:
-        entry = seen.setdefault(module, {"max_score": 0.0, "nonfinite": 0, "scale_ratio": None})
-        if entry["scale_ratio"] is None:
-            entry.update(scale)
-        # not the mask values: -inf, a float32 or bfloat16 minimum (below -1e30), or float16's minimum exactly,
-        # which GPT-Neo writes into scores that a float32 mask then turns into float32
-        finite = scores[torch.isfinite(scores) & (scores > -1e30) & (scores != FP16_MIN)]
-        if finite.numel():
-            entry["max_score"] = max(entry["max_score"], float(finite.abs().max()))
-        overflow = int((scores == float("inf")).sum())  # +inf scores: overflow (-inf is a mask)
-        entry["nonfinite"] += overflow + (int((~torch.isfinite(probs)).sum()) if probs is not None else 0)
-
-    class Listener:  # attention events of the observation layer, attributed to the running module
-        def on_softmax(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
-            owner, scores = stack.current, scores.detach().float()
-            scale: dict[str, Any] = {"scale_ratio": None}
-            operands = products.get(owner)
-            if operands is not None and operands[0].numel() * scores.shape[-1] == (
-                    scores.numel() * operands[0].shape[-1]):
-                B, H, T, S = scores.shape
-                q, k_t = operands
-                q4 = q.reshape(B, H, T, -1)  # (B, H, T, D), also from bmm's (B*H, T, D)
-                k4 = k_t.reshape(B, H, -1, S).transpose(-2, -1)  # (B, H, S, D)
-                scale = measure(owner, q4, k4, fit_scale(scores, q4, k_t))
-            note(owner, scores, probs, scale)
-
-        on_folded_softmax = on_softmax  # (N, 1, T, T): q and k are (N, T, D), one head per row
-
-        def on_sdpa(self, call: SdpaCall) -> None:
-            q = call.query if call.query.dim() == 4 else call.query.unsqueeze(1)
-            k = call.key if call.key.dim() == 4 else call.key.unsqueeze(1)
-            note(stack.current, call.scores(), call.output, measure(stack.current, q, k, call.effective_scale))
-
-    def amplify(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        arg_list, kwargs = list(args), dict(kwargs)
-        container: Any  # the positional list, then the keyword dict
-        for container, keys in ((arg_list, range(len(arg_list))), (kwargs, list(kwargs))):
-            for k in keys:
-                if isinstance(container[k], torch.Tensor) and container[k].is_floating_point():
-                    container[k] = container[k] * STRESS
-                    return tuple(arg_list), kwargs
-        return tuple(arg_list), kwargs
-
-    def keep_output(name: str) -> Any:
-        def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
-            if isinstance(out, torch.Tensor) and out.is_floating_point():
-                outputs[name] = out.detach()
-        return hook
-
-    try:
-        for name, m in ctx.model.named_modules():
-            if scale_inputs and id(m) in scale_inputs:
-                handles.append(m.register_forward_pre_hook(amplify, with_kwargs=True))
-            if not scale_inputs and name and next(m.parameters(), None) is not None:
-                handles.append(m.register_forward_hook(keep_output(name)))
-        device = ctx.adapter.device.type
-        cast = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with torch.no_grad(), cast, observe(ctx.model, on_call) as stack, watch_attention(Listener()):
-            logits = ctx.adapter.logits(ids, allow_nonfinite=True)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen, logits
-
-
-MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.baddbmm,
-           torch.Tensor.baddbmm}
 
 
 @check(
@@ -141,7 +27,7 @@ MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm
 def score_overflow(ctx: Context) -> Result:
     a = ctx.adapter
     ids = ctx.ids(1, 8, salt=11)
-    baseline, plain = _attention_calls(ctx, ids)
+    baseline, plain = attention_calls(a, ids)
     if not bool(torch.isfinite(plain).all()):
         return na("the logits are non-finite even without stress; see the `nonfinite` check.")
     if not baseline:
@@ -152,7 +38,7 @@ def score_overflow(ctx: Context) -> Result:
     targets = {id(names[n]) for n in baseline if n in names}
     half = torch.float16 if a.dtype == torch.float32 else a.dtype
     try:
-        stressed, logits = _attention_calls(ctx, ids, targets, half)
+        stressed, logits = attention_calls(a, ids, targets, half)
     except RuntimeError as err:  # an op without a half-precision kernel on this device
         return na(f"the model cannot run under {half} autocast here: {err}"[:200])
     worst = max(stressed, key=lambda n: (stressed[n]["nonfinite"], stressed[n]["max_score"]))

@@ -8,6 +8,9 @@ not `kv_cache`; a model without a `position_ids` argument fails both, since they
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 
 from .checks_masking import _first_module, _positions
@@ -29,92 +32,127 @@ def _arange(start: int, stop: int, device: torch.device) -> torch.Tensor:
 )
 def positions(ctx: Context) -> Result:
     ctx.require_deterministic()
-    a = ctx.adapter
-    T, P = 8, 5
-    ids = ctx.ids(1, T, salt=6)
-    full = a.logits(ids)  # (1, T, V)
-    tol = a.tolerance(full)
-    if a.supports_positions:
-        # Stretching the position ids (0, 2, 4, ...) changes every distance, so any applied position
-        # scheme, absolute or rotary, changes the logits after position 0.
-        stretched = a.logits(ids, positions=2 * _arange(0, T, a.device))
-        moved = max_delta(full[:, 1:], stretched[:, 1:])[0]
-        evidence = {"stretched_position_ids_delta": moved, "tolerance": tol}
-        how = f"logits move by {moved:.3g}"
-        if not moved > tol:
-            # position_ids may be ignored by design (ALiBi and other relative schemes take positions from
-            # the mask): whether the first block sees token order at all is what decides.
-            probe = _first_block_reordering(a, ids)
-            if probe is None:
-                return na("position ids 0,2,4,... give the same logits as 0,1,2,..., and the model's blocks (an "
-                          "nn.ModuleList or nn.Sequential) could not be found to test whether positions come from "
-                          "elsewhere.")
-            reordered, block_tol = probe
-            evidence.update(position_ids_used=False, first_block_reordered_delta=Within(reordered, block_tol),
-                            first_block_tolerance=block_tol)
-            if not reordered > block_tol:
-                return Result("fail", f"position ids 0,2,4,... give the same logits as 0,1,2,..., and the first "
-                              f"block's output at the last token ignores the order of the tokens before it (max "
-                              f"|delta| {format_value(Within(reordered, block_tol))}): positions are not applied.",
-                              evidence)
-            how = (f"position_ids are ignored, but reversing the earlier tokens moves the first block's output at "
-                   f"the last token by {reordered:.3g}: a relative scheme such as ALiBi")
-    else:
-        # Without a position_ids argument, the permutation probe decides for any scheme (absolute, rotary,
-        # ALiBi): does the first block's output at the last token depend on the order of the tokens before it?
-        probe = _first_block_reordering(a, ids)
-        if probe is not None:
-            reordered, block_tol = probe
-            evidence = {"first_block_reordered_delta": Within(reordered, block_tol), "first_block_tolerance": block_tol,
-                        "tolerance": tol}
-            if not reordered > block_tol:
-                return Result("fail", f"the first block's output at the last token ignores the order of the tokens "
-                              f"before it (reversing them moves it by {format_value(Within(reordered, block_tol))}): "
-                              "positions are not applied.", evidence)
-            how = f"reversing the earlier tokens moves the first block's output at the last token by {reordered:.3g}"
-        else:
-            # No blocks to probe: repeat one token. Models without positions compute the same thing at every
-            # position; so do rotary models (values carry no position), hence only a warning.
-            token = ctx.ids(1, 1, salt=5)
-            const = a.logits(token.expand(1, T).contiguous())  # (1, T, V)
-            moved = max_delta(const, const[:, :1].expand_as(const))[0]
-            evidence = {"constant_input_spread": moved, "tolerance": tol}
-            if not moved > tol:
-                return Result("warn", f"one token repeated gives the same logits at every position (spread "
-                              f"{moved:.1e}): positions are not applied, or are rotary; accept position_ids, or keep "
-                              "the blocks in an nn.ModuleList or nn.Sequential, to test this fully.", evidence)
-            how = f"logits move by {moved:.3g}"
-    if a.cache_style is None:
-        return Result("pass", f"positions are applied ({how}); no cache to test continuation with.", evidence)
-    _, state = a.cached(ids[:, :P], max_len=T)
-    worst, at = -1.0, -1
-    for t in range(P, T):
-        step, state = a.cached(ids[:, t : t + 1], state, max_len=T)  # positions left to the model
-        delta = max_delta(full[:, t : t + 1], step)[0]
-        if not delta <= worst:
-            worst, at = delta, t
-    evidence["cached_decode_delta"] = Within(worst, tol)
-    if not worst <= tol:
-        evidence["at_position"] = at
-    if not worst <= tol and a.supports_positions and not _explicit_decode_ok(a, ids, P, full, tol):
-        evidence["continuation_judged"] = False
-        return Result("pass", f"positions are applied ({how}); continuation past the cache "
-                      "is not judged because cached decoding is wrong even with explicit position ids (see "
-                      "`kv_cache`).", evidence)
-    if not worst <= tol:
-        def decode_to_at() -> None:  # the last call is the step at `at`: its outputs are what is compared
-            _, state = a.cached(ids[:, :P], max_len=T)
-            for t in range(P, at + 1):
-                _, state = a.cached(ids[:, t : t + 1], state, max_len=T)
+    return _PositionsProbe(ctx).run()
 
-        where = _first_module(ctx, lambda: a.logits(ids), decode_to_at,
+
+class _PositionsProbe:
+    """The `positions` check on one prompt of T tokens: are positions applied at all, then (with a cache) do they
+    continue past a prefill of P tokens. Each step of the first part returns how positions are applied, or the
+    verdict that ends the check; `evidence` gathers what the steps measured."""
+
+    T, P = 8, 5
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx, self.a = ctx, ctx.adapter
+        self.ids = ctx.ids(1, self.T, salt=6)
+        self.full = self.a.logits(self.ids)  # (1, T, V)
+        self.tol = self.a.tolerance(self.full)
+        self.evidence: dict[str, Any] = {}
+
+    def run(self) -> Result:
+        how = self._stretched() if self.a.supports_positions else self._reordered()
+        if isinstance(how, Result):
+            return how
+        if self.a.cache_style is None:
+            return Result("pass", f"positions are applied ({how}); no cache to test continuation with.", self.evidence)
+        return self._continuation(how)
+
+    # --- are positions applied ------------------------------------------------------------------
+    def _stretched(self) -> str | Result:
+        """Stretching the position ids (0, 2, 4, ...) changes every distance, so any applied position scheme,
+        absolute or rotary, changes the logits after position 0."""
+        a = self.a
+        stretched = a.logits(self.ids, positions=2 * _arange(0, self.T, a.device))
+        moved = max_delta(self.full[:, 1:], stretched[:, 1:])[0]
+        self.evidence = {"stretched_position_ids_delta": moved, "tolerance": self.tol}
+        return f"logits move by {moved:.3g}" if moved > self.tol else self._position_ids_ignored()
+
+    def _position_ids_ignored(self) -> str | Result:
+        """position_ids may be ignored by design (ALiBi and other relative schemes take positions from the mask):
+        whether the first block sees token order at all is what decides."""
+        probe = _first_block_reordering(self.a, self.ids)
+        if probe is None:
+            return na("position ids 0,2,4,... give the same logits as 0,1,2,..., and the model's blocks (an "
+                      "nn.ModuleList or nn.Sequential) could not be found to test whether positions come from "
+                      "elsewhere.")
+        reordered, block_tol = probe
+        self.evidence.update(position_ids_used=False, first_block_reordered_delta=Within(reordered, block_tol),
+                             first_block_tolerance=block_tol)
+        if not reordered > block_tol:
+            return Result("fail", f"position ids 0,2,4,... give the same logits as 0,1,2,..., and the first "
+                          f"block's output at the last token ignores the order of the tokens before it (max "
+                          f"|delta| {format_value(Within(reordered, block_tol))}): positions are not applied.",
+                          self.evidence)
+        return (f"position_ids are ignored, but reversing the earlier tokens moves the first block's output at "
+                f"the last token by {reordered:.3g}: a relative scheme such as ALiBi")
+
+    def _reordered(self) -> str | Result:
+        """Without a position_ids argument, the permutation probe decides for any scheme (absolute, rotary,
+        ALiBi): does the first block's output at the last token depend on the order of the tokens before it?"""
+        probe = _first_block_reordering(self.a, self.ids)
+        if probe is None:
+            return self._repeated_token()
+        reordered, block_tol = probe
+        self.evidence = {"first_block_reordered_delta": Within(reordered, block_tol),
+                         "first_block_tolerance": block_tol, "tolerance": self.tol}
+        if not reordered > block_tol:
+            return Result("fail", f"the first block's output at the last token ignores the order of the tokens "
+                          f"before it (reversing them moves it by {format_value(Within(reordered, block_tol))}): "
+                          "positions are not applied.", self.evidence)
+        return f"reversing the earlier tokens moves the first block's output at the last token by {reordered:.3g}"
+
+    def _repeated_token(self) -> str | Result:
+        """No blocks to probe: repeat one token. Models without positions compute the same thing at every
+        position; so do rotary models (values carry no position), hence only a warning."""
+        token = self.ctx.ids(1, 1, salt=5)
+        const = self.a.logits(token.expand(1, self.T).contiguous())  # (1, T, V)
+        moved = max_delta(const, const[:, :1].expand_as(const))[0]
+        self.evidence = {"constant_input_spread": moved, "tolerance": self.tol}
+        if not moved > self.tol:
+            return Result("warn", f"one token repeated gives the same logits at every position (spread "
+                          f"{moved:.1e}): positions are not applied, or are rotary; accept position_ids, or keep "
+                          "the blocks in an nn.ModuleList or nn.Sequential, to test this fully.", self.evidence)
+        return f"logits move by {moved:.3g}"
+
+    # --- do they continue past the cache --------------------------------------------------------
+    def _continuation(self, how: str) -> Result:
+        worst, at = self._cached_decode_delta()
+        evidence = self.evidence
+        evidence["cached_decode_delta"] = Within(worst, self.tol)
+        if worst <= self.tol:
+            return Result("pass", f"positions are applied ({how}) and continue past the cache.", evidence)
+        evidence["at_position"] = at
+        if self.a.supports_positions and not _explicit_decode_ok(self.a, self.ids, self.P, self.full, self.tol):
+            evidence["continuation_judged"] = False
+            return Result("pass", f"positions are applied ({how}); continuation past the cache "
+                          "is not judged because cached decoding is wrong even with explicit position ids (see "
+                          "`kv_cache`).", evidence)
+        where = _first_module(self.ctx, lambda: self.a.logits(self.ids), functools.partial(self._decode_to, at),
                               lambda t: t[:, at : at + 1], lambda t: t[:, -1:])  # position `at` of each
         evidence.update(where)
         return Result("fail", f"decoding with a cache, without explicit position ids, moves the logits at position "
                       f"{at} by {worst:.3g}: positions do not continue from the cache length"
                       + (f"; the first output to differ is {where['first_module']}'s." if where else "."), evidence)
-    return Result("pass", f"positions are applied ({how}) and continue past the cache.",
-                  evidence)
+
+    def _cached_decode_delta(self) -> tuple[float, int]:
+        """The largest |delta| from the full recompute over cached steps after the prefill, positions left to the
+        model, and the position where it is."""
+        a, ids, T = self.a, self.ids, self.T
+        _, state = a.cached(ids[:, : self.P], max_len=T)
+        worst, at = -1.0, -1
+        for t in range(self.P, T):
+            step, state = a.cached(ids[:, t : t + 1], state, max_len=T)
+            delta = max_delta(self.full[:, t : t + 1], step)[0]
+            if not delta <= worst:
+                worst, at = delta, t
+        return worst, at
+
+    def _decode_to(self, at: int) -> None:
+        """The prefill, then cached steps up to `at`: the last call's outputs are what is compared."""
+        a, ids, T = self.a, self.ids, self.T
+        _, state = a.cached(ids[:, : self.P], max_len=T)
+        for t in range(self.P, at + 1):
+            _, state = a.cached(ids[:, t : t + 1], state, max_len=T)
 
 
 def _first_block_reordering(a, ids: torch.Tensor) -> tuple[float, float] | None:  # noqa: ANN001

@@ -1,4 +1,8 @@
-"""`diagnose(model)`: run every check (or a chosen few) and collect the findings in a `Report`."""
+"""`diagnose(model)`: run every check (or a chosen few) and collect the findings in a `Report`.
+
+The checks are read from the registry when `diagnose` is called, so one registered after import (a plug-in,
+a notebook's own) is validated, selected and run like the built-in ones.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,10 @@ from ..errors import DoctorError, InputError, ModelContractError
 from ..lm import ModelAdapter
 from ..model.placement import resolve_device
 from . import checks_config, checks_generation, checks_masking, checks_numerics, checks_positions, checks_structure
-from .registry import CHECKS, Context, Result, catalogue
+from .registry import CHECKS, Check, Context, Result, catalogue
 from .report import Finding, Report
 
 _MODULES = (checks_config, checks_generation, checks_masking, checks_numerics, checks_positions, checks_structure)
-
-CHECK_NAMES = catalogue()  # every check the modules above register, in the order they declare
 
 
 def diagnose(
@@ -37,7 +39,7 @@ def diagnose(
     model: a workbench `TransformerLM`, a HF causal LM, or any module whose forward(input_ids (B, T),
     attention_mask=None) returns logits (B, T, V) or an object with `.logits`.
     tokenizer: optional; used for its vocabulary size and pad id.
-    checks: names from `CHECK_NAMES` (default: all), run in catalogue order.
+    checks: names from `catalogue()` (default: all), run in catalogue order.
     device: run the probes there (the model is moved, then moved back); default: the model's device.
     The model runs in eval mode (train/eval flags of every module are restored afterwards); probes
     are small (B <= 3, T <= 16) and seeded by `seed`, so a report is reproducible; the global RNG
@@ -48,7 +50,7 @@ def diagnose(
     """
     if not isinstance(model, nn.Module):
         raise DoctorError(f"diagnose needs a torch nn.Module, got {type(model).__name__}.")
-    names = _select(checks)
+    selected = _select(checks)
     if device is not None:
         try:
             device = resolve_device(device)  # refused before anything moves
@@ -57,13 +59,13 @@ def diagnose(
         if device.type == "meta":
             raise DoctorError("diagnose: device='meta' holds no values, so no probe can run there; use 'cpu' or a GPU.")
     if not is_distributed():
-        return _diagnose(model, tokenizer, names, device, seed, progress)
+        return _diagnose(model, tokenizer, selected, device, seed, progress)
     inner, wrapper = unwrap(model)
-    return run_on_main(lambda main: _diagnose(inner, tokenizer, names, device, seed, progress and main),
+    return run_on_main(lambda main: _diagnose(inner, tokenizer, selected, device, seed, progress and main),
                        every_rank=wrapper == "fsdp2")
 
 
-def _diagnose(model: nn.Module, tokenizer: Any, names: list[str], device: torch.device | str | None,
+def _diagnose(model: nn.Module, tokenizer: Any, selected: list[Check], device: torch.device | str | None,
               seed: int, progress: bool) -> Report:
     modes = [(m, m.training) for m in model.modules()]
     home = next(model.parameters(), torch.empty(0)).device
@@ -78,7 +80,7 @@ def _diagnose(model: nn.Module, tokenizer: Any, names: list[str], device: torch.
             torch.manual_seed(seed)
             ctx = Context(ModelAdapter(model, tokenizer), seed=seed)
             _first_probe(ctx)
-            findings = [_run(name, ctx) for name in tqdm(names, desc="doctor", disable=not progress, leave=False)]
+            findings = [_run(spec, ctx) for spec in tqdm(selected, desc="doctor", disable=not progress, leave=False)]
     finally:
         if moved:
             model.to(home)
@@ -103,18 +105,17 @@ def _first_probe(ctx: Context) -> None:
         ) from err
 
 
-def _select(checks: Iterable[str] | None) -> list[str]:
-    if checks is None:
-        return list(CHECK_NAMES)
-    wanted = [checks] if isinstance(checks, str) else list(checks)
-    unknown = [c for c in wanted if c not in CHECKS]
+def _select(checks: Iterable[str] | None) -> list[Check]:
+    """The checks to run, in catalogue order, as the registry holds them now."""
+    names = catalogue()
+    wanted = names if checks is None else [checks] if isinstance(checks, str) else list(checks)
+    unknown = [c for c in wanted if c not in names]
     if unknown:
-        raise DoctorError(f"unknown check name(s) {unknown}; known checks are {list(CHECK_NAMES)}.")
-    return [n for n in CHECK_NAMES if n in wanted]
+        raise DoctorError(f"unknown check name(s) {unknown}; known checks are {list(names)}.")
+    return [CHECKS[n] for n in names if n in wanted]
 
 
-def _run(name: str, ctx: Context) -> Finding:
-    spec = CHECKS[name]
+def _run(spec: Check, ctx: Context) -> Finding:
     t0 = time.perf_counter()
     try:
         with torch.no_grad():  # checks that need autograd turn it back on themselves
@@ -124,5 +125,5 @@ def _run(name: str, ctx: Context) -> Finding:
     except Exception as err:  # the model raised on a valid probe: report it, keep the other checks going
         result = Result("fail", f"the model raised during this check: {type(err).__name__}: {err}"[:300],
                         {"exception": type(err).__name__})
-    return Finding(name, result.status, result.summary, result.evidence, spec.pitfall, spec.fix,
+    return Finding(spec.name, result.status, result.summary, result.evidence, spec.pitfall, spec.fix,
                    time.perf_counter() - t0)

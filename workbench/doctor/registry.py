@@ -63,8 +63,15 @@ def check(name: str, *, order: int, pitfall: str,
     return register
 
 
+def unregister(name: str) -> Check:
+    """Remove a registered check (a plug-in's or a test's, when it is done); returns it."""
+    if name not in CHECKS:
+        raise DoctorError(f"no doctor check named {name!r} is registered; registered checks are {list(catalogue())}.")
+    return CHECKS.pop(name)
+
+
 def catalogue() -> tuple[str, ...]:
-    """The names of every registered check, in catalogue order."""
+    """The names of every registered check, in catalogue order, as the registry holds them now."""
     return tuple(sorted(CHECKS, key=lambda n: CHECKS[n].order))
 
 

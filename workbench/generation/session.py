@@ -106,7 +106,9 @@ class GenerationSession:
     @property
     def cache(self) -> KVCache | ForeignCache:
         """The live KV cache (prompt + fed tokens)."""
-        assert self._cache is not None  # None only while _start replaces it
+        if self._cache is None:  # the old cache is freed before the new one is made: that step failed
+            raise GenerationError("the session has no cache: the last reset(prompt) failed while making a new one "
+                                  "(out of memory?); call reset(prompt) again, or start a new session.")
         return self._cache
 
     @property

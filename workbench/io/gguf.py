@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, CorruptFileError, LoadError, MissingDependencyError
+from ..errors import ConfigError, CorruptFileError, LoadError, MissingDependencyError, UnsupportedModelError
 from ..families.llama import unpermute_rope_rows  # noqa: F401 (re-exported: part of this module's API)
 from ..families.registry import GGUFSpec, for_gguf_arch
 from ..model.config import ModelConfig, RopeScaling
@@ -206,10 +206,27 @@ def open_gguf(path: str | Path) -> Any:
         raise CorruptFileError(f"{path} could not be parsed as GGUF ({type(exc).__name__}: {exc}).") from exc
 
 
+_REDOWNLOAD = "The file is corrupt or was written by another converter; download or convert it again."
+
+
 def metadata(reader: Any, key: str, default: Any = None) -> Any:
     """One metadata value as a Python object (str, number, bool or list), or `default`."""
     field = reader.fields.get(key)
-    return default if field is None else field.contents()
+    return default if field is None else field_value(key, field)
+
+
+def metadata_values(reader: Any, keys: Any) -> dict[str, Any]:
+    """{key: value} of the metadata whose key `keys(key)` accepts, read as `metadata` reads one."""
+    return {k: field_value(k, f) for k, f in reader.fields.items() if keys(k)}
+
+
+def field_value(key: str, field: Any) -> Any:
+    """A reader field's value; text that is not UTF-8 raises CorruptFileError naming the key."""
+    try:
+        return field.contents()
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"GGUF metadata {key!r} holds bytes that are not UTF-8 text ({exc.reason} at byte "
+                               f"{exc.start}). {_REDOWNLOAD}") from None
 
 
 def check_metadata(reader: Any, source: str) -> None:
@@ -224,12 +241,11 @@ def check_metadata(reader: Any, source: str) -> None:
     arch = metadata(reader, "general.architecture")
     schema = gguf_metadata(arch if isinstance(arch, str) else None)
     keys = {f.alias for f in schema.model_fields.values()}
-    values = {k: f.contents() for k, f in reader.fields.items() if k in keys}
-    fix = "The file is corrupt or was written by another converter; download or convert it again."
-    check(schema, values, source=f"{source} metadata", error=CorruptFileError, fix=fix)
+    values = metadata_values(reader, keys.__contains__)
+    check(schema, values, source=f"{source} metadata", error=CorruptFileError, fix=_REDOWNLOAD)
     problem = gguf_token_id_problem(values)
     if problem:
-        raise CorruptFileError(f"{source} metadata: {problem}. {fix}")
+        raise CorruptFileError(f"{source} metadata: {problem}. {_REDOWNLOAD}")
 
 
 class _Meta:
@@ -260,10 +276,18 @@ class _Meta:
 
 
 def _gguf_spec(reader: Any) -> GGUFSpec:
-    """How the family of the file's `general.architecture` was written; others raise UnsupportedModelError."""
-    spec = for_gguf_arch(metadata(reader, "general.architecture")).gguf
-    assert spec is not None  # for_gguf_arch finds only families with one
-    return spec
+    """How the family of the file's `general.architecture` was written. A missing or damaged name (not text,
+    empty) raises CorruptFileError; a name no family reads, UnsupportedModelError."""
+    arch = metadata(reader, "general.architecture")
+    if not isinstance(arch, str) or not arch.strip():
+        shown = "missing" if arch is None else f"{type(arch).__name__} {repr(arch)[:60]}"
+        raise CorruptFileError(f"GGUF metadata general.architecture is {shown}: it must name the model's "
+                               f"architecture as text, such as 'llama'. {_REDOWNLOAD}")
+    family = for_gguf_arch(arch)
+    if family.gguf is None:  # a family matches a name only through its GGUF spec; kept as an error, not trusted
+        raise UnsupportedModelError(f"GGUF architecture {arch!r} belongs to the {family.name} family, which "
+                                    "reads no GGUF files; load a HF checkpoint of it instead.")
+    return family.gguf
 
 
 def config_from_gguf(reader: Any, *, source: str = "GGUF", strict: bool = True) -> ModelConfig:

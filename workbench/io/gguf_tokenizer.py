@@ -113,9 +113,9 @@ def tokenizer_from_metadata(meta: dict[str, Any]) -> Tokenizer:
 
 def tokenizer_from_reader(reader: Any) -> Tokenizer:
     """A `Tokenizer` from an open `gguf.GGUFReader` (see `workbench.io.gguf.open_gguf`)."""
-    return tokenizer_from_metadata(
-        {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.ggml.")}
-    )
+    from .gguf import metadata_values
+
+    return tokenizer_from_metadata(metadata_values(reader, lambda key: key.startswith("tokenizer.ggml.")))
 
 
 def tokenizer_from_gguf(path: str | Path) -> Tokenizer:

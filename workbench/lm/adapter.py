@@ -1,14 +1,16 @@
 """How to call a causal LM: the one answer that generation, the session, the doctor and the widgets share.
 
-Three kinds are driven the same way through `ModelAdapter`:
+Three kinds are driven the same way through `ModelAdapter` (what each forward takes: `signature`):
 - "workbench": `TransformerLM` (a `KVCache` from `new_cache`, `cache=` in forward);
 - "hf": transformers causal LMs (`cache=` on releases that renamed it, `past_key_values=` before; `use_cache`,
   `position_ids`, `.logits`);
 - "module": any `nn.Module` whose `forward(input_ids, attention_mask=None, ...)` returns logits
   (B, T, V) or an object with `.logits`. Position ids and an HF-style cache are used when its forward
   signature names `position_ids` / `past_key_values`; the cache may be a transformers `Cache` or a
-  legacy tuple of (k, v) per layer, returned as `.past_key_values`. A module without a cache still
-  generates: each step recomputes the whole sequence.
+  legacy tuple of (k, v) per layer, returned as `.past_key_values`, a dict entry or second in a tuple.
+  A module without a cache still generates: each step recomputes the whole sequence.
+Every call that wants the model's cache back passes `use_cache=True` and every other one `use_cache=False`
+(to a forward that takes it), as transformers' generate does: many forwards return their cache only then.
 
 `logits` and `cached` are the low-level calls (explicit positions and masks, the model's own cache object);
 `new_cache` and `step` are what decoding uses: the cache they share keeps the mask over every position
@@ -17,7 +19,6 @@ so far, so positions continue per row after left padding, whatever the model's c
 
 from __future__ import annotations
 
-import inspect
 import re
 import warnings
 import weakref
@@ -29,6 +30,7 @@ from torch import nn
 from ..errors import InputError, ModelContractError
 from ..model.placement import module_device, module_dtype
 from .caches import ForeignCache, new_hf_cache, returned_cache
+from .signature import ForwardSignature
 
 _NORM_NAME = re.compile(r"norm", re.IGNORECASE)
 _STATIC_OK: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()  # see _static_cache_faithful
@@ -81,22 +83,9 @@ class ModelAdapter:
             raise ModelContractError(f"a causal LM must be a torch nn.Module, got {type(model).__name__}.")
         self.model, self.tokenizer = model, tokenizer
         self.config = getattr(model, "config", None)
-        self.kind = _kind(model)
-        params = _forward_params(model)
-        hf = self.kind == "hf"
-        self.supports_mask = hf or self.kind == "workbench" or "attention_mask" in params
-        self.supports_positions = hf or self.kind == "workbench" or "position_ids" in params
-        if self.kind == "workbench":
-            self.cache_style: str | None = "workbench"
-        elif hf or "past_key_values" in params:
-            self.cache_style = "hf"
-        else:
-            self.cache_style = None
-        # transformers renamed `past_key_values` to `cache` (the old name warns, then goes away): follow the
-        # spelling this forward declares.
-        self.cache_kwarg = "cache" if hf and "cache" in params else "past_key_values"
-        self.takes_use_cache = hf or "use_cache" in params
-        self.takes_targets = not hf and "targets" in params
+        self.signature = sig = ForwardSignature.read(model)
+        self.kind, self.cache_style, self.cache_kwarg = sig.kind, sig.cache_style, sig.cache_kwarg
+        self.supports_mask, self.supports_positions = sig.supports_mask, sig.supports_positions
         self._targets_for_logits = False  # see _all_logits
         self.device, self.dtype = module_device(model), module_dtype(model)
         self._vocab: int | None = None
@@ -149,9 +138,7 @@ class ModelAdapter:
 
         Raises NonFiniteLogits when they hold NaN/Inf, unless allow_nonfinite (the checks that look for them).
         """
-        kwargs = self._kwargs(mask, positions)
-        if self.kind == "hf":
-            kwargs["use_cache"] = False
+        kwargs = {**self._kwargs(mask, positions), **self.signature.use_cache(False)}
         return self._finite(self._all_logits(ids, kwargs), allow_nonfinite)
 
     def _all_logits(self, ids: torch.Tensor, kwargs: dict[str, Any], strict: bool = True) -> torch.Tensor:
@@ -161,7 +148,7 @@ class ModelAdapter:
         if self._targets_for_logits:
             kwargs = {**kwargs, "targets": ids}
         logits = extract_logits(self.model(ids, **kwargs))
-        if logits.shape[1] == 1 < ids.shape[1] and self.takes_targets and not self._targets_for_logits:
+        if logits.shape[1] == 1 < ids.shape[1] and self.signature.takes_targets and not self._targets_for_logits:
             self._targets_for_logits = True
             logits = extract_logits(self.model(ids, **kwargs, targets=ids))
         if strict and logits.shape[:2] != ids.shape:
@@ -198,14 +185,15 @@ class ModelAdapter:
         return self._finite(logits, False), past
 
     def _call_cached(self, ids: torch.Tensor, state: Any, kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-        kwargs[self.cache_kwarg] = state
-        if self.takes_use_cache:
-            kwargs["use_cache"] = True
-        out = self.model(ids, **kwargs)
+        asked = self.signature.use_cache(True)
+        out = self.model(ids, **kwargs, **{self.cache_kwarg: state}, **asked)
         past = returned_cache(out)
         if past is None:
-            raise ModelContractError("the model's forward returned no cache (`.cache` or `.past_key_values`) "
-                                     "though it takes `past_key_values`; return it, or drop the argument.")
+            how = "when called with use_cache=True" if asked else "(its forward takes no `use_cache` to ask with)"
+            raise ModelContractError(
+                f"the model's forward returned no cache {how}, though it takes `{self.cache_kwarg}`; return the "
+                "cache it builds (as `.past_key_values` of the output, a \"past_key_values\" entry of a dict, or "
+                "second in a tuple after the logits) whenever use_cache is true, or drop the argument.")
         return extract_logits(out), past
 
     # --- decoding -------------------------------------------------------------------------------
@@ -247,6 +235,7 @@ class ModelAdapter:
         if cache.style == "none":
             if self.supports_positions:
                 kwargs["position_ids"] = positions
+            kwargs.update(self.signature.use_cache(False))
             everything = torch.cat((cache.ids, ids), dim=1)  # (B, L+T): no cache, recompute all
             logits = self._all_logits(everything, kwargs, strict=False)[:, -T:]
             cache.commit(ids, mask, None)
@@ -257,7 +246,7 @@ class ModelAdapter:
         try:
             if prefill_static and not self._static_cache_faithful(ids):
                 raise RuntimeError("the logits through a StaticCache differ from a forward without a cache")
-            logits, state = self._call_cached(ids, cache.state, dict(kwargs))
+            logits, state = self._call_cached(ids, cache.state, kwargs)
         except RuntimeError:
             if not prefill_static:
                 raise
@@ -281,9 +270,8 @@ class ModelAdapter:
             if self.supports_positions:
                 kwargs["position_ids"] = torch.arange(probe.shape[1], device=probe.device)[None]
             with torch.no_grad():
-                cached, _ = self._call_cached(probe, new_hf_cache(self.model, 1, 8, "static"), dict(kwargs))
-                plain = extract_logits(self.model(probe, **kwargs, **({"use_cache": False} if self.takes_use_cache
-                                                                       else {})))
+                cached, _ = self._call_cached(probe, new_hf_cache(self.model, 1, 8, "static"), kwargs)
+                plain = extract_logits(self.model(probe, **kwargs, **self.signature.use_cache(False)))
             gap = float((cached.float() - plain.float()).abs().max())
             verdict = _STATIC_OK[self.model] = gap <= self.tolerance(plain)
         return verdict is not False
@@ -358,7 +346,7 @@ class ModelAdapter:
         handles = [e.register_forward_pre_hook(seen) for e in embeds]
         try:
             with torch.no_grad():
-                self.model(ids)
+                self.model(ids, **self.signature.use_cache(False))
         except Exception:  # noqa: BLE001 - a model that cannot take this probe: fall back to the largest table
             return None
         finally:
@@ -379,21 +367,3 @@ class ModelAdapter:
         heads = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m.out_features == V]
         return heads[-1] if heads else None
 
-
-def _kind(model: nn.Module) -> str:
-    from ..model.transformer import TransformerLM
-
-    if isinstance(model, TransformerLM):
-        return "workbench"
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # transformers is optional
-        return "module"
-    return "hf" if isinstance(model, PreTrainedModel) else "module"
-
-
-def _forward_params(model: nn.Module) -> set[str]:
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()

@@ -18,7 +18,9 @@ from ..model.cache import CacheBytes
 
 
 def returned_cache(out: Any) -> Any:
-    """The cache a forward returned: its `cache` field (transformers after the rename), else `past_key_values`.
+    """The cache a forward returned: its `cache` field (transformers after the rename), else `past_key_values`;
+    or, from a tuple, what follows the logits when it is a cache (transformers' `return_dict=False` output and
+    hand-written `(logits, presents)`; never nanoGPT's `(logits, loss)`).
 
     Only declared fields are read, so the deprecated alias of a renamed output is never touched.
     """
@@ -31,7 +33,18 @@ def returned_cache(out: Any) -> Any:
         for name in ("cache", "past_key_values"):
             if dict.__contains__(out, name):
                 return dict.__getitem__(out, name)
+    if isinstance(out, tuple) and len(out) >= 2 and _is_cache(out[1]):
+        return out[1]
     return None
+
+
+def _is_cache(value: Any) -> bool:
+    """A transformers Cache, or a legacy cache: a non-empty tuple or list of per-layer (k, v, ...) tensors."""
+    if callable(getattr(value, "get_seq_length", None)):
+        return True
+    return isinstance(value, (tuple, list)) and bool(value) and all(
+        isinstance(layer, (tuple, list)) and len(layer) >= 2 and all(isinstance(t, torch.Tensor) for t in layer[:2])
+        for layer in value)
 
 
 def cache_bytes(state: Any, _depth: int = 0) -> int:
