@@ -6,6 +6,8 @@
 # parallel() below); quick is the inner loop's subset of pytest (tests not marked slow or browser), in
 # parallel too. nbval-avx2 and nbval-1thread run the notebooks with the kernels of a CPU without AVX-512,
 # or on one thread, as another machine would; NOTEBOOKS=... narrows the notebook stages to some files.
+# mypy keeps its incremental cache outside the checkout (MYPY_CACHE_DIR, default ~/.cache/workbench/mypy), so a
+# fresh clone re-checks only what changed: mypy validates every cached entry against its source's hash.
 # WORKERS=N sets the number of pytest workers (default: the cores, at most 4). BIN_DIR is the venv's bin
 # folder.
 set -u
@@ -35,7 +37,7 @@ run_stage() {
   case "$1" in
     ruff) "$bin/ruff" check . ;;
     imports) "$bin/lint-imports" ;;
-    types) "$bin/mypy" ;;
+    types) MYPY_CACHE_DIR="${MYPY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/workbench/mypy}" "$bin/mypy" ;;
     pytest) "$bin/python" -m pytest -q tests ;;
     nbval) nbval ;;
     tests) parallel --nbval --nbval-sanitize-with notebooks/sanitize.cfg --ignore-glob='tests/**/*.ipynb' \
