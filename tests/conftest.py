@@ -29,6 +29,29 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(f"shared model loads: {times}")
 
 
+SMOLLM2_FIXTURES = frozenset({"smollm2", "smollm2_path", "hf_smollm2", "hf_smollm2_tokenizer"})
+
+
+def _start_order(item: pytest.Item) -> int:
+    """Browser tests first, then notebooks, then the rest. Under `pytest -n N --dist loadfile` files start in
+    this order: the browser tests spend much of their time waiting on JupyterLab and Chromium, so they start
+    while other workers keep the cores busy instead of running last on one worker."""
+    path = Path(str(item.fspath))
+    if "browser" in path.parts:
+        return 0
+    return 1 if path.suffix == ".ipynb" else 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests that load the real SmolLM2 weights carry the `slow` marker, whichever file they are in, so
+    `make check` (`-m "not slow and not browser"`) leaves them to `make test`."""
+    for item in items:
+        if SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=_start_order)  # stable: file order is kept within each group
+
+
 class _DeprecationLog(logging.Handler):
     """Collects the deprecation notices transformers logs (once per process) instead of warning."""
 

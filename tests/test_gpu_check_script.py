@@ -11,8 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils' timeout")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                       reason="needs bash and coreutils' timeout"),
+    pytest.mark.slow,  # the budget tests wait out real time limits (about 12 s each)
+]
 
 
 def _run(tmp_path: Path, budget: int, *steps: str) -> tuple[int, str, Path]:

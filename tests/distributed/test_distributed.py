@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+pytestmark = pytest.mark.slow  # spawns two ranks and a process group
 WORLD, DEADLINE_S = 2, 240
 
 
