@@ -7,6 +7,7 @@ train mode) except inside try/finally or the model's own scoped context managers
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -32,16 +33,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
 SMOLLM2_FIXTURES = frozenset({"smollm2", "smollm2_path", "hf_smollm2", "hf_smollm2_tokenizer"})
 
 
-def _start_order(item: pytest.Item) -> int:
-    """Browser tests first, then notebooks, then the rest. Under `pytest -n N --dist loadfile` files start in
-    this order: the browser tests spend much of their time waiting on JupyterLab and Chromium, so they start
-    while other workers keep the cores busy instead of running last on one worker."""
-    path = Path(str(item.fspath))
-    if "browser" in path.parts:
-        return 0
-    return 1 if path.suffix == ".ipynb" else 2
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
     """Tests that load the real SmolLM2 weights carry the `slow` marker, whichever file they are in, so
@@ -49,7 +40,6 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=_start_order)  # stable: file order is kept within each group
 
 
 class _DeprecationLog(logging.Handler):
@@ -115,19 +105,40 @@ def smollm2():
     return _timed("workbench smollm2", load)
 
 
+def _built_once_per_run(tmp_path_factory, name: str, build, save, saved_as):
+    """`build()` in this process; under pytest-xdist, once per run: the first worker to ask builds the object
+    and saves it with `save(value, folder)` in the run's shared temporary folder, and the other workers load
+    that copy with `saved_as(folder)`. For transformers' references, whose conversion from the GGUF takes
+    ~15 s."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build()
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / name  # one folder per run, beside the workers' own
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".complete").exists():
+            value = build()
+            save(value, folder)
+            (folder / ".complete").touch()
+            return value
+    return saved_as(folder)
+
+
 @pytest.fixture(scope="session")
-def hf_smollm2_tokenizer(smollm2_path):
+def hf_smollm2_tokenizer(smollm2_path, tmp_path_factory):
     """HF transformers' tokenizer built from the same GGUF file (the reference for ids)."""
     from transformers import AutoTokenizer
 
-    return _timed(
-        "HF tokenizer",
+    return _timed("HF tokenizer", lambda: _built_once_per_run(
+        tmp_path_factory, "hf-smollm2-tokenizer",
         lambda: AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name),
-    )
+        lambda tok, folder: tok.save_pretrained(folder),
+        AutoTokenizer.from_pretrained,
+    ))
 
 
 @pytest.fixture(scope="session")
-def hf_smollm2(smollm2_path):
+def hf_smollm2(smollm2_path, tmp_path_factory):
     """HF `LlamaForCausalLM` dequantized from the same GGUF, float32, eval mode: the numerical reference."""
     from transformers import AutoModelForCausalLM
 
@@ -136,4 +147,14 @@ def hf_smollm2(smollm2_path):
             smollm2_path.parent, gguf_file=smollm2_path.name, dtype=torch.float32
         ).eval()
 
-    return _timed("HF smollm2", load)
+    def save(model, folder):  # transformers refuses save_pretrained on a model it read from a GGUF
+        from safetensors.torch import save_model
+
+        folder.mkdir(parents=True)
+        model.config.save_pretrained(folder)
+        save_model(model, str(folder / "model.safetensors"))  # the tied head stored once
+
+    def saved(folder):
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+    return _timed("HF smollm2", lambda: _built_once_per_run(tmp_path_factory, "hf-smollm2", load, save, saved))

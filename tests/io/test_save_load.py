@@ -142,3 +142,25 @@ def test_save_as_a_named_family_only_in_hf_format_and_only_one_that_holds_the_co
     assert not (tmp_path / "config.json").exists()
     wb.save_pretrained(_model(), tmp_path, format="hf", family="llama")
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_a_strict_load_draws_no_initial_weights_and_a_lenient_one_keeps_them(tmp_path, monkeypatch):
+    """A strict load overwrites every parameter or raises, so it skips the initial draws; a lenient load
+    leaves what the file lacks at the workbench's own initialisation (ones for a norm), never at torch's
+    defaults or at uninitialised memory."""
+    from workbench.model import transformer
+
+    model = _model(tie_embeddings=False)
+    wb.save_pretrained(model, tmp_path)
+    draws: list[int] = []
+    real = transformer.init_weights
+    monkeypatch.setattr(transformer, "init_weights", lambda m, c: (draws.append(1), real(m, c)))
+    loaded = load_pretrained(tmp_path)
+    assert draws == []
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    state = {k: v.clone() for k, v in model.state_dict().items() if k != "ln_f.weight"}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    lenient = load_pretrained(tmp_path, strict=False)
+    assert draws == [1]
+    assert torch.equal(lenient.ln_f.weight, torch.ones_like(lenient.ln_f.weight))

@@ -228,7 +228,7 @@ def model_from_reader(
     """Build and fill a TransformerLM from an open reader (shared by `load_gguf` and `models.smollm2`)."""
     config = config_from_gguf(reader, source=source, strict=strict)
     state, notes = state_from_gguf(reader, config, progress=progress)
-    model = TransformerLM(config)
+    model = TransformerLM(config, init=not strict)  # a strict load fills every parameter or raises
     report = load_state(model, state, strict=strict, source=source, format="gguf")
     report.notes.extend(notes)
     model.load_report = report

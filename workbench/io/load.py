@@ -103,7 +103,7 @@ def load_pretrained(
     notes: list[str] = []
     if family is not None:
         state, notes = from_hf(state, config, family)
-    model = TransformerLM(config)
+    model = TransformerLM(config, init=not strict)  # a strict load fills every parameter or raises
     report = load_state(model, state, strict=strict, source=str(directory / source), format=kind)
     report.notes.extend(notes)
     model.load_report = report
