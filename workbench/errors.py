@@ -69,3 +69,8 @@ class CompareError(WorkbenchError, ValueError):
 
 class DisplayError(WorkbenchError, TypeError):
     """A view was registered for something that is not a type, or an export has no view registered."""
+
+
+class InterventionError(WorkbenchError, ValueError):
+    """An edit, an ablation, a patch or a lens that cannot apply as asked (a module, head or position that
+    does not exist, a replacement of the wrong shape, a metric that is not a scalar)."""
