@@ -1,0 +1,2 @@
+"""Interventions on any causal LM, built on the interception layer (`workbench.lm.intercept`): activation
+patching sweeps and the logit lens, with their records. The edits themselves live in `workbench.lm`."""
