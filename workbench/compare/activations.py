@@ -76,12 +76,12 @@ def run_case(adapter: ModelAdapter, points: list[Point], case: Case, snapshot: b
     with torch.no_grad():
         if case.prefix == 0:
             pos = positions(mask) if mask is not None and adapter.supports_positions else None
-            with record(points, snapshot) as calls:
+            with record(adapter.model, points, snapshot) as calls:
                 logits = adapter.logits(ids, mask, pos, allow_nonfinite=True)
             return calls, logits
         cache = adapter.new_cache(ids.shape[0], ids.shape[1], mode="growing")
         adapter.step(ids[:, : case.prefix], cache, None if mask is None else mask[:, : case.prefix])
-        with record(points, snapshot) as calls:
+        with record(adapter.model, points, snapshot) as calls:
             logits = adapter.step(ids[:, case.prefix:], cache, mask)
         return calls, logits
 

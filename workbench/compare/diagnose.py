@@ -106,8 +106,8 @@ class Replayer:
             out += self._position_fixes(ref, cand, run)
         if role in ("attention", "mlp", "block"):
             mask = run.case.mask if run.case.prefix == 0 else None
-            out += fx.function_fixes("attention", mask) if role != "mlp" else []
-            out += fx.function_fixes("mlp", None) if role != "attention" else []
+            out += fx.function_fixes(self.candidate, "attention", mask) if role != "mlp" else []
+            out += fx.function_fixes(self.candidate, "mlp", None) if role != "attention" else []
         if role in ("norm", "final norm") and found and ref.module is not None:
             out += fx.eps_fixes(found[1], ref.module)
             out += fx.norm_offset_fixes(found[1], self.params, prefix)

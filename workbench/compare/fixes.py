@@ -1,14 +1,14 @@
 """Candidate fixes for the classic porting mistakes, each applied to the candidate only for one replay.
 
-Three kinds, all undone on exit (try/finally):
+Three kinds, all undone on exit:
 - weights: put the reference's values (or a permutation of the candidate's own) into some rows of a
   candidate parameter: transposed, permuted, offset, scaled or untied weights; interleaved RoPE (a model
   that rotates adjacent pairs computes what a half-split model computes on q/k rows permuted as llama.cpp
   does, so the permutation is the test for the convention);
 - attributes: a norm's epsilon, the rotary frequencies (RoPE base);
-- functions: a `TorchFunctionMode` that rewrites the calls the module makes: GELU exact vs tanh, SiLU vs
-  GELU, the attention scale, the causal or padding mask, softmax in float32 (a `softmax` call, SDPA, or a
-  softmax written out as exp / sum).
+- functions: an editor client of the interception layer (`workbench.lm.intercept`) that rewrites the calls
+  the module makes: GELU exact vs tanh, SiLU vs GELU, the attention scale, the causal or padding mask,
+  softmax in float32 (a `softmax` call, SDPA, or a softmax written out as exp / sum).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from ..families.registry import row_permutation
+from ..lm.intercept import Client, FunctionCall, ModuleCall, intercept
+from ..lm.sdpa_call import SdpaCall, sdpa_arguments
 
 EPS_NAMES = ("eps", "variance_epsilon", "epsilon")
 
@@ -101,48 +102,39 @@ def rope_frequencies(model: nn.Module, inv_freq: torch.Tensor) -> Iterator[None]
 
 
 # --- functions ----------------------------------------------------------------------------------------
-class Rewrite(TorchFunctionMode):
-    """Calls to the functions in `rules` are passed to the rule instead: rule(func, args, kwargs)."""
+Rule = Callable[[FunctionCall], Any]  # a rewritten call: usually call.proceed(*other_args, **other_kwargs)
 
-    def __init__(self, rules: dict[str, Callable[..., Any]]) -> None:
-        super().__init__()
+
+class Rewrite(Client):
+    """An editor of torch function calls: each call of a function named in `rules` (`func.__name__`) gives
+    what its rule returns. Rules run with interception off, so the calls a rule makes stay as they are."""
+
+    def __init__(self, rules: dict[str, Rule]) -> None:
         self.rules = rules
+        self.functions = tuple(rules)
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        rule = self.rules.get(getattr(func, "__name__", ""))
-        kwargs = kwargs or {}
-        if rule is None:
-            return func(*args, **kwargs)
-        return rule(func, args, kwargs)  # torch runs this with the mode off: the rule's own calls stay as they are
+    def function(self, call: FunctionCall) -> Any:
+        return self.rules[call.name](call)
 
 
-def gelu_as(approximate: str) -> Callable[..., Any]:
-    def rule(func: Any, args: tuple, kwargs: dict) -> Any:
-        return F.gelu(args[0], approximate=approximate)
-    return rule
+def rewriting(model: nn.Module, rules: dict[str, Rule]) -> Callable[[], AbstractContextManager[Any]]:
+    """A Fix's `apply`: the calls made while it is open (the model's, or a replay of one of its modules)
+    rewritten by `rules`, through the interception layer."""
+    return lambda: intercept(model, Rewrite(rules))
 
 
-def silu_as(approximate: str) -> Callable[..., Any]:
-    def rule(func: Any, args: tuple, kwargs: dict) -> Any:
-        return F.gelu(args[0], approximate=approximate)
-    return rule
+def gelu_as(approximate: str) -> Rule:
+    """GELU (or SiLU) computed as GELU with `approximate` ("none": erf, "tanh")."""
+    return lambda call: F.gelu(call.args[0], approximate=approximate)
 
 
-def gelu_as_silu(func: Any, args: tuple, kwargs: dict) -> Any:
-    return F.silu(args[0])
+def gelu_as_silu(call: FunctionCall) -> Any:
+    return F.silu(call.args[0])
 
 
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-
-
-def _sdpa_kwargs(args: tuple, kwargs: dict) -> dict[str, Any]:
-    return {**dict(zip(_SDPA_ARGS, args)), **kwargs}
-
-
-def sdpa_rule(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
-    def rule(func: Any, args: tuple, kwargs: dict) -> Any:
-        return func(**change(_sdpa_kwargs(args, kwargs)))
-    return rule
+def sdpa_rule(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Rule:
+    """An SDPA call made with its arguments (by name, `sdpa_arguments`) changed by `change`."""
+    return lambda call: call.proceed(**change(sdpa_arguments(call.args, call.kwargs)))
 
 
 def scaled_by(factor_of_d: float) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -154,21 +146,16 @@ def scaled_by(factor_of_d: float) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return change
 
 
-def _as_bool_mask(kw: dict[str, Any]) -> torch.Tensor:
-    """The call's mask as (…, T, S) bool, True = may attend (causal when is_causal and no mask)."""
-    T, S = kw["query"].shape[-2], kw["key"].shape[-2]
-    mask = kw.get("attn_mask")
-    if mask is None:
-        allowed = torch.ones(T, S, dtype=torch.bool, device=kw["query"].device)
-        return allowed.tril(S - T) if kw.get("is_causal") else allowed
-    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+def _allowed(kw: dict[str, Any]) -> torch.Tensor:
+    """The call's mask as (..., T, S) bool, True = may attend (see `SdpaCall.allowed`)."""
+    return SdpaCall.from_call((), kw).allowed()
 
 
 def causal_mask(kw: dict[str, Any]) -> dict[str, Any]:
     """No query sees a later position: the mask intersected with the causal one."""
     T, S = kw["query"].shape[-2], kw["key"].shape[-2]
     causal = torch.ones(T, S, dtype=torch.bool, device=kw["query"].device).tril(S - T)
-    return {**kw, "attn_mask": _as_bool_mask(kw) & causal, "is_causal": False}
+    return {**kw, "attn_mask": _allowed(kw) & causal, "is_causal": False}
 
 
 def diagonal_mask(kw: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +163,7 @@ def diagonal_mask(kw: dict[str, Any]) -> dict[str, Any]:
     T, S = kw["query"].shape[-2], kw["key"].shape[-2]
     own = torch.zeros(T, S, dtype=torch.bool, device=kw["query"].device)
     own[torch.arange(T), torch.arange(S - T, S)] = True
-    return {**kw, "attn_mask": _as_bool_mask(kw) | own, "is_causal": False}
+    return {**kw, "attn_mask": _allowed(kw) | own, "is_causal": False}
 
 
 def padding_mask(keys: torch.Tensor) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -185,7 +172,7 @@ def padding_mask(keys: torch.Tensor) -> Callable[[dict[str, Any]], dict[str, Any
         B, S = keys.shape
         if kw["key"].shape[-2] != S or kw["query"].shape[0] != B:
             return kw
-        allowed = _as_bool_mask(kw) & keys.bool().to(kw["query"].device)[:, None, None, :]  # (B, 1, T, S)
+        allowed = _allowed(kw) & keys.bool().to(kw["query"].device)[:, None, None, :]  # (B, 1, T, S)
         # a row with no key left (a padding query) attends to itself instead of producing NaN
         return {**kw, "attn_mask": allowed | ~allowed.any(-1, keepdim=True), "is_causal": False}
     return change
@@ -195,77 +182,71 @@ def float32_sdpa(kw: dict[str, Any]) -> dict[str, Any]:
     return {**kw, **{k: kw[k].float() for k in ("query", "key", "value")}}
 
 
-def float32_softmax(func: Any, args: tuple, kwargs: dict) -> Any:
-    x = args[0]
-    rest = {k: v for k, v in kwargs.items() if k != "dtype"}
-    return func(x.float(), *args[1:], **rest).to(x.dtype)
+def float32_softmax(call: FunctionCall) -> Any:
+    x = call.args[0]
+    rest = {k: v for k, v in call.kwargs.items() if k != "dtype"}
+    return call.func(x.float(), *call.args[1:], **rest).to(x.dtype)
 
 
-def float32_exp(func: Any, args: tuple, kwargs: dict) -> Any:
+def float32_exp(call: FunctionCall) -> Any:
     """A softmax written out (exp, sum, divide): its exp computed in float32 and kept there until the weights meet
     the values (`lower_precision_matmul`), as a float32 softmax cast back before `@ v` does."""
-    x = args[0]
+    x = call.args[0]
     low = isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)
-    return func(x.float() if low else x, *args[1:], **kwargs)
+    return call.func(x.float() if low else x, *call.args[1:], **call.kwargs)
 
 
-def lower_precision_matmul(func: Any, args: tuple, kwargs: dict) -> Any:
+def lower_precision_matmul(call: FunctionCall) -> Any:
     """a @ b with the wider of two floating operands cast to the other's dtype (attention weights back to v's)."""
-    a, b = args[0], args[1]
+    a, b = call.args[0], call.args[1]
     if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.is_floating_point()
             and b.is_floating_point() and a.dtype != b.dtype):
         low = a.dtype if a.element_size() < b.element_size() else b.dtype
         a, b = a.to(low), b.to(low)
-    return func(a, b, *args[2:], **kwargs)
+    return call.func(a, b, *call.args[2:], **call.kwargs)
 
 
-def mode(rules: dict[str, Callable[..., Any]]) -> Callable[[], AbstractContextManager[Any]]:
-    return lambda: Rewrite(rules)
-
-
-def after_sdpa_cast(rule: Callable[..., Any]) -> Callable[..., Any]:
+def after_sdpa_cast(rule: Rule) -> Rule:
     """Run an SDPA rule and cast the output back to the query's dtype."""
-    def wrapped(func: Any, args: tuple, kwargs: dict) -> Any:
-        dtype = _sdpa_kwargs(args, kwargs)["query"].dtype
-        return rule(func, args, kwargs).to(dtype)
-    return wrapped
+    return lambda call: rule(call).to(sdpa_arguments(call.args, call.kwargs)["query"].dtype)
 
 
 # --- the catalogue ---------------------------------------------------------------------------------
-def function_fixes(role: str, case_mask: torch.Tensor | None) -> list[Fix]:
-    """Fixes that rewrite the calls made inside an attention or MLP module."""
+def function_fixes(model: nn.Module, role: str, case_mask: torch.Tensor | None) -> list[Fix]:
+    """Fixes that rewrite the calls made inside an attention or MLP module of `model`."""
     if role == "mlp":
         return [
             Fix("exact GELU -> tanh GELU", "the candidate's GELU is exact (erf) where the reference uses the tanh "
-                "approximation", mode({"gelu": gelu_as("tanh")})),
+                "approximation", rewriting(model, {"gelu": gelu_as("tanh")})),
             Fix("tanh GELU -> exact GELU", "the candidate's GELU is the tanh approximation where the reference "
-                "uses the exact (erf) GELU", mode({"gelu": gelu_as("none")})),
+                "uses the exact (erf) GELU", rewriting(model, {"gelu": gelu_as("none")})),
             Fix("SiLU -> GELU (tanh)", "the candidate uses SiLU where the reference uses GELU (tanh)",
-                mode({"silu": silu_as("tanh")})),
+                rewriting(model, {"silu": gelu_as("tanh")})),
             Fix("SiLU -> GELU", "the candidate uses SiLU where the reference uses exact GELU",
-                mode({"silu": silu_as("none")})),
+                rewriting(model, {"silu": gelu_as("none")})),
             Fix("GELU -> SiLU", "the candidate uses GELU where the reference uses SiLU",
-                mode({"gelu": gelu_as_silu})),
+                rewriting(model, {"gelu": gelu_as_silu})),
         ]
     if role != "attention":
         return []
     sdpa = "scaled_dot_product_attention"
     fixes = [
         Fix("scale x 1/sqrt(D)", "the attention scale 1/sqrt(head_dim) is missing in the candidate",
-            mode({sdpa: sdpa_rule(scaled_by(-0.5))})),
+            rewriting(model, {sdpa: sdpa_rule(scaled_by(-0.5))})),
         Fix("scale x sqrt(D)", "the candidate applies the attention scale 1/sqrt(head_dim) twice",
-            mode({sdpa: sdpa_rule(scaled_by(0.5))})),
+            rewriting(model, {sdpa: sdpa_rule(scaled_by(0.5))})),
         Fix("mask: causal", "the candidate's mask is shifted by one: each query also sees the next position",
-            mode({sdpa: sdpa_rule(causal_mask)})),
+            rewriting(model, {sdpa: sdpa_rule(causal_mask)})),
         Fix("mask: diagonal", "the candidate's mask is shifted by one: each query is hidden from its own position",
-            mode({sdpa: sdpa_rule(diagonal_mask)})),
+            rewriting(model, {sdpa: sdpa_rule(diagonal_mask)})),
         Fix("softmax in float32", "the candidate computes the attention softmax in a lower precision than float32",
-            mode({sdpa: after_sdpa_cast(sdpa_rule(float32_sdpa)), "softmax": float32_softmax, "exp": float32_exp,
-                  "matmul": lower_precision_matmul, "__matmul__": lower_precision_matmul})),
+            rewriting(model, {sdpa: after_sdpa_cast(sdpa_rule(float32_sdpa)), "softmax": float32_softmax,
+                              "exp": float32_exp, "matmul": lower_precision_matmul,
+                              "__matmul__": lower_precision_matmul})),
     ]
     if case_mask is not None and not bool(case_mask.all()):
         fixes.append(Fix("mask: padding", "the candidate ignores the padding: queries attend to padded positions",
-                         mode({sdpa: sdpa_rule(padding_mask(case_mask))})))
+                         rewriting(model, {sdpa: sdpa_rule(padding_mask(case_mask))})))
     return fixes
 
 
@@ -347,17 +328,22 @@ def float32_norm(module: nn.Module) -> Fix:
                lambda: float32_module(module))
 
 
-@contextmanager
-def scaled_output(module: nn.Module, power: float) -> Iterator[None]:
-    """`module`'s output times C ** power (C its last dimension), through a forward hook removed on exit."""
-    def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        return out * out.shape[-1] ** power
+class ScaledOutput(Client):
+    """An editor of a module's output: times C ** power (C its last dimension)."""
 
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    modules = ("",)  # the module the interception is opened on
+
+    def __init__(self, power: float) -> None:
+        self.power = power
+
+    def module_output(self, call: ModuleCall) -> torch.Tensor | None:
+        out = call.output
+        return out * out.shape[-1] ** self.power if isinstance(out, torch.Tensor) else None
+
+
+def scaled_output(module: nn.Module, power: float) -> AbstractContextManager[Any]:
+    """`module`'s output times C ** power, inside the block."""
+    return intercept(module, ScaledOutput(power))
 
 
 def embedding_scale_fixes(embedding: nn.Module) -> list[Fix]:

@@ -6,7 +6,7 @@ the arguments it was called with. One forward hook (with kwargs) per module, alw
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..lm.intercept import Client, ModuleCall, intercept
 from .points import Point
 
 MAIN_INPUT_NAMES = ("hidden_states", "x", "input", "hidden_state", "inputs_embeds")
@@ -62,43 +63,39 @@ def main_output(out: Any) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
+class Recording(Client):
+    """An observer of the named modules: the first call of each, as a `Call` (see `record`)."""
+
+    def __init__(self, names: Iterable[str], snapshot: bool) -> None:
+        self.modules, self.snapshot = tuple(names), snapshot
+        self.calls: dict[str, Call] = {}
+        self.before: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def module_input(self, call: ModuleCall) -> None:
+        if self.snapshot and call.name not in self.before:
+            self.before[call.name] = deepcopy((call.args, call.kwargs))
+
+    def module_output(self, call: ModuleCall) -> None:
+        if call.name in self.calls:
+            return
+        args, kwargs = call.args, call.kwargs
+        found = main_input(args, kwargs)
+        if self.snapshot:
+            args, kwargs = self.before[call.name]
+        self.calls[call.name] = Call(found[1].detach() if found else None, _detached(main_output(call.output)),
+                                     args, dict(kwargs), self.snapshot)
+
+
 @contextmanager
-def record(points: list[Point], snapshot: bool = False) -> Iterator[dict[str, Call]]:
-    """Calls of each point's module during the `with` body, keyed by module name (first call kept).
+def record(model: torch.nn.Module, points: list[Point], snapshot: bool = False) -> Iterator[dict[str, Call]]:
+    """Calls of each point's module of `model` during the `with` body, keyed by module name (first call kept).
 
     snapshot: keep deep copies of each call's arguments taken before it ran (for a cached step, whose modules
     write to the cache they are given); costs a copy of the cache per point, so ask for it for few points.
     """
-    calls: dict[str, Call] = {}
-    before: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-    handles = []
-    modules = {p.module_name: p.module for p in points if p.module is not None}
-
-    def pre_hook_for(name: str):  # noqa: ANN202
-        def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            if name not in before:
-                before[name] = deepcopy((args, kwargs))
-        return pre_hook
-
-    def hook_for(name: str):  # noqa: ANN202
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            if name not in calls:
-                found = main_input(args, kwargs)
-                if snapshot:
-                    args, kwargs = before[name]
-                calls[name] = Call(found[1].detach() if found else None, _detached(main_output(out)),
-                                   args, dict(kwargs), snapshot)
-        return hook
-
-    try:
-        for name, module in modules.items():
-            if snapshot:
-                handles.append(module.register_forward_pre_hook(pre_hook_for(name), with_kwargs=True))
-            handles.append(module.register_forward_hook(hook_for(name), with_kwargs=True))
-        yield calls
-    finally:
-        for h in handles:
-            h.remove()
+    seen = Recording(dict.fromkeys(p.module_name for p in points if p.module is not None), snapshot)
+    with intercept(model, seen):
+        yield seen.calls
 
 
 def _detached(x: torch.Tensor | None) -> torch.Tensor | None:

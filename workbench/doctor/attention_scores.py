@@ -3,15 +3,15 @@ scores and probabilities are non-finite, and the score scale relative to q.k/sqr
 projections (see `scale`). The `score_overflow` check reads one plain forward, then one with the attention
 inputs stressed under half precision.
 
-Three sources are watched at once: every torch call (the operands of each module's last q @ k^T), the
-attention events of the observation layer (softmax, SDPA) attributed to the running module, and the outputs
-of the modules with weights (the candidates for the projections that made q and k).
+Three sources are watched at once, as one observer client of the interception layer
+(`workbench.lm.intercept`): the matmul calls (the operands of each module's last q @ k^T), the attention events
+(softmax, SDPA) attributed to the running module, and the outputs of the modules with weights (the candidates
+for the projections that made q and k). A stressed run adds an editor client that amplifies the inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from typing import Any
 
@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from ..lm import ModelAdapter
-from ..lm.observe import SdpaCall, watch_attention
-from .probes import ModuleStack, observe
+from ..lm.intercept import Client, FunctionCall, Interception, ModuleCall, intercept
+from ..lm.observe import SdpaCall
 from .scale import fit_scale, prescale
 
 FP16_MIN = float(torch.finfo(torch.float16).min)
 STRESS = 8.0  # attention inputs are multiplied by this: "large activations" (scores grow STRESS**2)
-MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.baddbmm,
-           torch.Tensor.baddbmm}
+MATMULS = ("matmul", "__matmul__", "bmm", "baddbmm")  # torch's functions and Tensor's methods of these names
 
 
 def attention_calls(adapter: ModelAdapter, ids: torch.Tensor, scale_inputs: set[int] | None = None,
@@ -40,8 +39,10 @@ def attention_calls(adapter: ModelAdapter, ids: torch.Tensor, scale_inputs: set[
     return watch.seen, watch.run(adapter, ids, dtype)
 
 
-class AttentionScores:
+class AttentionScores(Client):
     """The attention calls of one forward; `seen` maps each attention module to what its scores showed."""
+
+    functions = MATMULS
 
     def __init__(self, model: nn.Module, scale_inputs: set[int] | None = None) -> None:
         self.model, self.scale_inputs = model, scale_inputs
@@ -50,39 +51,35 @@ class AttentionScores:
         # module with weights -> its output in this forward (projection candidates): leaves, and the modules
         # around them, whose output may be the one the attention receives (StableLM's per-head q/k norms)
         self.outputs: dict[str, torch.Tensor] = {}
-        self._stack: ModuleStack | None = None
+        named = list(model.named_modules())
+        weighted = (n for n, m in named if n and next(m.parameters(), None) is not None)
+        self.modules = () if scale_inputs else tuple(weighted)
+        self._stress = Stress(n for n, m in named if scale_inputs and id(m) in scale_inputs)
+        self._scope: Interception | None = None
 
     def run(self, adapter: ModelAdapter, ids: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         """The logits (B, T, V) of one forward, with every source watched; the hooks go when it returns."""
-        handles: list[Any] = []
+        cast = torch.autocast(adapter.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         try:
-            self._hook(handles)
-            cast = torch.autocast(adapter.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-            with torch.no_grad(), cast, observe(self.model, self.on_call) as self._stack, watch_attention(self):
+            with torch.no_grad(), cast, intercept(self.model, self._stress, self) as self._scope:
                 return adapter.logits(ids, allow_nonfinite=True)
         finally:
-            self._stack = None
-            for h in handles:
-                h.remove()
-
-    def _hook(self, handles: list[Any]) -> None:
-        """Stressed runs amplify the inputs of `scale_inputs`; plain runs keep the outputs of modules with weights."""
-        for name, m in self.model.named_modules():
-            if self.scale_inputs and id(m) in self.scale_inputs:
-                handles.append(m.register_forward_pre_hook(_amplify, with_kwargs=True))
-            if not self.scale_inputs and name and next(m.parameters(), None) is not None:
-                handles.append(m.register_forward_hook(functools.partial(self._keep_output, name)))
+            self._scope = None
 
     @property
     def _owner(self) -> str:
-        return self._stack.current if self._stack is not None else "(outside)"
+        current = self._scope.current if self._scope is not None else None
+        return current if current is not None else "(outside)"
 
     # --- the three sources ----------------------------------------------------------------------
-    def on_call(self, stack: ModuleStack, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
-        if func in MATMULS and isinstance(result, torch.Tensor) and result.dim() in (3, 4):
-            ops = [x for x in (*args, kwargs.get("batch1"), kwargs.get("batch2")) if isinstance(x, torch.Tensor)]
-            if len(ops) >= 2:
-                self.products[stack.current] = (ops[-2], ops[-1])  # baddbmm(bias, q, k^T): the last two
+    def function(self, call: FunctionCall) -> Any:
+        result = call.proceed()
+        if isinstance(result, torch.Tensor) and result.dim() in (3, 4):
+            kw = call.kwargs
+            ops = [x for x in (*call.args, kw.get("batch1"), kw.get("batch2")) if isinstance(x, torch.Tensor)]
+            if len(ops) >= 2:  # baddbmm(bias, q, k^T): the last two
+                self.products[call.module if call.module is not None else "(outside)"] = (ops[-2], ops[-1])
+        return result
 
     def on_softmax(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
         owner, scores = self._owner, scores.detach().float()
@@ -104,9 +101,10 @@ class AttentionScores:
         owner = self._owner
         self._note(owner, call.scores(), call.output, self._measure(owner, q, k, call.effective_scale))
 
-    def _keep_output(self, name: str, _m: nn.Module, _args: tuple, out: Any) -> None:
+    def module_output(self, call: ModuleCall) -> None:
+        out = call.output
         if isinstance(out, torch.Tensor) and out.is_floating_point():
-            self.outputs[name] = out.detach()
+            self.outputs[call.name] = out.detach()
 
     # --- what a call shows ----------------------------------------------------------------------
     def _sources(self, owner: str) -> list[torch.Tensor]:
@@ -142,13 +140,19 @@ class AttentionScores:
         entry["nonfinite"] += overflow + (int((~torch.isfinite(probs)).sum()) if probs is not None else 0)
 
 
-def _amplify(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Forward pre-hook: the first floating tensor among the positional, then the keyword arguments, x STRESS."""
-    arg_list, kwargs = list(args), dict(kwargs)
-    container: Any  # the positional list, then the keyword dict
-    for container, keys in ((arg_list, range(len(arg_list))), (kwargs, list(kwargs))):
-        for k in keys:
-            if isinstance(container[k], torch.Tensor) and container[k].is_floating_point():
-                container[k] = container[k] * STRESS
-                return tuple(arg_list), kwargs
-    return tuple(arg_list), kwargs
+class Stress(Client):
+    """An editor of the named modules' inputs: the first floating tensor among the positional, then the keyword
+    arguments, x STRESS ("large activations")."""
+
+    def __init__(self, names: Any) -> None:
+        self.modules = tuple(names)
+
+    def module_input(self, call: ModuleCall) -> tuple[tuple, dict[str, Any]] | None:
+        arg_list, kwargs = list(call.args), dict(call.kwargs)
+        container: Any  # the positional list, then the keyword dict
+        for container, keys in ((arg_list, range(len(arg_list))), (kwargs, list(kwargs))):
+            for k in keys:
+                if isinstance(container[k], torch.Tensor) and container[k].is_floating_point():
+                    container[k] = container[k] * STRESS
+                    return tuple(arg_list), kwargs
+        return None

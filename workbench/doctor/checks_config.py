@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..lm import config_value
+from ..lm.intercept import Client, ModuleCall, intercept
 from .registry import Context, Result, check, na
 
 
@@ -181,6 +182,27 @@ class _Reached(Exception):
         self.where = where
 
 
+class Tripwires(Client):
+    """An observer that stops the forward (`_Reached`) at an embedding lookup of ids outside the table, or when
+    the input reaches `stop_at` (the first block, else the output head)."""
+
+    def __init__(self, model: nn.Module, stop_at: nn.Module | None) -> None:
+        named = list(model.named_modules())
+        self.embeddings = {n for n, m in named if isinstance(m, nn.Embedding)}
+        self.stop = next((n for n, m in named if m is stop_at), None)
+        self.modules = (*self.embeddings, *([self.stop] if self.stop is not None else []))
+
+    def module_input(self, call: ModuleCall) -> None:
+        module = call.module
+        if call.name in self.embeddings and isinstance(module, nn.Embedding):
+            idx = call.args[0] if call.args else None
+            if isinstance(idx, torch.Tensor) and idx.numel() and not idx.is_floating_point():
+                if bool((idx < 0).any()) or bool((idx >= module.num_embeddings).any()):
+                    raise _Reached(f"embedding lookup with ids outside [0, {module.num_embeddings})")
+        if call.name == self.stop:
+            raise _Reached("the first block")
+
+
 def _probe(ctx: Context, ids: torch.Tensor) -> tuple[str, str]:
     """Run a bad input with tripwires; returns (outcome, detail).
 
@@ -188,24 +210,10 @@ def _probe(ctx: Context, ids: torch.Tensor) -> tuple[str, str]:
     RuntimeError, or the ids would reach an embedding lookup out of range: on CUDA a device-side
     assert), "silent" (the input reached the first block unchanged, with no complaint).
     """
-    model, handles = ctx.model, []
-
-    def embedding_guard(module: nn.Embedding, args: tuple) -> None:
-        idx = args[0] if args else None
-        if isinstance(idx, torch.Tensor) and idx.numel() and not idx.is_floating_point():
-            if bool((idx < 0).any()) or bool((idx >= module.num_embeddings).any()):
-                raise _Reached(f"embedding lookup with ids outside [0, {module.num_embeddings})")
-
     blocks = ctx.adapter.blocks()
     stop_at = blocks[1][0][1] if blocks else ctx.adapter.output_head()
     try:
-        for m in model.modules():
-            if isinstance(m, nn.Embedding):
-                handles.append(m.register_forward_pre_hook(embedding_guard))
-        if stop_at is not None:
-            handles.append(stop_at.register_forward_pre_hook(lambda _m, _a: (_ for _ in ()).throw(
-                _Reached("the first block"))))
-        with torch.no_grad():
+        with torch.no_grad(), intercept(ctx.model, Tripwires(ctx.model, stop_at)):
             ctx.adapter.logits(ids, allow_nonfinite=True)
     except _Reached as reached:
         return ("lowlevel" if "embedding" in reached.where else "silent"), reached.where
@@ -213,9 +221,6 @@ def _probe(ctx: Context, ids: torch.Tensor) -> tuple[str, str]:
         return "raised", f"{type(err).__name__}: {err}"[:160]
     except (IndexError, RuntimeError) as err:
         return "lowlevel", f"{type(err).__name__}: {err}"[:160]
-    finally:
-        for h in handles:
-            h.remove()
     return "silent", "the forward returned logits"
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import DoctorError
 from ..lm import cache_bytes, cache_tensors, returned_cache
+from ..lm.intercept import Client, ModuleCall, intercept
 from .registry import Context, Precondition, Result, check, na
 from .report import Within, format_value
 
@@ -49,6 +50,26 @@ def _generate(ctx: Context, ids: torch.Tensor, request: GenerationRequest) -> An
                            "`kv_cache` check judges the cache.") from err
 
 
+class CacheSizes(Client):
+    """An observer of the model's forwards: the bytes of the cache each one returns (or was passed), and weak
+    references to the last cache's objects and tensors."""
+
+    modules = ("",)
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.refs: list[weakref.ref] = []
+
+    def module_output(self, call: ModuleCall) -> None:
+        returned = returned_cache(call.output)  # a transformers Cache or a legacy tuple; a KVCache is passed in
+        state = returned if returned is not None else call.kwargs.get("cache")
+        if state is not None:
+            self.sizes.append(cache_bytes(state))
+            self.refs[:] = [weakref.ref(t) for t in cache_tensors(state)]
+            if not isinstance(state, tuple):
+                self.refs.append(weakref.ref(state))
+
+
 @check(
     "generation_memory",
     order=130,
@@ -61,25 +82,12 @@ def _generate(ctx: Context, ids: torch.Tensor, request: GenerationRequest) -> An
 def generation_memory(ctx: Context) -> Result:
     ctx.require_deterministic()
     _require_cache(ctx)
-    sizes: list[int] = []
-    refs: list[weakref.ref] = []
-
-    def after_forward(_m: Any, _args: tuple, kwargs: dict, out: Any) -> None:
-        returned = returned_cache(out)  # a transformers Cache or a legacy tuple; a workbench KVCache is passed in
-        state = returned if returned is not None else kwargs.get("cache")
-        if state is not None:
-            sizes.append(cache_bytes(state))
-            refs[:] = [weakref.ref(t) for t in cache_tensors(state)]
-            if not isinstance(state, tuple):
-                refs.append(weakref.ref(state))
-
     ctx.need(5 + NEW_TOKENS)
     ids = ctx.ids(1, 5, salt=16)
-    handle = ctx.model.register_forward_hook(after_forward, with_kwargs=True)
-    try:
+    seen = CacheSizes()
+    with intercept(ctx.model, seen):
         _generate(ctx, ids, _request())
-    finally:
-        handle.remove()
+    sizes, refs = seen.sizes, seen.refs
     gc.collect()
     alive = sum(r() is not None for r in refs)
     steps = [b - a for a, b in zip(sizes, sizes[1:])]

@@ -55,7 +55,7 @@ def causal_leak(ctx: Context) -> Result:
 
 def _first_module(ctx: Context, run_a, run_b, pick_a, pick_b) -> dict[str, Any]:  # noqa: ANN001
     """{"first_module": the block or block part whose output first differs between two forwards, ...}, or {}."""
-    found = first_divergence(attribution_sites(ctx.model, (ctx.adapter.blocks() or ("", []))[1]),
+    found = first_divergence(ctx.model, attribution_sites(ctx.model, (ctx.adapter.blocks() or ("", []))[1]),
                              run_a, run_b, pick_a, pick_b)
     return {"first_module": found[0] or "(root)", "first_module_delta": found[1]} if found else {}
 

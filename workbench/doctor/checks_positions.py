@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .checks_masking import _first_module, _positions
+from .probes import module_outputs
 from .registry import Context, Result, check, max_delta, na
 from .report import Within, format_value
 
@@ -167,19 +168,10 @@ def _first_block_reordering(a, ids: torch.Tensor) -> tuple[float, float] | None:
     found = a.blocks()
     if found is None:
         return None
-    outputs: list[torch.Tensor] = []
-
-    def keep(_m: torch.nn.Module, _args: tuple, out: object) -> None:
-        first = out[0] if isinstance(out, (tuple, list)) else out
-        if isinstance(first, torch.Tensor):
-            outputs.append(first[:, -1].detach().float())  # (1, C) at the last token
-
-    handle = found[1][0][1].register_forward_hook(keep)
-    try:
-        a.logits(ids)
-        a.logits(torch.cat((ids[:, :-1].flip(1), ids[:, -1:]), dim=1))  # (1, T): earlier tokens reversed
-    finally:
-        handle.remove()
+    first = found[1][0][0]
+    reordered = torch.cat((ids[:, :-1].flip(1), ids[:, -1:]), dim=1)  # (1, T): earlier tokens reversed
+    outputs = [out[:, -1] for x in (ids, reordered)  # (1, C) at the last token
+               for _, out in module_outputs(a.model, [first], functools.partial(a.logits, x))]
     if len(outputs) != 2:
         return None
     return float((outputs[0] - outputs[1]).abs().max()), a.tolerance(outputs[0])

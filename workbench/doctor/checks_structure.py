@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..lm import is_norm
-from .probes import observe
+from ..lm.intercept import ALL_FUNCTIONS, Client, FunctionCall, ModuleCall, intercept
 from .registry import Context, Result, check, na
 
 
@@ -59,6 +59,26 @@ def _residual_of_norms(block_in: torch.Tensor | None, block_out: torch.Tensor | 
     return False
 
 
+class Placement(Client):
+    """An observer of each block's input and output and of the (input, output) of the norms inside it."""
+
+    def __init__(self, blocks: list[tuple[str, Any]]) -> None:
+        self.calls: dict[str, dict[str, Any]] = {name: {"norms": []} for name, _ in blocks}
+        self.block_of = {n: name for name, block in blocks for n, m in block.named_modules(prefix=name)
+                         if is_norm(m)}  # norm -> the block it sits in
+        self.modules = (*self.calls, *self.block_of)
+
+    def module_input(self, call: ModuleCall) -> None:
+        if call.name in self.calls:
+            self.calls[call.name]["in"] = _first_tensor((call.args, call.kwargs))
+
+    def module_output(self, call: ModuleCall) -> None:
+        if call.name in self.calls:
+            self.calls[call.name]["out"] = _first_tensor(call.output)
+        if call.name in self.block_of:
+            self.calls[self.block_of[call.name]]["norms"].append((_first_tensor(call.args), _first_tensor(call.output)))
+
+
 @check(
     "norm_placement",
     order=60,
@@ -71,25 +91,10 @@ def norm_placement(ctx: Context) -> Result:
     if found is None:
         return na("no list of blocks (an nn.ModuleList or nn.Sequential of modules with weights) found.")
     blocks = found[1]
-    calls: dict[str, dict[str, Any]] = {name: {"norms": []} for name, _ in blocks}
-    handles = []
-    try:
-        for name, block in blocks:
-            entry = calls[name]
-            handles.append(block.register_forward_pre_hook(
-                lambda _m, args, kwargs, e=entry: e.__setitem__("in", _first_tensor((args, kwargs))),
-                with_kwargs=True))
-            handles.append(block.register_forward_hook(
-                lambda _m, _a, out, e=entry: e.__setitem__("out", _first_tensor(out))))
-            for sub in block.modules():
-                if is_norm(sub):
-                    handles.append(sub.register_forward_hook(
-                        lambda _m, args, out, e=entry: e["norms"].append((_first_tensor(args), _first_tensor(out)))))
-        with torch.no_grad():
-            ctx.adapter.logits(ctx.ids(1, 6, salt=14), allow_nonfinite=True)
-    finally:
-        for h in handles:
-            h.remove()
+    seen = Placement(blocks)
+    with torch.no_grad(), intercept(ctx.model, seen):
+        ctx.adapter.logits(ctx.ids(1, 6, salt=14), allow_nonfinite=True)
+    calls = seen.calls
     kinds = {name: _block_placement(c.get("in"), c.get("out"), c["norms"]) for name, c in calls.items()}
     by_kind: dict[str, list[str]] = {}
     for name, kind in kinds.items():
@@ -135,6 +140,25 @@ def _classify(func: Any, args: tuple, kwargs: dict) -> tuple[str, str] | None:
     return None
 
 
+class HostDevice(Client):
+    """An observer of every torch call: the host-device ones, as (kind, label, module, inside a block)."""
+
+    functions = ALL_FUNCTIONS
+
+    def __init__(self, blocks: list[str]) -> None:
+        self.prefixes = tuple(f"{b}." for b in blocks)
+        self.events: list[tuple[str, str, str, bool]] = []
+
+    def function(self, call: FunctionCall) -> Any:
+        result = call.proceed()
+        kind = _classify(call.func, call.args, call.kwargs)
+        if kind is not None:
+            module = call.module
+            where = "(outside)" if module is None else module or "(root)"
+            self.events.append((*kind, where, module is not None and f"{module}.".startswith(self.prefixes)))
+        return result
+
+
 @check(
     "host_device",
     order=170,
@@ -145,18 +169,10 @@ def _classify(func: Any, args: tuple, kwargs: dict) -> tuple[str, str] | None:
 )
 def host_device(ctx: Context) -> Result:
     found = ctx.adapter.blocks()
-    block_ids = {id(m) for _, m in found[1]} if found else set()
-    events: list[tuple[str, str, str, bool]] = []  # (kind, label, module, inside a block)
-
-    def on_call(stack, func, args, kwargs, _result) -> None:  # noqa: ANN001
-        kind = _classify(func, args, kwargs)
-        if kind is not None:
-            in_block = any(id(m) in block_ids for _, m in stack.stack)
-            events.append((kind[0], kind[1], stack.current or "(root)", in_block))
-
-    ids = ctx.ids(1, 6, salt=15)
-    with torch.no_grad(), observe(ctx.model, on_call):
-        ctx.adapter.logits(ids, allow_nonfinite=True)
+    seen = HostDevice([name for name, _ in found[1]] if found else [])
+    with torch.no_grad(), intercept(ctx.model, seen):
+        ctx.adapter.logits(ctx.ids(1, 6, salt=15), allow_nonfinite=True)
+    events = seen.events
     transfers = [e for e in events if e[0] == "transfer"]
     layer_syncs = [e for e in events if e[0] == "sync" and e[3]]
     other_syncs = [e for e in events if e[0] == "sync" and not e[3]]

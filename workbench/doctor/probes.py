@@ -1,78 +1,18 @@
-"""Observation tools shared by checks: a module stack from forward hooks, and a `TorchFunctionMode` that
-sees every torch call made inside one forward (matmuls, host syncs, device transfers). Attention itself
-is observed through `workbench.lm.observe`, as capture and the session observe it.
-
-The hooks and the mode exist only inside `observe(...)`; every handle is removed in `finally`.
+"""Observation shared by checks, as clients of the interception layer (`workbench.lm.intercept`): the outputs
+of chosen modules, and the first module where two forwards part. Function calls and attention are watched
+through the same layer by the checks that need them (`attention_scores`, `checks_structure`); every hook is
+removed when the interception closes.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-
-class ModuleStack:
-    """The chain of modules currently running, maintained by forward pre/post hooks on every module."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.names = {id(m): n for n, m in model.named_modules()}
-        self.stack: list[tuple[str, nn.Module]] = []
-        self._handles: list[Any] = []
-        for m in model.modules():
-            self._handles.append(m.register_forward_pre_hook(self._push))
-            self._handles.append(m.register_forward_hook(self._pop, always_call=True))
-
-    def _push(self, m: nn.Module, _args: tuple) -> None:
-        self.stack.append((self.names.get(id(m), "?"), m))
-
-    def _pop(self, _m: nn.Module, _args: tuple, _out: Any) -> None:
-        if self.stack:
-            self.stack.pop()
-
-    @property
-    def current(self) -> str:
-        """Path of the innermost running module ("" for the root, "(outside)" when none runs)."""
-        return self.stack[-1][0] if self.stack else "(outside)"
-
-    @property
-    def current_module(self) -> nn.Module | None:
-        return self.stack[-1][1] if self.stack else None
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-
-class CallWatcher(TorchFunctionMode):
-    """Calls `on_call(func, args, kwargs, result)` after every torch function/method inside the mode."""
-
-    def __init__(self, on_call: Callable[[Any, tuple, dict, Any], None]) -> None:
-        super().__init__()
-        self.on_call = on_call
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        kwargs = kwargs or {}
-        result = func(*args, **kwargs)
-        self.on_call(func, args, kwargs, result)  # the mode is off while it handles a call: not re-entered
-        return result
-
-
-@contextlib.contextmanager
-def observe(model: nn.Module, on_call: Callable[[ModuleStack, Any, tuple, dict, Any], None]) -> Iterator[ModuleStack]:
-    """Inside the block, `on_call(stack, func, args, kwargs, result)` sees each torch call with the
-    module stack at that moment."""
-    stack = ModuleStack(model)
-    try:
-        with CallWatcher(lambda f, a, k, r: on_call(stack, f, a, k, r)):
-            yield stack
-    finally:
-        stack.remove()
+from ..lm.intercept import Client, ModuleCall, intercept
 
 
 def _first_tensor(obj: Any) -> torch.Tensor | None:
@@ -95,31 +35,38 @@ def attribution_sites(model: nn.Module, blocks: list[tuple[str, nn.Module]] | No
     return sites
 
 
-def first_divergence(sites: list[tuple[str, nn.Module]], run_a: Callable[[], Any], run_b: Callable[[], Any],
-                     pick_a: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+class ModuleOutputs(Client):
+    """An observer of the named modules' outputs: each call's first floating tensor of two or more dimensions
+    (B, T, ...), detached as float32, in the order the calls finish."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.modules = tuple(names)
+        self.outputs: list[tuple[str, torch.Tensor]] = []
+
+    def module_output(self, call: ModuleCall) -> None:
+        t = _first_tensor(call.output)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2:
+            self.outputs.append((call.name, t.detach().float()))
+
+
+def module_outputs(model: nn.Module, names: Iterable[str], run: Callable[[], Any]) -> list[tuple[str, torch.Tensor]]:
+    """The outputs of the named modules of `model` while `run()` runs (see `ModuleOutputs`)."""
+    seen = ModuleOutputs(names)
+    with intercept(model, seen):
+        run()
+    return seen.outputs
+
+
+def first_divergence(model: nn.Module, sites: list[tuple[str, nn.Module]], run_a: Callable[[], Any],
+                     run_b: Callable[[], Any], pick_a: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
                      pick_b: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> tuple[str, float] | None:
-    """The first module, in the order modules finish, whose output differs between two forwards beyond float
-    noise, with the largest |delta|; None when none does. pick_a / pick_b select the positions to compare from
-    each output (B, T, ...), e.g. the real tokens of a padded sequence."""
-    outs: list[list[tuple[str, torch.Tensor]]] = [[], []]
-    handles = []
-
-    def keep(name: str, run: int) -> Callable[..., None]:
-        def hook(_m: nn.Module, _args: tuple, out: Any) -> None:
-            t = _first_tensor(out)
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2:
-                outs[run].append((name, t.detach().float()))
-        return hook
-
-    for run, call in enumerate((run_a, run_b)):
-        try:
-            handles = [m.register_forward_hook(keep(n, run)) for n, m in sites]
-            call()
-        finally:
-            for h in handles:
-                h.remove()
-    later = dict(outs[1])
-    for name, a in outs[0]:
+    """The first module of `model` among `sites`, in the order modules finish, whose output differs between two
+    forwards beyond float noise, with the largest |delta|; None when none does. pick_a / pick_b select the
+    positions to compare from each output (B, T, ...), e.g. the real tokens of a padded sequence."""
+    names = [n for n, _ in sites]
+    first = module_outputs(model, names, run_a)
+    later = dict(module_outputs(model, names, run_b))
+    for name, a in first:
         b = later.get(name)
         if b is None:
             continue

@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import InputError, ModelContractError
 from ..model.placement import module_device, module_dtype
 from .caches import ForeignCache, new_hf_cache, returned_cache
+from .intercept import Client, ModuleCall, intercept
 from .signature import ForwardSignature
 
 _NORM_NAME = re.compile(r"norm", re.IGNORECASE)
@@ -73,6 +74,20 @@ def is_norm(module: nn.Module) -> bool:
 
 class NonFiniteLogits(ModelContractError):
     """A probe's logits hold NaN/Inf, so comparing them says nothing; the `nonfinite` check reports why."""
+
+
+class _FedIds(Client):
+    """An observer of embedding lookups: the embeddings whose first argument is `ids` itself."""
+
+    def __init__(self, ids: torch.Tensor, names: list[str]) -> None:
+        self.ids, self.modules = ids, tuple(names)
+        self.fed: list[nn.Embedding] = []
+
+    def module_input(self, call: ModuleCall) -> None:
+        x = call.args[0] if call.args else None
+        if isinstance(call.module, nn.Embedding) and isinstance(x, torch.Tensor) and x.shape == self.ids.shape \
+                and torch.equal(x, self.ids):
+            self.fed.append(call.module)
 
 
 class ModelAdapter:
@@ -337,21 +352,13 @@ class ModelAdapter:
         """The embedding whose lookup receives the input ids themselves in one forward (ids (1, 3) = 2, 0, 1:
         never position ids, which count up)."""
         ids = torch.tensor([[2, 0, 1]], device=self.device) % max(2, min(e.num_embeddings for e in embeds))
-        fed: list[nn.Embedding] = []
-
-        def seen(module: nn.Module, args: tuple) -> None:
-            if args and isinstance(args[0], torch.Tensor) and args[0].shape == ids.shape and torch.equal(args[0], ids):
-                fed.append(module)  # type: ignore[arg-type]  # hooks are only on nn.Embedding
-
-        handles = [e.register_forward_pre_hook(seen) for e in embeds]
+        seen = _FedIds(ids, [n for n, e in self.model.named_modules() if isinstance(e, nn.Embedding)])
         try:
-            with torch.no_grad():
+            with torch.no_grad(), intercept(self.model, seen):
                 self.model(ids, **self.signature.use_cache(False))
         except Exception:  # noqa: BLE001 - a model that cannot take this probe: fall back to the largest table
             return None
-        finally:
-            for h in handles:
-                h.remove()
+        fed = seen.fed
         return fed[0] if len(set(map(id, fed))) == 1 else None
 
     def output_head(self) -> nn.Module | None:

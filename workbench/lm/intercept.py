@@ -33,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import InterventionError
 from .observe import watch_attention
 
-__all__ = ["ALL_FUNCTIONS", "Client", "FunctionCall", "Interception", "ModuleCall", "intercept"]
+__all__ = ["ALL_FUNCTIONS", "Client", "FunctionCall", "Interception", "ModuleCall", "intercept", "module_hooks"]
 
 ALL_FUNCTIONS = frozenset({"*"})  # a client's `functions` that asks for every torch call
 _ATTENTION_EVENTS = ("on_pattern", "on_sdpa", "on_softmax", "on_folded_softmax")
@@ -130,6 +130,7 @@ class Interception:
             if c.modules is not None and _edits_modules(c):
                 for name in c.modules:
                     self._by_module.setdefault(name, []).append(c)
+        self._own_pre: set[str] = set()  # modules whose inputs go to clients through their own pre-hook
         self._exit = contextlib.ExitStack()
 
     @property
@@ -181,11 +182,13 @@ class Interception:
                 self._exit.callback(m.register_forward_pre_hook(self._pre, with_kwargs=True).remove)
                 self._exit.callback(m.register_forward_hook(self._post, with_kwargs=True, always_call=True).remove)
             return
-        _refuse_unknown(set(self._by_module) - set(self.names.values()), dict(self.model.named_modules()))
-        hooks = nn.modules.module
-        self._exit.callback(hooks.register_module_forward_pre_hook(self._global_pre).remove)  # type: ignore[arg-type]  # a pre-hook may return new args
-        self._exit.callback(hooks.register_module_forward_hook(self._global_post, with_kwargs=True,
-                                                               always_call=True).remove)
+        by_id = dict(self.model.named_modules(remove_duplicate=False))
+        _refuse_unknown(set(self._by_module) - set(by_id), by_id)
+        self._exit.enter_context(module_hooks(self._global_pre, self._global_post))
+        for name in self._by_module:  # a process-wide pre-hook cannot see keyword arguments: these can
+            if any(_edits_inputs(c) for c in self._by_module[name]):
+                self._own_pre.add(name)
+                self._exit.callback(by_id[name].register_forward_pre_hook(self._pre, with_kwargs=True).remove)
 
     # --- module events ------------------------------------------------------------------------------------
     def _global_pre(self, module: nn.Module, args: tuple) -> tuple | None:
@@ -194,7 +197,7 @@ class Interception:
             return None
         self.stack.append(name)
         clients = self._module_clients(name)
-        if not clients:
+        if not clients or name in self._own_pre:  # the module's own pre-hook runs its clients, with kwargs
             return None
         new = self._inputs(name, module, args, {}, clients)
         return None if new is None else new[0]  # a process-wide pre-hook sees positional arguments only
@@ -214,7 +217,7 @@ class Interception:
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         name = self.names[id(module)]
-        return self._inputs(name, module, args, kwargs, self._by_module[name])
+        return self._inputs(name, module, args, kwargs, self._module_clients(name))
 
     def _post(self, module: nn.Module, args: tuple, *rest: Any) -> Any:
         if len(rest) != 2:
@@ -263,6 +266,10 @@ def _edits_modules(client: Client) -> bool:
     return kind.module_input is not Client.module_input or kind.module_output is not Client.module_output
 
 
+def _edits_inputs(client: Client) -> bool:
+    return type(client).module_input is not Client.module_input
+
+
 def _stack() -> list[Interception]:
     stack = getattr(_active, "stack", None)
     if stack is None:
@@ -274,6 +281,49 @@ def innermost() -> Interception | None:
     """The interception opened last on this thread and still open, if any."""
     stack = _stack()
     return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def module_hooks(pre: Callable[[nn.Module, tuple], Any], post: Callable[..., Any],
+                 modules: Collection[nn.Module] | None = None) -> Iterator[None]:
+    """Plain forward hooks, removed on exit: `pre(module, args)` before a module call, `post(module, args,
+    kwargs, output)` after it, or `post(module, args, output)` when its forward raised. With `modules` None
+    they are the two process-wide hooks (every module call of the process), else hooks on those modules.
+    `Interception` runs on them; a hot path that cannot afford an event object per call (capture's
+    `Recorder`) registers its own here rather than through torch."""
+    with contextlib.ExitStack() as handles:
+        if modules is None:
+            hooks = nn.modules.module
+            handles.callback(hooks.register_module_forward_pre_hook(pre).remove)
+            handles.callback(hooks.register_module_forward_hook(post, with_kwargs=True, always_call=True).remove)
+        else:
+            each = _EachModule(post)
+            for m in modules:
+                handles.callback(m.register_forward_pre_hook(pre).remove)
+                handles.callback(m.register_forward_hook(each.returned, with_kwargs=True).remove)
+                handles.callback(m.register_forward_hook(each.finished, always_call=True).remove)
+        yield
+
+
+class _EachModule:
+    """A module's own always_call hook with kwargs is called with output None when forward raises, which a
+    module may also return: so a kwargs hook does the work, and an always_call hook without kwargs,
+    registered after it, tells `post` of the call only when forward raised (the kwargs hook did not run just
+    before it for this module)."""
+
+    def __init__(self, post: Callable[..., Any]) -> None:
+        self.post = post
+        self.closed: nn.Module | None = None
+
+    def returned(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        self.closed = module
+        return self.post(module, args, kwargs, output)
+
+    def finished(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.closed is module:  # forward returned: `returned` has just told `post`
+            self.closed = None
+            return
+        self.post(module, args, output)  # forward raised
 
 
 @contextlib.contextmanager

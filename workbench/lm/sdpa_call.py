@@ -116,12 +116,22 @@ class SdpaCall:
         m = self.attn_mask
         return m is not None and (m.dtype == torch.bool or bool(torch.isneginf(m).any()))
 
+    def allowed(self) -> torch.Tensor:
+        """(..., T, S) bool, True where a query may attend: the mask as booleans (an additive mask allows what
+        is above its dtype's minimum / 2), or the causal triangle (bottom-right aligned, as a cached step
+        needs) when `is_causal` and no mask, or everything. For rewriting a call's mask."""
+        q, k, m = self.query, self.key, self.attn_mask
+        if m is None:
+            T, S = q.shape[-2], k.shape[-2]
+            everything = torch.ones(T, S, dtype=torch.bool, device=q.device)
+            return everything.tril(S - T) if self.is_causal else everything
+        return m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+
     def allowed_keys(self) -> torch.Tensor | None:
         """(S,) bool: keys some query may attend to under the mask (None without a mask)."""
         if self.attn_mask is None:
             return None
-        m = self.attn_mask.detach()
-        allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+        allowed = self.allowed().detach()
         return allowed.reshape(-1, allowed.shape[-1]).any(0)
 
 
