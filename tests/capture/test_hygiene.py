@@ -141,7 +141,7 @@ def test_few_recorded_modules_are_hooked_each_and_record_what_the_process_wide_h
         seen.append((_global_hook_count(), sum(len(m._forward_hooks) for m in hf_llama.model.layers)))
         hf_llama(ids)
     assert seen == [(0, 2 * len(hf_llama.model.layers))]
-    monkeypatch.setattr(hooks.Recorder, "_hooks_each", lambda self, named: False)
+    monkeypatch.setattr(hooks.Recorder, "_hooks_each", lambda self, intercept, named: False)
     with trace(hf_llama, modules=layers) as wide:
         assert _global_hook_count() == 2
         hf_llama(ids)

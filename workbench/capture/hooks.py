@@ -1,8 +1,7 @@
 """Attaching and detaching capture hooks, with the hygiene a notebook needs.
 
-`Recorder.attach()` registers plain forward pre/post hooks through the interception layer's
-`module_hooks` (post hooks also told of a forward that raised, so the record stack stays balanced), and
-attributes attention calls to the module that the layer's `intercept` names as running; `Recorder.detach()`
+`Recorder.attach()` registers plain forward pre/post hooks through the interception layer's `module_hooks`
+(post hooks also told of a forward that raised, so the module stack stays balanced) and `Recorder.detach()`
 removes exactly what it registered, restores train/eval mode and requires_grad flags, and unpatches
 SDPA/softmax.
 A registry of modules under capture refuses a second, overlapping trace with a clear error instead
@@ -25,7 +24,7 @@ from torch import nn
 
 from ..distributed.shards import local_tensor
 from ..errors import CaptureError
-from ..lm.intercept import Client, Interception, intercept, module_hooks
+from ..lm.intercept import module_hooks
 from ..lm.observe import SdpaCall, pattern_sites, watch_attention
 from ..model.layers import HookPoint
 from .attention import AttentionCollector, AttentionSelection
@@ -53,15 +52,16 @@ class CaptureOptions:
     attention_source: str = "auto"  # "auto", "hooks" (workbench hook_pattern) or "intercept"
 
 
-class Recorder(Client):
+class Recorder:
     """Owns every hook of one trace; `records` fill in execution order while attached.
 
-    It registers two process-wide module hooks (`module_hooks`) that look each called module up in a dict
-    of this model's modules, instead of two hooks per module: attaching to a 600-module model then costs
-    two registrations, not 1,200 handles, and `HookPoint.is_hooked` stays False (no eager switch). Its hooks
-    are plain functions, not clients of `intercept`: an event object per module call would cost more than
-    the records themselves on small modules. Attention intercepted from SDPA and softmax calls comes to it
-    as an attention client of `intercept`, which names the running module (`Interception.current`).
+    It registers two process-wide module hooks (`module_hooks` of the interception layer) that look each
+    called module up in a dict of this model's modules, instead of two hooks per module: attaching to a
+    600-module model then costs two registrations, not 1,200 handles, and `HookPoint.is_hooked` stays False
+    (no eager switch). The hooks are plain functions rather than an `intercept` client, and they keep the
+    running-module stack that names the owner of an intercepted attention call themselves: an event object
+    per module call, or the layer's own pair of stack hooks beside these, measured 13% and 10% of capture's
+    overhead on a small model (benchmarks/capture_versus.py), on the path that every module call takes.
     """
 
     def __init__(self, model: nn.Module, options: CaptureOptions, modules: ModuleFilter = None,
@@ -80,9 +80,9 @@ class Recorder(Client):
         self.collector = AttentionCollector(options.attention) if options.attention else None
         self.attention_mode = "off"
         self.saved: SavedTensorsMeter | None = None
-        self._static: dict[int, tuple] = {}  # id -> (name, type, param facts, stats on)
+        self._static: dict[int, tuple | str] = {}  # id -> (name, type, param facts, stats on), or a name
         self._rec_stack: list[list] = []  # [record, t0, start_event]
-        self._scope: Interception | None = None  # the interception naming the running module (attention)
+        self._name_stack: list[str] = []  # every module entered (for attention attribution)
         self._calls: dict[str, int] = {}
         self._ended = 0
         self._members: dict[str, list[nn.Parameter]] = {}
@@ -92,7 +92,7 @@ class Recorder(Client):
         self._mem_layers: set[str] = set()
         self._modes: list[bool] = []  # each module's training flag at attach, in layout order
         self._flags: list[bool] = []  # each parameter's requires_grad at attach
-        self._watch = contextlib.ExitStack()  # every hook and patch: the module hooks, attention's interception
+        self._watch = contextlib.ExitStack()  # the module hooks and the observation layer's patches
         self._events_pool: EventPool | None = None  # CUDA timing events (None: perf_counter)
         self._stream: Any = None  # the stream they are recorded on (the model device's current stream)
         self.attached = False
@@ -120,14 +120,17 @@ class Recorder(Client):
             raise
         self.attached = True
 
-    def _static_table(self) -> dict[int, tuple]:
-        """id(module) -> (name, type, param facts, stats on) for recorded modules."""
-        info = self.layout.info
+    def _static_table(self, intercept: bool) -> dict[int, tuple | str]:
+        """id(module) -> (name, type, param facts, stats on) for recorded modules, or just the name for
+        the other modules when attention is attributed to the innermost module (`intercept`)."""
+        named, info = self.layout.named, self.layout.info
+        table: dict[int, tuple | str] = {id(m): name for name, m in named} if intercept else {}
         only = None if self.opt.stats_modules is None else set(self.opt.stats_modules)
-        return {
+        table.update({
             id(m): (name, type(m).__name__, info[name], self.opt.stats and (only is None or name in only))
             for name, m in self.targets
-        }
+        })
+        return table
 
     def _attach_hooks(self, named: list[tuple[str, nn.Module]], params: list[nn.Parameter]) -> None:
         self._members = self.layout.members
@@ -137,22 +140,24 @@ class Recorder(Client):
         if self.opt.memory and uses_allocator(device):
             self._cuda, self._mem_layers = CudaAllocatorMeter(device), layer_module_names(self.model)
         self._setup_attention(named)
-        key = self._targets_key and ("static", self._targets_key, self.opt.stats, self.opt.stats_modules)
-        self._static = self.layout.derived(key, self._static_table)
-        each = [m for _, m in self.targets] if self._hooks_each(named) else None
+        intercept = self.attention_mode == "intercept"
+        key = self._targets_key and ("static", self._targets_key, self.opt.stats, self.opt.stats_modules, intercept)
+        self._static = self.layout.derived(key, lambda: self._static_table(intercept))
+        each = [m for _, m in self.targets] if self._hooks_each(intercept, named) else None
         self._watch.enter_context(module_hooks(self._pre, self._post, each))
         if self.opt.memory:
             self.saved = SavedTensorsMeter(lambda: self._rec_stack[-1][0] if self._rec_stack else None,
                                            lambda: {local_tensor(p).untyped_storage().data_ptr() for p in params})
             self.saved.__enter__()
 
-    def _hooks_each(self, named: list[tuple[str, nn.Module]]) -> bool:
+    def _hooks_each(self, intercept: bool, named: list[tuple[str, nn.Module]]) -> bool:
         """Hook each recorded module rather than every module call of the process, when few are recorded.
 
         A process-wide hook sends every module call through `nn.Module`'s slow hook path (~20-70 us each on
-        the CPU), so recording SmolLM2's 30 layers that way paid for its 397 modules. A workbench `HookPoint`
-        hooked directly switches its layer to eager attention, so it keeps the process-wide pair."""
-        if 4 * len(self.targets) > len(named):
+        the CPU), so recording SmolLM2's 30 layers that way paid for its 397 modules. Attention attributed by
+        interception needs the stack of every module, and a workbench `HookPoint` hooked directly switches
+        its layer to eager attention, so both keep the process-wide pair."""
+        if intercept or 4 * len(self.targets) > len(named):
             return False
         return not any(isinstance(m, HookPoint) for _, m in self.targets)
 
@@ -173,7 +178,7 @@ class Recorder(Client):
                     wanted.append((owner, site))
             self._watch.enter_context(watch_attention(self, intercept=False, patterns=wanted))
         elif mode == "intercept":
-            self._scope = self._watch.enter_context(intercept(self.model, self))
+            self._watch.enter_context(watch_attention(self))
         else:
             raise CaptureError(f"attention_source={mode!r} is unknown; use 'auto', 'hooks' or 'intercept'.")
         self.attention_mode = mode
@@ -198,13 +203,16 @@ class Recorder(Client):
                 self._registered = False
                 deque(map(_ACTIVE.pop, self.layout.ids, repeat(None)), maxlen=0)
             self._rec_stack.clear()
-            self._scope = None
+            self._name_stack.clear()
             self.attached = False
 
     # --- hot path -------------------------------------------------------------------------------
     def _pre(self, module: nn.Module, args: tuple) -> None:
         static = self._static.get(id(module))
         if static is None:
+            return
+        if isinstance(static, str):  # stack-only module (attention attribution)
+            self._name_stack.append(static)
             return
         name, typ, info, want_stats = static
         stack = self._rec_stack
@@ -219,6 +227,7 @@ class Recorder(Client):
                 rec.in_stats = self.stats.measure(x)
         if self._cuda is not None and name in self._mem_layers:
             self._cuda.enter(rec)
+        self._name_stack.append(name)
         frame = [rec, 0.0, None, want_stats]
         if self.opt.timing:
             if self._events_pool is not None:
@@ -232,10 +241,14 @@ class Recorder(Client):
     def _post(self, module: nn.Module, args: tuple, *rest: Any) -> None:
         # (module, args, kwargs, output) normally; (module, args, output) when forward raised
         static = self._static.get(id(module))
-        if static is None or not self._rec_stack:
+        if static is None or not self._name_stack:
+            return
+        if isinstance(static, str):
+            self._name_stack.pop()
             return
         kwargs, output = rest if len(rest) == 2 else ({}, rest[0])
         frame = self._rec_stack.pop()
+        self._name_stack.pop()
         rec: ModuleRecord = frame[0]
         opt, want_stats = self.opt, frame[3]
         if opt.timing:
@@ -285,26 +298,22 @@ class Recorder(Client):
         if self.collector is not None:
             self.collector.add_probs(module, "hook", probs)
 
-    def _owner(self) -> str | None:
-        """The running module of the model, as the interception names it."""
-        return self._scope.current if self._scope is not None else None
-
     def on_sdpa(self, call: SdpaCall) -> None:
-        module = self._owner()
-        if module is not None and self.collector is not None and self.collector.wants(module):
+        if not self._name_stack or self.collector is None:
+            return
+        module = self._name_stack[-1]
+        if self.collector.wants(module):
             self.collector.add_sdpa(module, call)
 
     def wants_probabilities(self, call: SdpaCall) -> bool:
         """Asked by the observation layer before an SDPA call: compute it from its probabilities?"""
-        module = self._owner()
-        if module is None or self.collector is None or not self.collector.wants(module):
+        if not self._name_stack or self.collector is None or not self.collector.wants(self._name_stack[-1]):
             return False
         return self.collector.covers_most(call)
 
     def on_softmax(self, _scores: torch.Tensor, probs: torch.Tensor) -> None:
-        module = self._owner()
-        if module is not None and self.collector is not None and self.collector.wants(module):
-            self.collector.add_probs(module, "softmax", probs)
+        if self._name_stack and self.collector is not None and self.collector.wants(self._name_stack[-1]):
+            self.collector.add_probs(self._name_stack[-1], "softmax", probs)
 
     on_folded_softmax = on_softmax  # (N, 1, T, T): recorded as the call says, N batch rows of one head
 

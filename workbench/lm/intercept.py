@@ -182,9 +182,11 @@ class Interception:
                 self._exit.callback(m.register_forward_pre_hook(self._pre, with_kwargs=True).remove)
                 self._exit.callback(m.register_forward_hook(self._post, with_kwargs=True, always_call=True).remove)
             return
+        self._exit.enter_context(module_hooks(self._global_pre, self._global_post))
+        if not self._by_module:
+            return
         by_id = dict(self.model.named_modules(remove_duplicate=False))
         _refuse_unknown(set(self._by_module) - set(by_id), by_id)
-        self._exit.enter_context(module_hooks(self._global_pre, self._global_post))
         for name in self._by_module:  # a process-wide pre-hook cannot see keyword arguments: these can
             if any(_edits_inputs(c) for c in self._by_module[name]):
                 self._own_pre.add(name)
