@@ -43,7 +43,8 @@ def _spec(draw: Any, kind: str) -> Any:
     where = dict(positions=draw(indices), rows=draw(indices))
     module = draw(st.sampled_from(MODULES[kind]))
     if which in ("Zero", "Scale", "Add", "Replace", "Apply"):
-        extra: dict[str, Any] = {"Zero": {}, "Scale": {"factor": draw(st.one_of(st.floats(-2, 2), st.text(max_size=1)))},
+        factor = draw(st.one_of(st.floats(-2, 2), st.text(max_size=1)))
+        extra: dict[str, Any] = {"Zero": {}, "Scale": {"factor": factor},
                                  "Add": {"value": torch.ones(draw(values))},
                                  "Replace": {"value": torch.ones(draw(values))},
                                  "Apply": {"fn": draw(st.sampled_from([torch.tanh, lambda x: x[..., :1], str]))}}[which]
