@@ -38,6 +38,8 @@ def test_readme_tour_runs_and_its_comments_hold(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "report.html").stat().st_size > 100_000  # plotly.js inline
     assert ns["out"].new_tokens.shape == (1, 20)
     assert ns["record"].cache_length == len(tok.encode("The capital of France is")) + 1
+    assert ns["steered"].new_tokens.shape == (1, 5) and wb.lm.edits.active_edits(model) == ()
+    assert ns["session"].edit_labels == (ns["steer"].label,) and ns["steer"].label.startswith("Add(module=blocks.10")
     report = ns["report"]
     assert "# every check in CHECK_NAMES" in README.read_text()
     assert [f.check for f in report] == list(wb.doctor.CHECK_NAMES) and report.ok

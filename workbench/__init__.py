@@ -20,6 +20,7 @@ from .errors import (
     DoctorError,
     GenerationError,
     InputError,
+    InterventionError,
     LoadError,
     MissingDependencyError,
     ModelContractError,
@@ -37,6 +38,7 @@ from .io.load_tokenizer import load_tokenizer
 from .io.report import LoadReport
 from .io.save import save_pretrained
 from .io.tokenizer import Tokenizer
+from .lm.edits import Add, Apply, Edit, Knockout, MeanAblate, Replace, ReplaceHead, Scale, Zero, ZeroHead, edit
 from .model import (
     PRESETS,
     CompiledModel,
@@ -98,6 +100,17 @@ __all__ = [
     "CompiledModel",
     "FastDecoder",
     "compile_model",
+    "Add",
+    "Apply",
+    "Edit",
+    "Knockout",
+    "MeanAblate",
+    "Replace",
+    "ReplaceHead",
+    "Scale",
+    "Zero",
+    "ZeroHead",
+    "edit",
     "CaptureError",
     "CompareError",
     "Comparison",
@@ -109,6 +122,7 @@ __all__ = [
     "GenerationError",
     "HookPoint",
     "InputError",
+    "InterventionError",
     "KVCache",
     "LoadError",
     "LoadReport",

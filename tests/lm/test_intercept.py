@@ -152,3 +152,26 @@ def test_each_call_of_a_module_is_counted(llama):
         llama(IDS)
         llama(IDS)
     assert calls == [0, 1]
+
+
+def test_a_first_interception_edits_ahead_of_hooks_registered_before_it(llama):
+    """An observer's process-wide hook registered before an editor sees the edited output only when the
+    editor's interception is `first` (a trace opened around an edit records what the edit wrote)."""
+    seen: list[torch.Tensor] = []
+
+    def observe(module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        if module is llama.model.layers[0].mlp:
+            seen.append(out)
+
+    handle = nn.modules.module.register_module_forward_hook(observe)
+    try:
+        with torch.no_grad():
+            with intercept(llama, Scale(["model.layers.0.mlp"], 0.0)):
+                llama(IDS)
+            with intercept(llama, Scale(["model.layers.0.mlp"], 0.0), first=True):
+                with intercept(llama, Scale(["model.layers.0.mlp"], 2.0), first=True):
+                    llama(IDS)
+    finally:
+        handle.remove()
+    assert bool(seen[0].abs().max() > 0) and torch.equal(seen[1], torch.zeros_like(seen[1]))
+    assert _hooks() == (0, 0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from plotly.callbacks import InputDeviceState, Points
 
+import workbench as wb
 from workbench.capture import GradientHistory, trace
 from workbench.errors import InputError
 from workbench.generation import GenerationRequest, GenerationSession
@@ -148,6 +149,21 @@ def test_stepper_buttons(tiny, chars):
     view.prompt.value = "xyz!"
     view.reset_button.click()
     assert view.session.prompt_ids == chars.encode("xyz!")
+
+
+def test_stepper_shows_the_edits_that_steer_it(tiny, chars):
+    steer = wb.Add("blocks.0", torch.full((64,), 3.0))
+    plain = GenerationStepper(tiny, chars, "abc")
+    steered = GenerationStepper(tiny, chars, "abc", edits=[steer])
+    assert plain.edits.value == "" and "edits: Add(module=blocks.0, value=tensor(64,))" in steered.edits.value
+    plain.run(4)
+    steered.run(4)
+    assert steered.session.generated_ids != plain.session.generated_ids  # the edit steers every step
+    with wb.edit(tiny, wb.Zero("blocks.1.mlp", positions=[0])):
+        steered.step()
+    assert "Add(module=blocks.0" in steered.edits.value and "Zero(module=blocks.1.mlp, positions=[0])" in \
+        steered.edits.value  # an enclosing block's edit is named too, for the step it ran in
+    assert steered.session.history[-1].edits[1] == "Zero(module=blocks.1.mlp, positions=[0])"
 
 
 def test_stepper_reports_errors_instead_of_raising(tiny, chars):

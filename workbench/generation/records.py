@@ -57,6 +57,7 @@ class StepRecord:
     step_time: float  # seconds (perf_counter; one device sync per step on CUDA)
     attention: torch.Tensor | None = None  # (L, H, S) float32 CPU: the new token's attention over the cache
     finish_reason: str | None = None  # "eos", "stop_string" or "length" when this token ended the session
+    edits: tuple[str, ...] = ()  # labels of the edits (`workbench.edit`) active while the step ran
 
     @property
     def cache_total_used(self) -> int:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import GenerationError
 from ..lm import ForeignCache, ModelAdapter
+from ..lm.edits import Edit, active_edits, edit
 from ..lm.observe import SdpaCall, pattern_sites, watch_attention
 from ..model.cache import KVCache
 from .fast import Step, decode_stepper, resolve_fast
@@ -45,6 +46,9 @@ class GenerationSession:
     TransformerLM on CUDA with a static cache, "compile" = the `torch.compile`d step. Records
     (tokens, cache statistics) are the same; a step with attention capture on runs the plain
     forward, since its hooks must fire.
+    edits: edit specs (`workbench.Zero`, `workbench.Add`, ...) applied to the prefill and every step, as an
+    enclosing `with workbench.edit(model, ...)` would be; each record names the edits active in its step
+    (`StepRecord.edits`: the session's own, then any enclosing block's).
     """
 
     # Set by _start (the prompt's prefill); reset() rewinds the ones that describe the run so far.
@@ -72,6 +76,7 @@ class GenerationSession:
         cache_mode: str = "static",
         reserve: int = 64,
         fast: bool | str | None = None,
+        edits: Sequence[Edit] = (),
         **settings: Any,
     ) -> None:
         request = build_request(request, settings)
@@ -92,6 +97,11 @@ class GenerationSession:
             raise GenerationError("a GenerationSession needs a causal LM (a torch nn.Module), got "
                                   f"{type(model).__name__}.")
         self.model = model
+        self.edits = tuple(edits)
+        for e in self.edits:
+            if not isinstance(e, Edit):
+                raise GenerationError(f"edits must be edit specs (workbench.Zero, workbench.Add, ...), got "
+                                      f"{type(e).__name__}.")
         self.lm = ModelAdapter(model, tokenizer)
         self.tokenizer = tokenizer
         self.capture_attention, self.top_k_candidates = capture_attention, top_k_candidates
@@ -136,6 +146,11 @@ class GenerationSession:
     @property
     def generated_text(self) -> str:
         return self.tokenizer.decode(self._generated)
+
+    @property
+    def edit_labels(self) -> tuple[str, ...]:
+        """The edits a step would run under now: the session's own, then those of enclosing `edit` blocks."""
+        return tuple(e.label for e in self.edits + active_edits(self.model))
 
     @property
     def finished(self) -> bool:
@@ -217,7 +232,8 @@ class GenerationSession:
         rows = _LastRows(ids.shape[1])
         watching = watch_attention(rows, intercept=not self._hook_sites, patterns=self._hook_sites) \
             if self.capture_attention else contextlib.nullcontext()
-        with watching:
+        edited = edit(self.model, *self.edits) if self.edits else contextlib.nullcontext()
+        with edited, watching:
             if validate:  # the prompt: checked by the adapter
                 logits = prefill(self.lm, self._cache, ids, None)[:, -1]  # (1, V)
             else:
@@ -261,7 +277,7 @@ class GenerationSession:
             candidate_probs=tuple(top.values.tolist()), entropy=summary[1], cache_length=cache.length,
             cache_bytes_used=tuple(cache.layer_bytes_used()),
             cache_bytes_allocated=tuple(cache.layer_bytes_allocated()),
-            step_time=elapsed, attention=attention, finish_reason=reason,
+            step_time=elapsed, attention=attention, finish_reason=reason, edits=self.edit_labels,
         )  # fmt: skip
         self._history.append(record)
         return record

@@ -11,7 +11,12 @@ each client sees the events it asks for, in client order, each event carrying th
   the result of `call.proceed(*other_args, **other_kwargs)` to rewrite the call, or anything else to
   replace it;
 - attention (`workbench.lm.observe`): the listener methods `on_pattern`, `on_sdpa`, `on_softmax` and
-  `on_folded_softmax`, with `current` naming the module that owns the call.
+  `on_folded_softmax`, with `current` naming the module that owns the call, and the editor method
+  `edit_attention` (keys knocked out of a call's scores or probabilities, before any listener sees them).
+
+`intercept(model, *clients, first=True)` puts the context's module hooks ahead of every other module hook of the
+process, after those of earlier `first` contexts: an observer (a trace) opened before or inside it then sees
+the values its clients wrote, and nested editors apply outermost first.
 
 Editors and observers are the same kind of client: an observer returns what it was given. Every hook, mode and
 patch is removed when the context exits, also on an exception or KeyboardInterrupt, and a model that raised
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +42,7 @@ from .observe import watch_attention
 __all__ = ["ALL_FUNCTIONS", "Client", "FunctionCall", "Interception", "ModuleCall", "intercept", "module_hooks"]
 
 ALL_FUNCTIONS = frozenset({"*"})  # a client's `functions` that asks for every torch call
-_ATTENTION_EVENTS = ("on_pattern", "on_sdpa", "on_softmax", "on_folded_softmax")
+_ATTENTION_EVENTS = ("on_pattern", "on_sdpa", "on_softmax", "on_folded_softmax", "edit_attention")
 
 
 @dataclass
@@ -119,8 +125,8 @@ class Interception:
     modules (a model of 600 modules costs two registrations, not 1,200 handles), or, when every client names
     a few modules and nothing needs the stack, from hooks on those modules only."""
 
-    def __init__(self, model: nn.Module, clients: tuple[Client, ...]) -> None:
-        self.model, self.clients = model, clients
+    def __init__(self, model: nn.Module, clients: tuple[Client, ...], first: bool = False) -> None:
+        self.model, self.clients, self.first = model, clients, first
         self.names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
         self.stack: list[str] = []
         self.calls: dict[str, int] = {}
@@ -163,7 +169,7 @@ class Interception:
                     wanted.setdefault(name, [])
         for name, chain in wanted.items():
             chain.extend(c for c in self.clients if name in c.functions or c in every_fn)
-        needs_stack = bool(listeners or wanted or every_fn)
+        needs_stack = bool(listeners or wanted or every_fn or self.first)
         self._hook_modules(needs_stack)
         stack = _stack()
         stack.append(self)
@@ -182,7 +188,7 @@ class Interception:
                 self._exit.callback(m.register_forward_pre_hook(self._pre, with_kwargs=True).remove)
                 self._exit.callback(m.register_forward_hook(self._post, with_kwargs=True, always_call=True).remove)
             return
-        self._exit.enter_context(module_hooks(self._global_pre, self._global_post))
+        self._exit.enter_context(module_hooks(self._global_pre, self._global_post, first=self.first))
         if not self._by_module:
             return
         by_id = dict(self.model.named_modules(remove_duplicate=False))
@@ -254,6 +260,20 @@ class Interception:
         return output if changed else None
 
 
+_FIRST: list[tuple[int, int]] = []  # (pre, post) hook ids of the open `first` interceptions, in opening order
+
+
+def _put_first(pre: int, post: int) -> None:
+    """Order the process-wide module hooks: those of `first` interceptions in opening order, then the rest
+    (torch runs them in the order of its dicts, which `move_to_end` rearranges without re-registering)."""
+    _FIRST.append((pre, post))
+    hooks = nn.modules.module
+    for pre_id, post_id in reversed(_FIRST):
+        for table, hook_id in ((hooks._global_forward_pre_hooks, pre_id), (hooks._global_forward_hooks, post_id)):
+            if isinstance(table, OrderedDict) and hook_id in table:
+                table.move_to_end(hook_id, last=False)
+
+
 def _refuse_unknown(unknown: set[str], known: dict[str, nn.Module]) -> None:
     if unknown:
         name = sorted(unknown)[0]
@@ -287,17 +307,23 @@ def innermost() -> Interception | None:
 
 @contextlib.contextmanager
 def module_hooks(pre: Callable[[nn.Module, tuple], Any], post: Callable[..., Any],
-                 modules: Collection[nn.Module] | None = None) -> Iterator[None]:
+                 modules: Collection[nn.Module] | None = None, *, first: bool = False) -> Iterator[None]:
     """Plain forward hooks, removed on exit: `pre(module, args)` before a module call, `post(module, args,
     kwargs, output)` after it, or `post(module, args, output)` when its forward raised. With `modules` None
     they are the two process-wide hooks (every module call of the process), else hooks on those modules.
     `Interception` runs on them; a hot path that cannot afford an event object per call (capture's
-    `Recorder`) registers its own here rather than through torch."""
+    `Recorder`) registers its own here rather than through torch. `first` puts the process-wide pair ahead of
+    every other process-wide module hook (see `_put_first`)."""
     with contextlib.ExitStack() as handles:
         if modules is None:
             hooks = nn.modules.module
-            handles.callback(hooks.register_module_forward_pre_hook(pre).remove)
-            handles.callback(hooks.register_module_forward_hook(post, with_kwargs=True, always_call=True).remove)
+            pre_handle = hooks.register_module_forward_pre_hook(pre)
+            handles.callback(pre_handle.remove)
+            post_handle = hooks.register_module_forward_hook(post, with_kwargs=True, always_call=True)
+            handles.callback(post_handle.remove)
+            if first:
+                _put_first(pre_handle.id, post_handle.id)
+                handles.callback(_FIRST.remove, (pre_handle.id, post_handle.id))
         else:
             each = _EachModule(post)
             for m in modules:
@@ -329,7 +355,8 @@ class _EachModule:
 
 
 @contextlib.contextmanager
-def intercept(model: nn.Module, *clients: Client) -> Iterator[Interception]:
-    """Observe and edit `model`'s forward with `clients` inside the block (see the module docstring)."""
-    with Interception(model, clients) as scope:
+def intercept(model: nn.Module, *clients: Client, first: bool = False) -> Iterator[Interception]:
+    """Observe and edit `model`'s forward with `clients` inside the block (see the module docstring); `first`
+    runs their module events ahead of every other module hook."""
+    with Interception(model, clients, first) as scope:
         yield scope

@@ -15,6 +15,13 @@ share. Inside it the listener sees, in call order:
   not causal, or a decode step's (N, 1, S), is not told apart from a router's softmax, so it is not reported.
 The last two come from patching those functions while any listener needs them; the originals are restored
 when the last one leaves. Calls made while a listener runs are not reported again.
+
+Attention is also edited here, before anyone observes it: a listener with `edit_attention(shape)` (shape the
+call's (B, H, T, S)) may return an `AttentionEdit`, keys knocked out of that call's scores (-inf before the
+softmax: each query's other keys share its probability again) or of its probabilities (zeroed after it, no
+renormalisation). A hand-written 4-D softmax is edited on its input or output; an SDPA call is given the
+knocked-out keys as part of its mask, or, for probabilities, computed as softmax(scores) @ v with them zeroed.
+Every listener, a trace's included, then sees the edited attention.
 """
 
 from __future__ import annotations
@@ -32,8 +39,8 @@ from torch import nn
 from ..model.layers import HookPoint
 from .sdpa_call import SDPA_ARGS, SdpaCall, grouped_matmul, sdpa_arguments
 
-__all__ = ["SDPA_ARGS", "AttentionListener", "SdpaCall", "original_sdpa", "pattern_sites", "sdpa_arguments",
-           "watch_attention"]
+__all__ = ["SDPA_ARGS", "AttentionEdit", "AttentionListener", "SdpaCall", "original_sdpa", "pattern_sites",
+           "sdpa_arguments", "watch_attention"]
 
 
 class AttentionListener(Protocol):
@@ -46,6 +53,24 @@ class AttentionListener(Protocol):
     def on_softmax(self, scores: torch.Tensor, probs: torch.Tensor) -> None: ...
 
     def on_folded_softmax(self, scores: torch.Tensor, probs: torch.Tensor) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AttentionEdit:
+    """Keys knocked out of one attention call, each a bool tensor broadcastable to the call's (B, H, T, S),
+    True where a query loses a key (None: no such edit). `scores`: -inf before the softmax (renormalised);
+    `probs`: zeroed after it (not renormalised)."""
+
+    scores: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+
+    def merged(self, other: AttentionEdit) -> AttentionEdit:
+        """Both edits at once: a key knocked out by either is knocked out."""
+        return AttentionEdit(_either(self.scores, other.scores), _either(self.probs, other.probs))
+
+
+def _either(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return b if a is None else a if b is None else a | b
 
 
 def _computes_in_place(call: SdpaCall, args: dict[str, Any]) -> bool:
@@ -158,6 +183,9 @@ def _sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
     if _busy():
         return _quiet("sdpa", *args, **kwargs)
     call = SdpaCall.from_call(args, kwargs)
+    edit = _edit_for(call.shape, call.query.device) if call.query.dim() == 4 else None
+    if edit is not None:
+        return _edited_sdpa(call, sdpa_arguments(args, kwargs), edit)
     if _wanted(call):
         named = sdpa_arguments(args, kwargs)
         if _computes_in_place(call, named):
@@ -173,6 +201,64 @@ def _sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
     out = _quiet("sdpa", *args, **kwargs)
     _dispatch("on_sdpa", dataclasses.replace(call, output=out))
     return out
+
+
+def _edit_for(shape: tuple[int, ...], device: torch.device) -> AttentionEdit | None:
+    """What the editors among the listeners knock out of a call shaped (B, H, T, S), merged; None for nothing."""
+    edit = None
+    _state.busy = True  # what an editor computes is not attention to observe or edit
+    try:
+        for listener in list(_listeners):
+            ask = getattr(listener, "edit_attention", None)
+            mine = ask(shape, device) if ask is not None else None
+            if mine is not None:
+                edit = mine if edit is None else edit.merged(mine)
+    finally:
+        _state.busy = False
+    return edit
+
+
+def _edited_sdpa(call: SdpaCall, named: dict[str, Any], edit: AttentionEdit) -> torch.Tensor:
+    """An SDPA call with keys knocked out: through SDPA with them masked when only scores are edited, else
+    as softmax(scores) @ v (in float32, cast back) with the knocked-out probabilities zeroed. Observers get
+    the call as computed."""
+    if edit.probs is None:
+        assert edit.scores is not None  # an edit knocks something out
+        named = {**named, "attn_mask": _knocked_mask(call, edit.scores), "is_causal": False}
+        out = _quiet("sdpa", **named)
+        _dispatch("on_sdpa", SdpaCall.from_call((), named, out))
+        return out
+    value: torch.Tensor = named["value"]
+    _state.busy = True
+    try:
+        s = call.scores(detach=False)  # (B, H, T, S) float32
+        if edit.scores is not None:
+            s = s.masked_fill(edit.scores, float("-inf"))
+        p = torch.softmax(s, dim=-1)
+        if edit.scores is not None or call.might_mask_a_row():
+            p = p.nan_to_num(nan=0.0)  # a query left with no key attends to nothing
+        p = p.masked_fill(edit.probs, 0.0)
+        dropout = float(named.get("dropout_p") or 0.0)
+        if dropout:
+            p = F.dropout(p, dropout)
+        out = grouped_matmul(p.to(value.dtype), value)  # (B, H, T, Dv)
+    finally:
+        _state.busy = False
+    _dispatch("on_sdpa", dataclasses.replace(call, output=out, probs=p.detach()))
+    return out
+
+
+def _knocked_mask(call: SdpaCall, knocked: torch.Tensor) -> torch.Tensor:
+    """The call's mask (its own, and its causal flag, top-left aligned as SDPA's) with `knocked` keys masked:
+    bool when the call's mask is bool or absent, else additive in the mask's dtype."""
+    B, H, T, S = call.shape
+    allowed = torch.ones(T, S, dtype=torch.bool, device=knocked.device).tril_() if call.is_causal else None
+    m = call.attn_mask
+    if m is None or m.dtype == torch.bool:
+        keep = ~knocked if m is None else m & ~knocked
+        return keep & allowed if allowed is not None else keep
+    out = torch.where(knocked, float("-inf"), m)
+    return out.masked_fill(~allowed, float("-inf")) if allowed is not None else out
 
 
 def _wanted(call: SdpaCall) -> bool:
@@ -196,7 +282,15 @@ def _softmax_event(p: Any, dim: int | None) -> str | None:
 
 def _softmax_then_dispatch(name: str, axis: int | None, *args: Any, **kwargs: Any) -> torch.Tensor:
     nested = _busy()
+    x = args[0]
+    edit = None
+    if not nested and isinstance(x, torch.Tensor) and x.dim() == 4 and axis in (-1, 3):
+        edit = _edit_for(tuple(x.shape), x.device)
+    if edit is not None and edit.scores is not None:
+        args = (x.masked_fill(edit.scores, float("-inf")), *args[1:])
     out = _quiet(name, *args, **kwargs)
+    if edit is not None and edit.probs is not None:
+        out = out.masked_fill(edit.probs, 0.0)
     event = None if nested else _softmax_event(out, axis)
     if event == "on_softmax":
         _dispatch(event, args[0], out)

@@ -66,10 +66,12 @@ class SdpaCall:
         p = self.probs.reshape(B, K * n, 1, -1) if self.probs is not None else None
         return SdpaCall(q.reshape(B, K * n, 1, D), k, m, self.is_causal, self.scale, True, self.output, p)
 
-    def scores(self, batch: Sequence[int] | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, batch: Sequence[int] | None = None, rows: torch.Tensor | None = None, *,
+               detach: bool = True) -> torch.Tensor:
         """Scaled, masked pre-softmax scores (b, H, t, S) in float32 for batch rows `batch` and query rows
-        `rows` (all by default); masked keys are -inf."""
-        q, k = self.query.detach(), self.key.detach()
+        `rows` (all by default); masked keys are -inf. `detach=False` keeps the graph to q and k (an edited
+        call computed from them)."""
+        q, k = (self.query.detach(), self.key.detach()) if detach else (self.query, self.key)
         folded = q.dim() == 3
         if folded:  # (N, T, D): one head
             q, k = q.unsqueeze(1), k.unsqueeze(1)

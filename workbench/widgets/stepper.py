@@ -29,7 +29,8 @@ class GenerationStepper(View):
     request: the decoding settings (a `GenerationRequest`); extra keyword arguments go to
     `GenerationSession`: its own options (cache_mode, fast, ...) and fields of the request to override
     (do_sample, temperature, seed, ...). `top_k` here is the number of candidates drawn; sampling's top-k
-    is the request's.
+    is the request's. Edits (`workbench.edit` specs) steer the session when given as `edits=[...]` or active
+    around a step; a line under the status names those the last step ran under.
     """
 
     title = "Generation stepper"
@@ -58,6 +59,7 @@ class GenerationStepper(View):
                                layout=W.Layout(width="230px"))
         self.head.style.description_width = "64px"
         self.status = SafeHTML()
+        self.edits = SafeHTML()  # the edits (workbench.edit) the last step ran under
         self.messages = W.VBox()
         self.text = SafeHTML()
         size: dict[str, Any] = dict(width=HALF_WIDTH, height=H)  # two per row in a notebook column
@@ -76,7 +78,7 @@ class GenerationStepper(View):
             header(self.title), self.prompt,
             W.HBox([self.step_button, self.run_button, self.n, self.reset_button, self.head],
                    layout=W.Layout(flex_flow="row wrap", align_items="center")),
-            self.status, self.messages, self.text,
+            self.status, self.edits, self.messages, self.text,
             row(self.topk, self.cache_bars), row(self.attention, self.growth),
         ]
         self._draw()
@@ -136,7 +138,7 @@ class GenerationStepper(View):
         s = self.session
         last = s.history[-1] if s is not None and s.history else None
         if s is None:
-            self.text.value, self.status.value = "", ""
+            self.text.value, self.status.value, self.edits.value = "", "", ""
             return
         probs = [r.token_prob for r in s.history]
         self.text.value = vgen.text_html(s.token_texts, s.prompt_length, probs=probs)
@@ -146,6 +148,9 @@ class GenerationStepper(View):
         self.status.value = html("<span style='font-size:12px;color:#555'>prompt {} tokens · generated {} · cache {} "
                                  "positions ({} used) · last step {}{}</span>", s.prompt_length, len(s.generated_ids),
                                  s.cache.length, format_bytes(s.cache.bytes_used), ms, end)
+        edits = last.edits if last is not None else s.edit_labels
+        self.edits.value = (html("<span style='font-size:12px;color:#8C564B'>edits: {}</span>", ", ".join(edits))
+                            if edits else "")
         self.step_button.disabled = self.run_button.disabled = s.finished
         replace_figure(self.topk, vgen.topk_bars(last, height=H, width=HALF_WIDTH))
         replace_figure(self.cache_bars, vgen.cache_layer_bars(last, height=H, width=HALF_WIDTH))
