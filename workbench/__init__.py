@@ -30,6 +30,7 @@ from .errors import (
     WorkbenchError,
 )
 from .generation import GenerationOutput, GenerationRequest, GenerationSession, StepRecord, generate
+from .interventions import LogitLens, logit_lens
 from .io.gguf import load_gguf, read_gguf
 from .io.gguf_tokenizer import tokenizer_from_gguf
 from .io.load import load_pretrained
@@ -60,7 +61,7 @@ _LAZY = {  # public name -> (module, attribute or None for the module itself)
     **{
         name: ("workbench.widgets", name)
         for name in ("AttentionView", "CompareView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
-                     "MemoryPanel", "show")
+                     "LogitLensView", "MemoryPanel", "show")
     },
 }
 
@@ -87,6 +88,7 @@ __all__ = [
     "GenerationStepper",
     "GradientFlow",
     "LayerInspector",
+    "LogitLensView",
     "MemoryPanel",
     "report_html",
     "save_html",
@@ -112,6 +114,7 @@ __all__ = [
     "KVCache",
     "LoadError",
     "LoadReport",
+    "LogitLens",
     "MissingDependencyError",
     "ModelConfig",
     "OutputPathError",
@@ -130,6 +133,7 @@ __all__ = [
     "distributed",
     "doctor",
     "load_gguf",
+    "logit_lens",
     "load_pretrained",
     "load_tokenizer",
     "models",
