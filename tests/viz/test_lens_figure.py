@@ -93,8 +93,8 @@ def test_the_page_is_offline_escaped_and_written_by_the_registered_view(lens, tm
     assert_standalone(page)
     assert page.count("Plotly.newPlot") == 3  # probability, rank, entropy
     assert PAYLOAD not in page and "blocks.1" in page and "ln_f → lm_head" in page
-    row = (f"<tr><td>0</td><td><code>&#39;t3&#39;</code></td><td><code>&#39;{ESCAPED}&#39;</code></td>"
-           f"<td>{lens.target_ranks[-1][0]}</td>")
+    row = (f"<tr style='white-space:pre'><td>0</td><td><code>&#39;t3&#39;</code></td>"
+           f"<td><code>&#39;{ESCAPED}&#39;</code></td><td>{lens.target_ranks[-1][0]}</td>")
     assert row in page  # the per-position table: input, target (escaped), its rank at the last layer
     again = wb.viz.save_html(lens, tmp_path / "again.html").read_text()
     assert again.count("Plotly.newPlot") == 3 and PAYLOAD not in again

@@ -149,8 +149,8 @@ def positions_table(lens: LogitLens) -> Markup:
         rank = lens.target_ranks[last][pos]
         first = lens.first_layer_in_top(k, pos) if target is not None else None
         top = ", ".join(f"{_top_text(lens, last, pos, i)!r} {lens.top_probs[last][pos][i]:.3f}" for i in range(k))
-        rows.append(html("<tr><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td>"
-                         "<td style='text-align:left'>{}</td></tr>", pos, repr(_token(lens, pos)),
+        rows.append(html("<tr style='white-space:pre'><td>{}</td><td><code>{}</code></td><td><code>{}</code></td>"
+                         "<td>{}</td><td>{}</td><td style='text-align:left'>{}</td></tr>", pos, repr(_token(lens, pos)),
                          repr(shown) if target is not None else "", "" if rank is None else rank,
                          "" if first is None else first, top))
     return html("<table class='wb'><tr><th>position</th><th>input</th><th>target</th><th>rank at the last layer"
