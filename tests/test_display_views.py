@@ -22,6 +22,7 @@ from workbench.capture import Trace, trace
 from workbench.compare import Comparison, compare
 from workbench.display import EXPORT, NOTEBOOK
 from workbench.doctor.report import Finding, Report
+from workbench.interventions import LogitLens, logit_lens
 from workbench.io.report import LoadReport
 from workbench.safehtml import Markup, html
 
@@ -42,22 +43,35 @@ def records() -> dict[str, object]:
     cand = copy.deepcopy(ref)
     cand.add_module(PAYLOAD, nn.Linear(2, 2))  # an unmatched weight in the comparison's weight table
     finding = Finding(PAYLOAD, "fail", "future leaks", {"max_abs_delta": 0.5}, "mask shifted", "use tril")
+    lens = logit_lens(ref, [3, 1, 4], tokenizer=_PayloadTokens(), top_k=2)  # every token's text is PAYLOAD
     return {"trace": tr, "comparison": compare(ref, cand), "doctor report": Report([finding], model="M"),
-            "load report": LoadReport(source="w.safetensors", format="safetensors", missing=[PAYLOAD])}
+            "load report": LoadReport(source="w.safetensors", format="safetensors", missing=[PAYLOAD]),
+            "logit lens": lens}
 
 
-NOTEBOOK_TYPES = {"comparison": Comparison, "doctor report": Report, "load report": LoadReport}
+class _PayloadTokens:
+    def encode(self, text: str) -> list[int]:
+        return [1]
+
+    def decode(self, ids: list[int]) -> str:
+        return PAYLOAD
+
+
+NOTEBOOK_TYPES = {"comparison": Comparison, "doctor report": Report, "load report": LoadReport,
+                  "logit lens": LogitLens}
 EXPORTS: dict[str, tuple[type, Callable, dict]] = {  # record -> (type, its export convenience, options it passes)
     "trace": (Trace, lambda r, path: r.report_html(path, tokens=["a"], max_layers=1),
               {"tokens": ["a"], "max_layers": 1}),
     "comparison": (Comparison, lambda r, path: r.save_html(path), {}),
+    "logit lens": (LogitLens, lambda r, path: r.save_html(path), {}),
 }
 
 
 def test_import_workbench_registers_exactly_these_views():
     assert NOTEBOOK.registered() == {Comparison: views.comparison_block, Report: views.doctor_table,
-                                     LoadReport: views.load_table}
-    assert EXPORT.registered() == {Trace: views.trace_page, Comparison: views.comparison_page}
+                                     LoadReport: views.load_table, LogitLens: views.lens_block}
+    assert EXPORT.registered() == {Trace: views.trace_page, Comparison: views.comparison_page,
+                                   LogitLens: views.lens_page}
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_TYPES)
@@ -89,14 +103,15 @@ def test_export_asks_the_registry_for_the_records_type(records, name, tmp_path):
         out = export(record, tmp_path / "page.html")
     assert out == tmp_path / "page.html" and not out.exists()  # the spy wrote nothing
     assert len(calls) == 1 and calls[0][0] is record and calls[0][1:] == (tmp_path / "page.html", options)
-    assert EXPORT.lookup(cls) is (views.trace_page if cls is Trace else views.comparison_page)
+    assert EXPORT.lookup(cls) is {Trace: views.trace_page, Comparison: views.comparison_page,
+                                  LogitLens: views.lens_page}[cls]
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_TYPES)
 def test_the_registered_notebook_views_escape_names(records, name):
     page = records[name]._repr_html_()
     assert PAYLOAD not in page and ESCAPED in page
-    assert "<table" in page  # the view itself, not the text fallback
+    assert "<table" in page or "Plotly.newPlot" in page  # the view itself, not the text fallback
     assert "No HTML view is registered" not in page
 
 
@@ -133,7 +148,8 @@ def test_every_repr_html_in_the_package_asks_the_registry_and_has_a_view():
                     found.append((module, node.name, ast.unparse(item.body[-1])))
     assert {(m, c) for m, c, _ in found} == {("workbench.compare.comparison", "Comparison"),
                                             ("workbench.doctor.report", "Report"),
-                                            ("workbench.io.report", "LoadReport")}
+                                            ("workbench.io.report", "LoadReport"),
+                                            ("workbench.interventions.lens", "LogitLens")}
     for module, cls, body in found:
         assert body == "return notebook_html(self)", f"{module}.{cls}._repr_html_ builds HTML itself"
         assert NOTEBOOK.lookup(getattr(importlib.import_module(module), cls)) is not None
@@ -151,5 +167,6 @@ print("<td><code>&lt;k&gt;</code></td>" in page, "plotly" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines() == ["['Comparison', 'LoadReport', 'Report'] ['Comparison', 'Trace']", "False",
+    assert out.stdout.splitlines() == ["['Comparison', 'LoadReport', 'LogitLens', 'Report'] "
+                                       "['Comparison', 'LogitLens', 'Trace']", "False",
                                        "True True"]

@@ -31,6 +31,7 @@ from .errors import (
     WorkbenchError,
 )
 from .generation import GenerationOutput, GenerationRequest, GenerationSession, StepRecord, generate
+from .interventions import LogitLens, logit_lens
 from .io.gguf import load_gguf, read_gguf
 from .io.gguf_tokenizer import tokenizer_from_gguf
 from .io.load import load_pretrained
@@ -62,7 +63,7 @@ _LAZY = {  # public name -> (module, attribute or None for the module itself)
     **{
         name: ("workbench.widgets", name)
         for name in ("AttentionView", "CompareView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
-                     "MemoryPanel", "show")
+                     "LogitLensView", "MemoryPanel", "show")
     },
 }
 
@@ -89,6 +90,7 @@ __all__ = [
     "GenerationStepper",
     "GradientFlow",
     "LayerInspector",
+    "LogitLensView",
     "MemoryPanel",
     "report_html",
     "save_html",
@@ -126,6 +128,7 @@ __all__ = [
     "KVCache",
     "LoadError",
     "LoadReport",
+    "LogitLens",
     "MissingDependencyError",
     "ModelConfig",
     "OutputPathError",
@@ -144,6 +147,7 @@ __all__ = [
     "distributed",
     "doctor",
     "load_gguf",
+    "logit_lens",
     "load_pretrained",
     "load_tokenizer",
     "models",

@@ -21,6 +21,7 @@ from .capture.trace import Trace
 from .compare.comparison import Comparison
 from .display import EXPORT, NOTEBOOK
 from .doctor.report import Report
+from .interventions.lens import LogitLens
 from .io.report import LoadReport
 from .safehtml import Markup
 
@@ -60,6 +61,20 @@ def load_table(report: LoadReport) -> Markup:
     return load_report_table(report)
 
 
+def lens_block(lens: LogitLens) -> Markup:
+    """`workbench.viz.lens.lens_html`: a summary and the target-probability heatmap."""
+    from .viz.lens import lens_html
+
+    return lens_html(lens)
+
+
+def lens_page(lens: LogitLens, path: str | Path) -> Path:
+    """`workbench.viz.lens.save_lens`: the probability, rank and entropy heatmaps on one offline page."""
+    from .viz.lens import save_lens
+
+    return save_lens(lens, path)
+
+
 def register_views() -> None:
     """Register every workbench view (again: this restores any that were replaced with `register`)."""
     EXPORT.register(Trace, trace_page)
@@ -67,4 +82,6 @@ def register_views() -> None:
     EXPORT.register(Comparison, comparison_page)
     NOTEBOOK.register(Report, doctor_table)
     NOTEBOOK.register(LoadReport, load_table)
+    NOTEBOOK.register(LogitLens, lens_block)
+    EXPORT.register(LogitLens, lens_page)
 

@@ -166,7 +166,7 @@ def test_stepper_step_adds_one_token_and_one_cache_point(gallery, which):
 
 
 DASHBOARD_TABS = {"Modules": "Layer inspector", "Attention": "Attention", "Memory": "Memory",
-                  "Gradients": "Gradient flow", "Generate": "Generation stepper"}
+                  "Gradients": "Gradient flow", "Logit lens": "Logit lens", "Generate": "Generation stepper"}
 
 
 def test_dashboard_tabs_each_show_their_view(gallery):

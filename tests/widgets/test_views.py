@@ -194,7 +194,7 @@ def test_memory_panel_follows_a_session(tiny, chars):
 
 def test_show_dashboard(tiny, chars, tmp_path):
     dash = show(tiny, chars, "hello there", backward=True)
-    assert list(dash.tabs.titles) == ["Modules", "Attention", "Memory", "Gradients", "Generate"]
+    assert list(dash.tabs.titles) == ["Modules", "Attention", "Memory", "Gradients", "Logit lens", "Generate"]
     assert all(p.grad is None for p in tiny.parameters())  # grads restored
     assert len(dash.views["Gradients"].bars.data[0].x) > 0
     assert len(dash.views["Attention"].records) == 2

@@ -105,6 +105,8 @@ class ModelAdapter:
         self.device, self.dtype = module_device(model), module_dtype(model)
         self._vocab: int | None = None
         self._embedding: nn.Module | None = None
+        self._final_norm: tuple[str, nn.Module] | None = None
+        self._final_norm_sought = False
 
     # --- sizes ----------------------------------------------------------------------------------
     @property
@@ -374,3 +376,81 @@ class ModelAdapter:
         heads = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m.out_features == V]
         return heads[-1] if heads else None
 
+    def final_norm(self) -> tuple[str, nn.Module] | None:
+        """The norm applied after the last block and before the head, with its name (`model.norm`, `ln_f`,
+        `transformer.ln_f`, `gpt_neox.final_layer_norm`), or None when there is none or it cannot be found.
+
+        Found by structure, then behaviour (`FinalNormProbe`): among the norms (`is_norm`) outside the blocks
+        and the head, the one whose output the head reads in a 3-token forward (an identity hook between
+        them, as the workbench's `hook_final`, hands the head the same tensor); where no head module is
+        called (a head written as `x @ wte.weight.t()`), the one norm that runs after the last block.
+        Names are never matched, so a renamed `ln_f` is found as `model.norm` is."""
+        if not self._final_norm_sought:
+            self._final_norm, self._final_norm_sought = FinalNormProbe(self).find(), True
+        return self._final_norm
+
+
+class FinalNormProbe:
+    """Finds `ModelAdapter.final_norm` by watching one 3-token forward through the interception layer."""
+
+    def __init__(self, adapter: ModelAdapter) -> None:
+        self.adapter = adapter
+        names = {id(m): n for n, m in adapter.model.named_modules()}
+        found = adapter.blocks()
+        blocks = [name for name, _ in found[1]] if found else []
+        head = adapter.output_head()
+        self.last_block = blocks[-1] if blocks else None
+        self.head = names.get(id(head)) if head is not None else None
+        inside = tuple(f"{n}." for n in [*blocks, *([self.head] if self.head else [])])
+        self.norms = [n for n, m in adapter.model.named_modules() if n and is_norm(m) and not n.startswith(inside)]
+
+    def find(self) -> tuple[str, nn.Module] | None:
+        if not self.norms:
+            return None
+        watch = _RunOrder([*self.norms, *(n for n in (self.last_block, self.head) if n)])
+        rows = self.adapter.embedding_rows or 3
+        ids = torch.tensor([[2, 0, 1]], device=self.adapter.device) % rows  # (1, 3)
+        try:
+            with torch.no_grad(), intercept(self.adapter.model, watch):
+                self.adapter.logits(ids, allow_nonfinite=True)
+        except Exception:  # noqa: BLE001 - a model that cannot take this probe has no norm we can name
+            return None
+        name = self._feeding_the_head(watch) if self.head in watch.inputs else self._after_last_block(watch)
+        return (name, self.adapter.model.get_submodule(name)) if name else None
+
+    def _feeding_the_head(self, watch: _RunOrder) -> str | None:
+        """The norm whose output is the head's input (by value: an identity hook may sit between them)."""
+        fed = watch.inputs[self.head or ""]
+        same = [n for n in self.norms if _same_tensor(watch.outputs.get(n), fed)]
+        return same[-1] if same else None
+
+    def _after_last_block(self, watch: _RunOrder) -> str | None:
+        """The one norm that ran after the last block (a head that is no module: `x @ wte.weight.t()`)."""
+        last = watch.order.get(self.last_block or "", -1)
+        after = [n for n in self.norms if watch.order.get(n, -1) > last]
+        return after[0] if len(after) == 1 else None
+
+
+def _same_tensor(a: Any, b: Any) -> bool:
+    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+            and (a is b or torch.equal(a, b)))
+
+
+class _RunOrder(Client):
+    """Observes module calls: when each module last finished (a counter), its first input and its output."""
+
+    def __init__(self, modules: list[str]) -> None:
+        self.modules = modules
+        self.order: dict[str, int] = {}
+        self.inputs: dict[str, Any] = {}
+        self.outputs: dict[str, Any] = {}
+        self._count = 0
+
+    def module_input(self, call: ModuleCall) -> None:
+        if call.args:
+            self.inputs[call.name] = call.args[0]
+
+    def module_output(self, call: ModuleCall) -> None:
+        self._count += 1
+        self.order[call.name] = self._count
+        self.outputs[call.name] = call.output

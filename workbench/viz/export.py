@@ -8,6 +8,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from ..display import EXPORT, export_html
 from ..errors import InputError
 from ..safehtml import Markup, html, join, plotly_div, text
 
@@ -53,8 +54,11 @@ def write_html(path: str | Path, title: str, parts: Sequence[str | go.Figure | A
     return path
 
 
-def save_html(figures: go.Figure | Sequence[go.Figure], path: str | Path, *, title: str = "workbench") -> Path:
-    """Write one or more figures to a standalone offline HTML file (plotly.js inline)."""
+def save_html(figures: go.Figure | Sequence[go.Figure] | Any, path: str | Path, *, title: str = "workbench") -> Path:
+    """Write one or more figures to a standalone offline HTML file (plotly.js inline); a record with a registered
+    export view (a `LogitLens`, a `Comparison`, a `Trace`) is written by its view (`workbench.display`)."""
+    if not isinstance(figures, (go.Figure, Sequence)) and EXPORT.lookup(type(figures)) is not None:
+        return export_html(figures, path)
     figs = [figures] if isinstance(figures, go.Figure) else list(figures)
     return write_html(path, title, figs)
 

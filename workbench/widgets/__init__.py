@@ -9,8 +9,9 @@ from .compare import CompareView
 from .dashboard import Dashboard, show
 from .gradients import GradientFlow
 from .inspector import LayerInspector
+from .lens import LogitLensView
 from .memory import MemoryPanel
 from .stepper import GenerationStepper
 
 __all__ = ["AttentionView", "CompareView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
-           "MemoryPanel", "View", "show"]
+           "LogitLensView", "MemoryPanel", "View", "show"]

@@ -12,17 +12,19 @@ from torch import nn
 from ..capture.trace import Trace, trace
 from ..errors import InputError, WorkbenchError
 from ..generation.protocols import TokenizerLike
+from ..interventions.lens import logit_lens
 from ..model.placement import module_device
 from .attention import AttentionView
-from .base import View, check_arg, header, is_count
+from .base import View, check_arg, header, is_count, notice
 from .gradients import GradientFlow
 from .inspector import LayerInspector
+from .lens import LogitLensView
 from .memory import MemoryPanel
 from .stepper import GenerationStepper
 
 
 class Dashboard(View):
-    """Tabs: modules, attention, memory, gradients, generation. `.trace` is the trace behind them."""
+    """Tabs: modules, attention, memory, gradients, logit lens, generation. `.trace` is the trace behind them."""
 
     title = "workbench dashboard"
 
@@ -62,6 +64,17 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def lens_tab(model: nn.Module, tokenizer: TokenizerLike, x: torch.Tensor) -> View:
+    """The logit lens of the shown ids (1, T), or a notice saying why this model has none (no head or final norm
+    the lens can find)."""
+    try:
+        with torch.no_grad():
+            lens = logit_lens(model, x, tokenizer=tokenizer)
+    except WorkbenchError as err:
+        return View([header(LogitLensView.title), notice(f"No logit lens for this model: {err}")])
+    return LogitLensView(lens, model=model, tokenizer=tokenizer)
+
+
 def show(model: nn.Module, tokenizer: TokenizerLike, text: str, *, backward: bool = False, samples: int = 512,
          generate: bool = True, **stepper_kwargs: Any) -> Dashboard:
     """Trace one forward of `text` (attention, memory, stats, samples) and show every view in tabs.
@@ -96,6 +109,7 @@ def show(model: nn.Module, tokenizer: TokenizerLike, text: str, *, backward: boo
         "Attention": AttentionView(tr, tokens),
         "Memory": MemoryPanel(tr, model=model),
         "Gradients": GradientFlow(tr),
+        "Logit lens": lens_tab(model, tokenizer, x),
     }
     if generate:
         views["Generate"] = GenerationStepper(model, tokenizer, text, **stepper_kwargs)
