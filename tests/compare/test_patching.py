@@ -304,9 +304,12 @@ def test_compare_view_has_a_patching_tab_with_the_shares(patched, tmp_path):
     assert mark.y[0] == next(p.closed for p in sweep.points if p.label == "block 1 attention") >= 0.99
     table = view.patching.value
     assert "block 1 attention is the first point whose reference activation closes &gt;= 99% of it" in table
+    noise = sweep.tolerance * sweep.scale
     for p in sweep.points:
-        assert f"<td>{p.label}</td><td>{p.module}</td><td>{p.gap:.2e}</td>" in table
-        assert f"{p.closed:.1%}</td>" in table
+        gap = f"&lt; {noise:.0e}" if p.gap <= noise else f"{p.gap:.1e}"
+        assert f"<td>{p.label}</td><td>{p.module}</td><td>{gap}</td>" in table
+        assert f"{round(p.closed, 3) + 0.0:.1%}</td>" in table
+    assert "100.0%</td>" in table and "-0.0%" not in table
     page = view.save_html(tmp_path / "view.html").read_text()
     assert "block 1 attention is the first point" in page and page.count("js-plotly-plot") + page.count(
         "plotly-graph-div") >= 2
@@ -336,7 +339,7 @@ def test_the_summary_names_the_point_that_closes_the_most_when_none_closes_it_al
     points = tuple(PatchedPoint(f"p{i}", i, f"m{i}", g, 1 - g / 2, "") for i, g in enumerate((2.0, 1.0, 1.5)))
     sweep = PatchSweep("padded", 2.0, 10.0, 1e-5, points)
     assert sweep.first_closing() is None
-    assert sweep.summary() == ("patching (padded inputs, logit gap 2.00e+00 L2 over real tokens): no single point "
+    assert sweep.summary() == ("patching (padded inputs, logit gap 2.0e+00 L2 over real tokens): no single point "
                                "closes 99% of it (the most, 50%, at p1)")
 
 

@@ -70,7 +70,7 @@ class PatchSweep:
     def summary(self) -> str:
         if not self.has_gap:
             return f"patching: nothing to close: {self.note}"
-        head = f"patching ({self.case} inputs, logit gap {self.gap:.2e} L2 over real tokens): "
+        head = f"patching ({self.case} inputs, logit gap {self.gap:.1e} L2 over real tokens): "
         if not self.points:
             return head + self.note
         first = self.first_closing()

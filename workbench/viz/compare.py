@@ -107,7 +107,8 @@ def patching_figure(comparison: Comparison, *, height: int = 380) -> go.Figure:
             x=[p.label for p in points], y=closed, name="share of the gap closed",
             marker=dict(color=[COLORS["ok"] if c is not None and c >= sweep.threshold else COLORS["muted"]
                                for c in closed]),
-            customdata=[[p.module, _share(p.closed), f"{p.gap:.2e}", p.note or ""] for p in points],
+            customdata=[[p.module, _share(p.closed), _gap_left(p.gap, sweep.tolerance * sweep.scale), p.note or ""]
+                        for p in points],
             hovertemplate="%{x} (%{customdata[0]})<br>closes %{customdata[1]}<br>gap left %{customdata[2]}"
                           "<br>%{customdata[3]}<extra></extra>"))
         first = comparison.first_divergence
@@ -136,7 +137,7 @@ def patching_html(sweep: PatchSweep | None) -> Markup:
     if not sweep.points:
         return head
     rows = [html("<tr><td>{}</td><td>{}</td><td>{}</td><td style='color:{}'>{}</td><td>{}</td></tr>", p.label,
-                 p.module, "n/a" if math.isnan(p.gap) else f"{p.gap:.2e}",
+                 p.module, _gap_left(p.gap, sweep.tolerance * sweep.scale),
                  COLORS["ok"] if p.closed >= sweep.threshold else COLORS["muted"], _share(p.closed), p.note)
             for p in sweep.points]
     return html("{}<table class='wb'><tr><th>point</th><th>candidate module</th><th>gap left</th><th>closed</th>"
@@ -144,7 +145,13 @@ def patching_html(sweep: PatchSweep | None) -> Markup:
 
 
 def _share(x: float) -> str:
-    return "not patched" if math.isnan(x) else f"{x:.1%}"
+    """A share as a percentage to 0.1% (noise-sized shares of either sign read 0.0%)."""
+    return "not patched" if math.isnan(x) else f"{round(x, 3) + 0.0:.1%}"
+
+
+def _gap_left(gap: float, noise: float) -> str:
+    """A gap as text: a bound when it is within noise (noise differs between CPUs), else two digits."""
+    return "n/a" if math.isnan(gap) else f"< {noise:.0e}" if gap <= noise else f"{gap:.1e}"
 
 
 def _num(x: float, tol: float) -> str:
