@@ -3,6 +3,10 @@
 Run: .venv/bin/python benchmarks/compare.py [--threads 2] [--repeats 3]
 Target (issue 19): under 30 s on the CPU. The two model loads are not counted; each comparison is timed whole
 (weights, the three input cases, and a diagnosis when something diverges), median of --repeats.
+
+Then the cost of patching across implementations (`compare(..., patching=True)`, issue 29): a copy of the
+workbench's model with block 15's MLP output projection scaled by 1.05, compared with and without patching in
+alternation (paired per round), and where each localises the mistake.
 """
 
 from __future__ import annotations
@@ -35,6 +39,27 @@ def main() -> None:
           f"{args.repeats} run(s) (min {min(times):.1f}, max {max(times):.1f}); "
           f"{'equivalent' if result.equivalent else 'DIVERGES'}, {len(result.weights.matches)} weights matched, "
           f"{len(result.alignment.pairs)} points paired")
+    patching_cost(hf, ours, args.repeats)
+
+
+def patching_cost(hf: torch.nn.Module, ours: torch.nn.Module, repeats: int) -> None:
+    with torch.no_grad():
+        ours.blocks[15].mlp.down.weight.mul_(1.05)  # a mistake in one block's MLP
+    plain, patched, result = [], [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        compare(hf, ours)
+        t1 = time.perf_counter()
+        result = compare(hf, ours, patching=True)
+        plain.append(t1 - t0)
+        patched.append(time.perf_counter() - t1)
+    assert result is not None and result.patching is not None and result.first_divergence is not None
+    first = result.patching.first_closing()
+    ratio = statistics.median(p / q for p, q in zip(patched, plain))
+    print(f"SmolLM2 with block 15's MLP scaled: compare {statistics.median(plain):.1f} s, with patching "
+          f"{statistics.median(patched):.1f} s ({ratio:.2f}x, {len(result.patching.points)} points patched); first "
+          f"divergence {result.first_divergence.label}, first point closing >= 99%: "
+          f"{first.label if first else 'none'}")
 
 
 if __name__ == "__main__":

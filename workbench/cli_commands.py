@@ -155,7 +155,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
     html = OutputFile.checked("--html", args.html) if args.html else None
-    result = compare(resolve_reference(args.reference, args.device), resolve_reference(args.candidate, args.device))
+    result = compare(resolve_reference(args.reference, args.device), resolve_reference(args.candidate, args.device),
+                     patching=args.patching)
     print(result.summary())
     if html is not None:
         print(f"wrote {html.write(result.save_html)}")
@@ -194,6 +195,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("reference")
     cmp.add_argument("candidate")
     cmp.add_argument("--html", default=None, help="also write the report to this .html file")
+    cmp.add_argument("--patching", action="store_true",
+                     help="also patch each aligned point's reference activation into the candidate and report the "
+                          "share of the logit gap it closes (one candidate forward per point)")
     cmp.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     cmp.add_argument("--debug", action="store_true", help="print the traceback of an error")
     cmp.set_defaults(func=cmd_compare)

@@ -165,6 +165,9 @@ def test_cli_exit_code_is_one_on_divergence(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "first divergence at block 0 mlp" in out and "scaled" in out and (tmp_path / "r.html").exists()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--patching"]) == 1
+    out = capsys.readouterr().out
+    assert "block 0 mlp is the first point whose reference activation closes >= 99% of it" in out
 
 
 def test_errors_are_nan_for_missing_points_and_inf_for_shape_mismatch():

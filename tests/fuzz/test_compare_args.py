@@ -28,12 +28,14 @@ def pair() -> tuple[wb.TransformerLM, wb.TransformerLM]:
 @ENTRY_FUZZ
 @given(rows=st.integers(0, 3), cols=st.integers(0, 20), low=st.integers(-3, 70), dtype=st.sampled_from(
     [torch.long, torch.int32, torch.float32, torch.bool]), cases=st.lists(
-    st.sampled_from(["batch", "padded", "cached", "other"]), max_size=3, unique=True))
-def test_fuzz_compare_inputs(pair, rows, cols, low, dtype, cases):
+    st.sampled_from(["batch", "padded", "cached", "other"]), max_size=3, unique=True), patching=st.booleans())
+def test_fuzz_compare_inputs(pair, rows, cols, low, dtype, cases, patching):
     ref, cand = pair
     ids = (torch.arange(rows * cols).reshape(rows, cols) % 7 + low).to(dtype)
-    outcome, result = run_case(lambda: wb.compare(ref, cand, ids, cases=cases), cand)
+    outcome, result = run_case(lambda: wb.compare(ref, cand, ids, cases=cases, patching=patching), cand)
     assert_no_leaks(ref)
     if outcome == "ok":
         assert result.equivalent and set(result.cases) == set(cases)
+        assert (result.patching is None) if not patching else (result.patching.points == () and
+                                                               not result.patching.has_gap)
         assert dtype in (torch.long, torch.int32) and cols >= 3 and rows >= 1 and 0 <= low and low + 6 < V

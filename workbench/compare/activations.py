@@ -8,6 +8,7 @@ the noise tolerance comes from the lower-precision dtype of the two models.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 
 from ..errors import CompareError
 from ..lm.adapter import ModelAdapter
+from ..lm.intercept import Client, intercept
 from .points import Alignment, Point
 from .record import Call, record
 
@@ -68,20 +70,24 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def run_case(adapter: ModelAdapter, points: list[Point], case: Case, snapshot: bool = False
-             ) -> tuple[dict[str, Call], torch.Tensor]:
-    """The calls at `points` and the logits (B, T', V) of one case (snapshot: see `record`)."""
+def run_case(adapter: ModelAdapter, points: list[Point], case: Case, snapshot: bool = False,
+             edit: Client | None = None) -> tuple[dict[str, Call], torch.Tensor]:
+    """The calls at `points` and the logits (B, T', V) of one case (snapshot: see `record`).
+
+    edit: an interception client active during the compared forward only (in a cached case, the continuation
+    step, not the prefix that fills the cache), as the points are recorded there."""
     ids = case.ids.to(adapter.device)
     mask = None if case.mask is None else case.mask.to(adapter.device)
+    editing = intercept(adapter.model, edit) if edit is not None else contextlib.nullcontext()
     with torch.no_grad():
         if case.prefix == 0:
             pos = positions(mask) if mask is not None and adapter.supports_positions else None
-            with record(adapter.model, points, snapshot) as calls:
+            with record(adapter.model, points, snapshot) as calls, editing:
                 logits = adapter.logits(ids, mask, pos, allow_nonfinite=True)
             return calls, logits
         cache = adapter.new_cache(ids.shape[0], ids.shape[1], mode="growing")
         adapter.step(ids[:, : case.prefix], cache, None if mask is None else mask[:, : case.prefix])
-        with record(adapter.model, points, snapshot) as calls:
+        with record(adapter.model, points, snapshot) as calls, editing:
             logits = adapter.step(ids[:, case.prefix:], cache, mask)
         return calls, logits
 
@@ -91,8 +97,7 @@ def rel_error(candidate: torch.Tensor | None, reference: torch.Tensor | None, va
     candidate holds NaN/Inf where the reference does not (an overflow), nan where a value is missing."""
     if candidate is None or reference is None:
         return math.nan
-    B, T = valid.shape
-    candidate, reference = _last(_unfold(candidate, B), T), _last(_unfold(reference, B), T)
+    candidate, reference = lined_up(candidate, valid), lined_up(reference, valid)
     if candidate.shape != reference.shape or tuple(reference.shape[:2]) != tuple(valid.shape):
         return math.inf
     keep = valid.to(reference.device)
@@ -102,6 +107,13 @@ def rel_error(candidate: torch.Tensor | None, reference: torch.Tensor | None, va
     if not bool(torch.isfinite(c[torch.isfinite(r)]).all()):
         return math.inf
     return float((c - r).abs().max()) / max(float(r.abs().max()), 1e-6)
+
+
+def lined_up(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """An activation or logits as compared with the valid (B, T) positions: (B, T, ...), unfolded and cut to the
+    last T positions (see below)."""
+    B, T = valid.shape
+    return _last(_unfold(x, B), T)
 
 
 def _unfold(x: torch.Tensor, B: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from ..errors import CompareError
 from ..lm.adapter import ModelAdapter, config_value
 from .activations import CaseRun, PointError, default_cases, measure, noise_tolerance, run_case
 from .diagnose import Diagnosis, Replayer, diagnose
+from .patching import PatchSweep, patch_sweep
 from .points import Alignment, align, find_points
 from .weights import WeightTable, match_weights
 
@@ -42,6 +43,7 @@ class Comparison:
     first_divergence: PointError | None
     diagnosis: Diagnosis | None
     notes: tuple[str, ...] = ()  # cases skipped and why
+    patching: PatchSweep | None = None  # each aligned point patched into the candidate (compare(patching=True))
 
     @property
     def equivalent(self) -> bool:
@@ -78,6 +80,8 @@ class Comparison:
         lines.append(self.verdict())
         if self.diagnosis is not None:
             lines += _diagnosis_lines(self.diagnosis)
+        if self.patching is not None:
+            lines.append(self.patching.summary())
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -141,12 +145,15 @@ def first_divergence(errors: Sequence[PointError]) -> PointError | None:
 
 def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | None = None, *,
             cases: Sequence[str] = CASES, tolerance: float | None = None, diagnose_cause: bool = True,
-            seed: int = 0) -> Comparison:
+            patching: bool = False, seed: int = 0) -> Comparison:
     """Compare `candidate` with `reference` (any two causal LMs over the same vocabulary).
 
     inputs: token ids (B, T), T >= 3 (default: a seeded random (2, 8) batch); the padded case left-pads its
     last row by a third, the cached case feeds all but the last two tokens to the cache first.
     tolerance: relative error counted as noise (default: from the less precise dtype of the two models).
+    patching: also patch each aligned point's reference activation into the candidate and measure the share of
+    the logit gap it closes (`workbench.compare.patching`; one candidate forward per point, on the case of the
+    first divergence).
     """
     ref_a, cand_a = ModelAdapter(reference), ModelAdapter(candidate)
     ref_points, cand_points = find_points(ref_a), find_points(cand_a)
@@ -183,8 +190,12 @@ def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | N
         ref_p, cand_p = next((r, c) for r, c in alignment.pairs if r.label == first.label)
         replayer = Replayer(reference, candidate, ref_a, cand_a, table, alignment, head_dims)
         diagnosis = diagnose(replayer, ref_p, cand_p, run, first.error, tol)
+    sweep = None
+    if patching:
+        run = next(r for r in runs if first is None or r.case.name == first.case)
+        sweep = patch_sweep(alignment, cand_a, run, tol)
     return Comparison(_name(reference), _name(candidate), (_dtype(ref_a), _dtype(cand_a)), table, alignment,
-                      tuple(errors), tol, first, diagnosis, tuple(notes))
+                      tuple(errors), tol, first, diagnosis, tuple(notes), sweep)
 
 
 def _name(model: Any) -> str:

@@ -4,6 +4,8 @@
   shaded below the tolerance and the first divergence marked;
 - `weights_html`: the weight-match table (matched exactly, under a transformation, unmatched);
 - `diagnosis_html`: the fixes tried at the first divergence and what each left of the gap;
+- `patching_figure` / `patching_html`: the share of the logit gap each aligned point closes when the reference's
+  activation is patched into the candidate there (`compare(..., patching=True)`), the first divergence marked;
 - `comparison_html` / `save_comparison`: all of it as one block or one offline page.
 """
 
@@ -22,9 +24,11 @@ from .style import COLORS, base_layout, legend_on_top
 if TYPE_CHECKING:
     from ..compare import Comparison, WeightTable
     from ..compare.diagnose import Diagnosis
+    from ..compare.patching import PatchSweep
 
 CASE_COLORS = {"batch": "#4C72B0", "padded": "#DD8452", "cached": "#55A868"}
 FLOOR = 1e-12  # exact zeros are drawn here on the log axis
+PATCHING = "Patching the reference into the candidate"
 
 
 def _shown(x: float) -> float | None:
@@ -90,6 +94,66 @@ def diagnosis_html(diagnosis: Diagnosis | None) -> Markup:
                 head, d.case, _num(d.replay_error, d.tolerance), d.tolerance, join("", rows))
 
 
+def patching_figure(comparison: Comparison, *, height: int = 380) -> go.Figure:
+    """A bar per aligned point: the share of the logit gap closed by patching the reference's activation there
+    (1 closes it all, 0 changes nothing, below 0 widens it); bars that close at least 99% are green, the first
+    divergence `compare` found is marked. Empty (with a title that says why) when there is nothing to show."""
+    fig = go.Figure()
+    sweep = comparison.patching
+    points = sweep.points if sweep is not None else ()
+    if sweep is not None and points:
+        closed = [None if math.isnan(p.closed) else p.closed for p in points]
+        fig.add_trace(go.Bar(
+            x=[p.label for p in points], y=closed, name="share of the gap closed",
+            marker=dict(color=[COLORS["ok"] if c is not None and c >= sweep.threshold else COLORS["muted"]
+                               for c in closed]),
+            customdata=[[p.module, _share(p.closed), _gap_left(p.gap, sweep.tolerance * sweep.scale), p.note or ""]
+                        for p in points],
+            hovertemplate="%{x} (%{customdata[0]})<br>closes %{customdata[1]}<br>gap left %{customdata[2]}"
+                          "<br>%{customdata[3]}<extra></extra>"))
+        first = comparison.first_divergence
+        hit = next((p for p in points if first is not None and p.label == first.label), None)
+        if hit is not None:
+            fig.add_trace(go.Scatter(x=[hit.label], y=[0 if math.isnan(hit.closed) else hit.closed],
+                                     mode="markers", name="first divergence",
+                                     marker=dict(symbol="x", size=14, color=COLORS["bad"])))
+    title = ("Patching the reference into the candidate: share of the logit gap closed" if points
+             else "Patching: " + (sweep.summary() if sweep is not None else "not computed"))
+    base_layout(fig, title, height=height)
+    fig.update_yaxes(title="1 - gap patched / gap", zeroline=True)
+    fig.update_xaxes(tickangle=-45, tickfont=dict(size=10))
+    legend_on_top(fig)
+    return fig
+
+
+def patching_html(sweep: PatchSweep | None) -> Markup:
+    """The patching sweep as a table: each aligned point, the candidate module patched, the gap left, the share
+    closed; or a line that says why there is none."""
+    if sweep is None:
+        return html("<p>{}</p>", "Not computed: compare(reference, candidate, patching=True) patches each aligned "
+                                 "point's reference activation into the candidate.")
+    head = html("<p><b>{}</b></p><p class='wb-note'>gap: L2 norm of candidate - reference logits over the real "
+                "tokens of the {} inputs; closed share: 1 - gap patched / gap</p>", sweep.summary(), sweep.case)
+    if not sweep.points:
+        return head
+    rows = [html("<tr><td>{}</td><td>{}</td><td>{}</td><td style='color:{}'>{}</td><td>{}</td></tr>", p.label,
+                 p.module, _gap_left(p.gap, sweep.tolerance * sweep.scale),
+                 COLORS["ok"] if p.closed >= sweep.threshold else COLORS["muted"], _share(p.closed), p.note)
+            for p in sweep.points]
+    return html("{}<table class='wb'><tr><th>point</th><th>candidate module</th><th>gap left</th><th>closed</th>"
+                "<th></th></tr>{}</table>", head, join("", rows))
+
+
+def _share(x: float) -> str:
+    """A share as a percentage to 0.1% (noise-sized shares of either sign read 0.0%)."""
+    return "not patched" if math.isnan(x) else f"{round(x, 3) + 0.0:.1%}"
+
+
+def _gap_left(gap: float, noise: float) -> str:
+    """A gap as text: a bound when it is within noise (noise differs between CPUs), else two digits."""
+    return "n/a" if math.isnan(gap) else f"< {noise:.0e}" if gap <= noise else f"{gap:.1e}"
+
+
 def _num(x: float, tol: float) -> str:
     if math.isnan(x):
         return "not applicable"
@@ -103,7 +167,18 @@ def comparison_html(comparison: Comparison, *, include_plotlyjs: bool = True) ->
         plotly_div(divergence_figure(comparison), include_plotlyjs=include_plotlyjs),
         html("<h4>{}</h4>", "Diagnosis"), diagnosis_html(comparison.diagnosis),
         html("<h4>{}</h4>", "Weights"), weights_html(comparison.weights),
+        *_patching_parts(comparison, html("<h4>{}</h4>", PATCHING), include_plotlyjs=False),
     ])
+
+
+def _patching_parts(comparison: Comparison, title: Markup, *, include_plotlyjs: bool | None = None) -> list:
+    """The patching section, when the comparison holds a sweep: its figure as an object (for a page) or, given
+    include_plotlyjs, as a div (for a block)."""
+    if comparison.patching is None:
+        return []
+    fig = patching_figure(comparison)
+    shown = fig if include_plotlyjs is None else plotly_div(fig, include_plotlyjs=include_plotlyjs)
+    return [title, shown, patching_html(comparison.patching)]
 
 
 def save_comparison(comparison: Comparison, path: str | Path) -> Path:
@@ -114,4 +189,5 @@ def save_comparison(comparison: Comparison, path: str | Path) -> Path:
         divergence_figure(comparison),
         html("<h2>{}</h2>", "Diagnosis at the first divergence"), diagnosis_html(comparison.diagnosis),
         html("<h2>{}</h2>", "Weights"), weights_html(comparison.weights),
+        *_patching_parts(comparison, html("<h2>{}</h2>", PATCHING)),
     ])

@@ -17,8 +17,10 @@ class CompareView(View):
     """`CompareView(wb.compare(reference, candidate))`.
 
     The figure draws the error at each aligned point for each input case (the checkboxes pick the cases
-    shown), the noise band below the tolerance, and the first divergence. Below: the diagnosis (every fix
-    tried there, and what it left of the gap) and the weight-match table.
+    shown), the noise band below the tolerance, and the first divergence. Below, in tabs: the diagnosis (every
+    fix tried there, and what it left of the gap), the weight-match table, and patching (the share of the logit
+    gap each aligned point closes when the reference's activation is patched into the candidate, from
+    `wb.compare(..., patching=True)`; a notice says how to compute it when the comparison holds none).
     """
 
     title = "Compare"
@@ -33,9 +35,14 @@ class CompareView(View):
         verdict = notice(comparison.verdict())
         self.diagnosis = SafeHTML(vc.diagnosis_html(comparison.diagnosis))
         self.weights = SafeHTML(vc.weights_html(comparison.weights))
-        tabs = W.Tab(children=[self.diagnosis, self.weights])
-        tabs.set_title(0, "diagnosis")
-        tabs.set_title(1, "weights")
+        self.patching = SafeHTML(vc.patching_html(comparison.patching))
+        self.patching_figure = (figure_widget(vc.patching_figure(comparison), width=FULL_WIDTH)
+                                if comparison.patching is not None and comparison.patching.points else None)
+        patching = W.VBox([w for w in (self.patching_figure, self.patching) if w is not None])
+        tabs = W.Tab(children=[self.diagnosis, self.weights, patching])
+        for i, name in enumerate(("diagnosis", "weights", "patching")):
+            tabs.set_title(i, name)
+        self.tabs = tabs
         for box in self.boxes.values():
             box.observe(self._show_cases, names="value")
         self.children = [header(self.title, f"{comparison.candidate_name} vs {comparison.reference_name}"),
@@ -49,5 +56,6 @@ class CompareView(View):
                     trace.visible = trace.name in shown
 
     def export_parts(self) -> list[Any]:
-        return [html("<p><b>{}</b></p>", self.comparison.verdict()), *self.figures(),
-                vc.diagnosis_html(self.comparison.diagnosis), vc.weights_html(self.comparison.weights)]
+        c = self.comparison
+        return [html("<p><b>{}</b></p>", c.verdict()), *self.figures(), vc.diagnosis_html(c.diagnosis),
+                vc.weights_html(c.weights), vc.patching_html(c.patching)]
