@@ -25,6 +25,8 @@ from .errors import (
     MissingDependencyError,
     ModelContractError,
     OutputPathError,
+    RecorderError,
+    RunFileError,
     UnsafeFormatError,
     UnsupportedModelError,
     WeightMismatchError,
@@ -50,6 +52,8 @@ from .model import (
     TransformerLM,
     compile_model,
 )
+from .runs import ReplayRecord, Retention, RunEvent, RunFile
+from .training import RecorderConfig, RunRecorder
 
 __version__ = "0.1.0"
 
@@ -141,6 +145,14 @@ __all__ = [
     "StepRecord",
     "generate",
     "Trace",
+    "RecorderConfig",
+    "RecorderError",
+    "ReplayRecord",
+    "Retention",
+    "RunEvent",
+    "RunFile",
+    "RunFileError",
+    "RunRecorder",
     "distributed",
     "doctor",
     "load_gguf",
