@@ -30,21 +30,20 @@ class RunFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         check_header(self.path)
-        self.dropped_bytes = dropped_bytes(self.path)
-        self.recovered = False
+        self.dropped_bytes, self.recovered = 0, False
         db: sqlite3.Connection | None = None
-        if self.dropped_bytes == 0:
-            try:
-                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
-                self.meta = check_schema(db, self.path)
-                self._probe(db)
-            except (sqlite3.DatabaseError, RunFileError) as err:
-                if db is not None:
-                    db.close()
-                db = None
-                if isinstance(err, RunFileError) and "not a run file" in str(err):
-                    raise
-        if db is None:
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            self.meta = check_schema(db, self.path)
+            self._probe(db)
+        except (sqlite3.DatabaseError, RunFileError) as err:
+            if db is not None:
+                db.close()
+            db = None
+            if isinstance(err, RunFileError) and "damaged" not in str(err):
+                raise
+        if db is None:  # damaged: a killed writer's file never is (its WAL completes it), a cut copy may be
+            self.dropped_bytes = dropped_bytes(self.path)
             db = salvage(self.path)
             self.meta = check_schema(db, self.path)
             self.recovered = True

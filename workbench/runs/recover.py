@@ -76,9 +76,32 @@ class _Scan:
         return None
 
 
+def _padded(path: Path) -> sqlite3.Connection:
+    """The damaged file, in memory, zero-filled from its last whole page back to the size its header declares (SQLite refuses a file
+    shorter than that; a zeroed page fails alone, as a damaged page, when a read reaches it), and marked as a
+    rollback-journal database (an in-memory copy has no WAL; the WAL of a cut file is not read)."""
+    data = bytearray(path.read_bytes())
+    full = len(data) + dropped_bytes(path)
+    if len(data) >= 100:
+        page = int.from_bytes(data[16:18], "big")
+        page = 65536 if page == 1 else page
+        del data[len(data) // page * page:]  # a page cut part-way holds rows cut part-way: drop it whole
+    data.extend(bytes(full - len(data)))
+    if len(data) >= 100:
+        data[18:20] = b"\x01\x01"
+    db = sqlite3.connect(":memory:")
+    try:
+        db.deserialize(bytes(data))
+    except sqlite3.DatabaseError as err:
+        db.close()
+        raise RunFileError(f"{path} is damaged past its first pages ({err}); nothing of the run can be read. "
+                           "Record the run again.") from None
+    return db
+
+
 def salvage(path: Path) -> sqlite3.Connection:
     """An in-memory run file holding every readable row of the damaged file at `path`."""
-    src = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    src = _padded(path)
     try:
         try:
             meta = src.execute("SELECT key, value FROM meta").fetchall()
@@ -102,11 +125,11 @@ def salvage(path: Path) -> sqlite3.Connection:
         src.close()
     db = sqlite3.connect(":memory:", isolation_level=None)
     db.executescript(DDL)
-    db.executemany("INSERT INTO meta VALUES (?, ?)", meta)
-    db.executemany("INSERT INTO series VALUES (?, ?, ?)", series)
-    db.executemany("INSERT INTO steps VALUES (?, ?)", steps)
-    db.executemany("INSERT INTO scalars VALUES (?, ?, ?)", scalars)
-    db.executemany("INSERT INTO vectors VALUES (?, ?, ?)", vectors)
-    db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", events)
-    db.executemany("INSERT INTO replays VALUES (?, ?, ?, ?)", replays)
+    db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", meta)
+    db.executemany("INSERT OR IGNORE INTO series VALUES (?, ?, ?)", series)
+    db.executemany("INSERT OR IGNORE INTO steps VALUES (?, ?)", steps)
+    db.executemany("INSERT OR IGNORE INTO scalars VALUES (?, ?, ?)", scalars)
+    db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)", vectors)
+    db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", events)
+    db.executemany("INSERT OR IGNORE INTO replays VALUES (?, ?, ?, ?)", replays)
     return db

@@ -70,6 +70,9 @@ def check_schema(db: sqlite3.Connection, path: Path) -> dict[str, str]:
     except sqlite3.DatabaseError as err:
         raise RunFileError(f"{path} cannot be read as a run file ({err}); it is damaged beyond its header or not "
                            "a run file. Pass a file written by workbench.RunRecorder.") from None
+    if not tables:
+        raise RunFileError(f"{path} holds no run yet: its writer has not committed (or was stopped before "
+                           "its first commit). Open it again once the job has started writing.")
     if meta.get("format") != FORMAT:
         raise RunFileError(f"{path} is an SQLite database but not a run file (no format={FORMAT!r} in a meta "
                            "table); pass a file written by workbench.RunRecorder.")

@@ -65,15 +65,21 @@ class RunWriter:
         db = self.db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(DDL)
-        self._meta({"format": FORMAT, "version": str(VERSION), "stride": "1", "created": str(time.time()),
-                    **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}})
+        with db:  # the tables and the meta in one commit: a file killed now holds a whole run file or none
+            db.execute("BEGIN")
+            for statement in DDL.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list({
+                "format": FORMAT, "version": str(VERSION), "stride": "1", "created": str(time.time()),
+                **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}.items()))
         self._series: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._pending: list[_Pending] = []
         self._last_flush = time.monotonic()
         self._stride = 1
         self._events: set[int] = set()
-        self.last_step: int | None = None
+        self.last_step: int | None = None  # the last step added
+        self.committed: int | None = None  # the last step on disk (a kill now loses only the steps after it)
 
     @property
     def replay_dir(self) -> Path:
@@ -133,6 +139,7 @@ class RunWriter:
             db.executemany("INSERT INTO scalars VALUES (?, ?, ?)", scalars)
             db.executemany("INSERT INTO vectors VALUES (?, ?, ?)", vectors)
             db.executemany("INSERT INTO steps VALUES (?, ?)", [(p.step, p.time) for p in pending])
+        self.committed = pending[-1].step
         self._thin(pending[-1].step)
 
     def close(self) -> None:
@@ -150,10 +157,6 @@ class RunWriter:
         if self.db is None:
             raise RunFileError(f"the run file {self.path} is closed; start a new RunRecorder to record again.")
         return self.db
-
-    def _meta(self, values: Mapping[str, str]) -> None:
-        db = self._open()
-        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
 
     def _thin(self, newest: int) -> None:
         """Drop the old steps (older than the newest `recent`) that are not multiples of the stride, keeping
