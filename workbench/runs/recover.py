@@ -77,9 +77,10 @@ class _Scan:
 
 
 def _padded(path: Path) -> sqlite3.Connection:
-    """The damaged file, in memory, zero-filled from its last whole page back to the size its header declares (SQLite refuses a file
-    shorter than that; a zeroed page fails alone, as a damaged page, when a read reaches it), and marked as a
-    rollback-journal database (an in-memory copy has no WAL; the WAL of a cut file is not read)."""
+    """The damaged file, in memory, zero-filled from its last whole page back to the size its header declares
+    (SQLite refuses a file shorter than that; a zeroed page fails alone, as a damaged page, when a read
+    reaches it), and marked as a rollback-journal database (an in-memory copy has no WAL; the WAL of a cut
+    file is not read)."""
     data = bytearray(path.read_bytes())
     full = len(data) + dropped_bytes(path)
     if len(data) >= 100:
