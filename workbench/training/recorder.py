@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import RecorderError, WorkbenchError
+from ..errors import RecorderError
 from ..lm import ModelAdapter
 from ..lm.intercept import Client, intercept
 from ..runs import RunEvent, RunWriter
@@ -81,7 +81,7 @@ class _Structure:
         """("shared" | "separate", embedding weight, head weight) when both exist with the same shape."""
         try:
             emb, head = adapter.input_embedding(), adapter.output_head()
-        except WorkbenchError:
+        except Exception:  # noqa: BLE001 - a module that is no causal LM (a probe cannot call it) has no pair
             return None
         we, wh = getattr(emb, "weight", None), getattr(head, "weight", None)
         if not isinstance(we, torch.Tensor) or not isinstance(wh, torch.Tensor) or we.shape != wh.shape:
