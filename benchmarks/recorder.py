@@ -111,7 +111,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--clock", choices=["wall", "cpu"], default="cpu", help="cpu: process CPU time (steadier on a shared machine)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="cpu",
+                   help="cpu: process CPU time (steadier on a shared machine)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # detect_anomaly warns on every entry
