@@ -105,6 +105,13 @@ def salvage(path: Path) -> sqlite3.Connection:
     src = _padded(path)
     try:
         try:
+            empty = src.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+        except sqlite3.DatabaseError:
+            empty = False
+        if empty:  # a writer killed before its first commit (its WAL, if any, holds no commit)
+            raise RunFileError(f"{path} holds no run yet: its writer has not committed (or was stopped before "
+                               "its first commit). Open it again once the job has started writing.")
+        try:
             meta = src.execute("SELECT key, value FROM meta").fetchall()
             series = src.execute("SELECT name, kind, keys FROM series").fetchall()
         except sqlite3.DatabaseError as err:

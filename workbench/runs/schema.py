@@ -57,6 +57,9 @@ def check_header(path: Path) -> None:
         raise RunFileError(f"{path} is a folder; pass the run file inside it (the path given to RunRecorder).")
     with path.open("rb") as f:
         head = f.read(len(SQLITE_MAGIC))
+    if not head:  # SQLite writes the header with the first commit
+        raise RunFileError(f"{path} holds no run yet: it is empty (its writer has not committed, or was stopped "
+                           "before its first commit). Open it again once the job has started writing.")
     if head != SQLITE_MAGIC:
         raise RunFileError(f"{path} is not a run file (it is not an SQLite database); pass a file written by "
                            "workbench.RunRecorder.")
