@@ -21,6 +21,7 @@ from .capture.trace import Trace
 from .compare.comparison import Comparison
 from .display import EXPORT, NOTEBOOK
 from .doctor.report import Report
+from .interventions.record import PatchingResult
 from .io.report import LoadReport
 from .safehtml import Markup
 
@@ -60,6 +61,13 @@ def load_table(report: LoadReport) -> Markup:
     return load_report_table(report)
 
 
+def patching_block(result: PatchingResult) -> Markup:
+    """`workbench.viz.patching.patching_html`: the summary and the layers x positions (or heads) heatmap."""
+    from .viz.patching import patching_html
+
+    return patching_html(result)
+
+
 def register_views() -> None:
     """Register every workbench view (again: this restores any that were replaced with `register`)."""
     EXPORT.register(Trace, trace_page)
@@ -67,4 +75,5 @@ def register_views() -> None:
     EXPORT.register(Comparison, comparison_page)
     NOTEBOOK.register(Report, doctor_table)
     NOTEBOOK.register(LoadReport, load_table)
+    NOTEBOOK.register(PatchingResult, patching_block)
 

@@ -10,7 +10,8 @@ from .dashboard import Dashboard, show
 from .gradients import GradientFlow
 from .inspector import LayerInspector
 from .memory import MemoryPanel
+from .patching import PatchingView
 from .stepper import GenerationStepper
 
 __all__ = ["AttentionView", "CompareView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
-           "MemoryPanel", "View", "show"]
+           "MemoryPanel", "PatchingView", "View", "show"]
