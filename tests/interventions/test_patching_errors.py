@@ -63,5 +63,5 @@ def test_a_module_without_an_output_projection_cannot_patch_heads():
     from workbench.interventions.sites import find_site
     from workbench.lm.adapter import ModelAdapter
 
-    with pytest.raises(InterventionError, match=r"has no site 'heads'.*children are: attn"):
+    with pytest.raises(InterventionError, match=r"blocks.0.attn has no output projection named one of o_proj"):
         find_site(ModelAdapter(NoProjection()), "heads")

@@ -4,7 +4,8 @@ A site is found once per sweep from the blocks the adapter finds (`ModelAdapter.
 - "resid": the block's own output, the residual stream after the block;
 - "attn" / "mlp": the block's attention or MLP submodule's output (the first tensor of a tuple output);
 - a dotted name relative to each block ("self_attn.o_proj", "mlp.down_proj"): that module's output;
-- "heads": the input of the attention's output projection (B, T, H*D), head h in columns h*D:(h+1)*D.
+- "heads": the input of the attention's output projection (B, T, H*D), head h in columns h*D:(h+1)*D, found by
+  `workbench.lm.heads` as the head edits find it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from ..errors import InterventionError
 from ..lm.adapter import ModelAdapter
-from ..lm.projection import head_count, output_projection
+from ..lm.heads import attention_layers
 
 __all__ = ["KINDS", "Site", "find_site"]
 
@@ -51,21 +52,6 @@ def _child(block: nn.Module, pattern: re.Pattern[str]) -> str | None:
     return min(found)[1] if found else None
 
 
-def _projection(block: nn.Module) -> str | None:
-    """The output projection (relative name) of the block's attention: of the attention or of a module inside it
-    (GPT-Neo wraps its attention in another)."""
-    attention = _child(block, _ATTN)
-    if attention is None:
-        return None
-    for name, module in block.get_submodule(attention).named_modules():
-        try:
-            child, _ = output_projection(module)
-        except InterventionError:
-            continue
-        return ".".join(p for p in (attention, name, child) if p)
-    return None
-
-
 def _relative(block: nn.Module, kind: str) -> str | None:
     if kind == "resid":
         return ""
@@ -73,8 +59,6 @@ def _relative(block: nn.Module, kind: str) -> str | None:
         return _child(block, _ATTN)
     if kind == "mlp":
         return _child(block, _MLP)
-    if kind == "heads":
-        return _projection(block)
     try:
         block.get_submodule(kind)
     except AttributeError:
@@ -93,6 +77,10 @@ def find_site(adapter: ModelAdapter, kind: str) -> Site:
     if not isinstance(kind, str) or not kind:
         raise InterventionError(f"the site must be one of {', '.join(KINDS)} or a module name inside each block, "
                                 f"got {kind!r}.")
+    if kind == "heads":  # the input of each attention's output projection, found as head edits find it
+        layers = attention_layers(adapter.model)
+        return Site(kind, tuple(n for n, _ in blocks), tuple(a.projection for a in layers), on_input=True,
+                    heads=layers[0].n_heads)
     modules = []
     for name, block in blocks:
         rel = _relative(block, kind)
@@ -104,13 +92,4 @@ def find_site(adapter: ModelAdapter, kind: str) -> Site:
                 f"them (a dotted name relative to the block, e.g. {next(iter(dict(block.named_children())), 'x')!r})"
                 f", or use one of {', '.join(KINDS)}.")
         modules.append(f"{name}.{rel}" if rel else name)
-    heads = 0
-    if kind == "heads":
-        heads = _heads(adapter.model, blocks[0][1], modules[0][len(blocks[0][0]) + 1:])
-    return Site(kind, tuple(n for n, _ in blocks), tuple(modules), on_input=kind == "heads", heads=heads)
-
-
-def _heads(model: nn.Module, block: nn.Module, projection: str) -> int:
-    """H of the attention that owns `projection` (relative to `block`)."""
-    owner = block.get_submodule(projection.rsplit(".", 1)[0]) if "." in projection else block
-    return head_count(model, owner)
+    return Site(kind, tuple(n for n, _ in blocks), tuple(modules))
