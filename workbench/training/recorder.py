@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributed import unwrap
+from ..distributed import reshard, unwrap
+from ..distributed.shards import local_tensor, reduce_rows, shard_groups
 from ..errors import RecorderError
 from ..lm import ModelAdapter
 from ..lm.intercept import Client, intercept
@@ -77,19 +78,26 @@ class _Structure:
             adapter = ModelAdapter(model)
             found = adapter.blocks()
             self.blocks = [name for name, _ in found[1]] if found is not None else []
-            self.tied = self._tied(adapter)
+            ends = self._ends(adapter)
         finally:
             for m, training in flags:
                 m.training = training
             rng.restore()
+        reshard(model)  # FSDP2: the adapter's probe forward left the root's parameters unsharded
+        self.tied = self._tied(*ends) if ends is not None else None
 
     @staticmethod
-    def _tied(adapter: ModelAdapter) -> tuple[str, torch.Tensor, torch.Tensor] | None:
-        """("shared" | "separate", embedding weight, head weight) when both exist with the same shape."""
+    def _ends(adapter: ModelAdapter) -> tuple[nn.Module, nn.Module] | None:
+        """(input embedding, output head), or None for a module that is no causal LM."""
         try:
             emb, head = adapter.input_embedding(), adapter.output_head()
         except Exception:  # noqa: BLE001 - a module that is no causal LM (a probe cannot call it) has no pair
             return None
+        return (emb, head) if emb is not None and head is not None else None
+
+    @staticmethod
+    def _tied(emb: nn.Module, head: nn.Module) -> tuple[str, torch.Tensor, torch.Tensor] | None:
+        """("shared" | "separate", embedding weight, head weight) when both exist with the same shape."""
         we, wh = getattr(emb, "weight", None), getattr(head, "weight", None)
         if not isinstance(we, torch.Tensor) or not isinstance(wh, torch.Tensor) or we.shape != wh.shape:
             return None
@@ -384,10 +392,14 @@ def _loss_tensor(loss: Any, step: int) -> torch.Tensor:
 
 
 def _gap(emb: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-    """|W_head - W_embedding| / |W_embedding|, 0-d float32 on the device (0 for one shared tensor)."""
+    """|W_head - W_embedding| / |W_embedding|, 0-d float32 on the device (0 for one shared tensor). FSDP2
+    shards both alike: the squared norms of this rank's slices are summed over the shard group."""
     if emb is head:
-        return torch.zeros((), device=emb.device)
+        return torch.zeros((), device=local_tensor(emb).device)
     with torch.no_grad():
-        return (torch.linalg.vector_norm(head - emb, dtype=torch.float32)
-                / torch.linalg.vector_norm(emb, dtype=torch.float32).clamp_min(1e-30))
+        e, h = local_tensor(emb.detach()), local_tensor(head.detach())
+        sq = torch.stack([torch.linalg.vector_norm(h - e, dtype=torch.float32),
+                          torch.linalg.vector_norm(e, dtype=torch.float32)]).square()  # (2,)
+        reduce_rows([sq], [shard_groups(emb)])
+        return sq[0].sqrt() / sq[1].sqrt().clamp_min(1e-30)
 
