@@ -48,20 +48,26 @@ def loss_curve(run: RunFile, *, height: int = 320, width: int | None = None) -> 
     finite = [v for v in loss if math.isfinite(v)]
     top = max(finite) if finite else 1.0
     y = [v if math.isfinite(v) else top for v in y]  # a non-finite loss is marked at the top of the curve
+    texts = ["<br>".join(by_step[s]) + ("<br>(replayed: click)" if s in replayed else "") for s in marks]
+    fig = _loss_figure(steps, loss, marks, y, ["circle" if s in replayed else "circle-open" for s in marks], texts)
+    base_layout(fig, f"Loss · {len(steps)} steps · {len(marks)} trigger steps", height=height,
+                width=width or FULL_WIDTH)
+    return fig
+
+
+def _loss_figure(steps: list[int], loss: list[float], marks: list[int], y: list[float], symbols: list[str],
+                 texts: list[str]) -> go.Figure:
+    """The line and the marker trace, built alike for an empty run (a live view updates them in place, and
+    plotly.js restyles only the attributes the first draw had)."""
     fig = go.Figure([
         go.Scatter(x=steps, y=loss, mode="lines", name="loss", line=dict(color=COLORS["params"]),
                    hovertemplate="step %{x}<br>loss %{y:.4g}<extra></extra>"),
-        go.Scatter(x=marks, y=y, mode="markers", name="trigger", customdata=marks,
-                   marker=dict(size=12, color=COLORS["bad"], symbol=["circle" if s in replayed else "circle-open"
-                                                                   for s in marks], line=dict(width=2)),
-                   text=["<br>".join(by_step[s]) + ("<br>(replayed: click)" if s in replayed else "")
-                         for s in marks],
+        go.Scatter(x=marks, y=y, mode="markers", name="trigger", customdata=marks, text=texts,
+                   marker=dict(size=12, color=COLORS["bad"], symbol=symbols, line=dict(width=2)),
                    hovertemplate="step %{x}<br>%{text}<extra></extra>"),
     ])
     fig.update_xaxes(title="step")
     fig.update_yaxes(title="loss")
-    base_layout(fig, f"Loss · {len(steps)} steps · {len(marks)} trigger steps", height=height,
-                width=width or FULL_WIDTH)
     return fig
 
 
@@ -148,18 +154,17 @@ def _scale(v: float, log: bool) -> float:
 
 def loss_curve_empty() -> go.Figure:
     """The loss curve's two traces with no data (a view's figure before the file holds a run)."""
-    fig = go.Figure([go.Scatter(x=[], y=[], mode="lines", name="loss"),
-                     go.Scatter(x=[], y=[], mode="markers", name="trigger")])
+    fig = _loss_figure([], [], [], [], [], [])
     return base_layout(fig, "Loss · waiting for the run", height=320, width=FULL_WIDTH)
 
 
 def empty_heatmap(name: str) -> go.Figure:
     """A heatmap of no steps yet, titled as `metric_heatmap(run, name)` is."""
-    fig = go.Figure(go.Heatmap(z=[], colorscale="Viridis"))
+    fig = go.Figure(go.Heatmap(z=[], x=[], y=[], colorscale="Viridis", colorbar=dict(title=HEATMAPS[name][1])))
     return base_layout(fig, HEATMAPS[name][0], height=240, width=FULL_WIDTH)
 
 
 def empty_entropy() -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=[], colorscale="Magma"))
+    fig = go.Figure(go.Heatmap(z=[], x=[], y=[], colorscale="Magma", colorbar=dict(title="nats")))
     return base_layout(fig, "Attention entropy per layer and head · no attention step yet", height=240,
                        width=FULL_WIDTH)
