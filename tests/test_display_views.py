@@ -25,6 +25,7 @@ from workbench.doctor.report import Finding, Report
 from workbench.interventions import LogitLens, logit_lens
 from workbench.interventions.record import PatchingResult
 from workbench.io.report import LoadReport
+from workbench.runs import RunFile
 from workbench.safehtml import Markup, html
 
 PAYLOAD = "<script>alert(1)</script>"
@@ -73,9 +74,9 @@ EXPORTS: dict[str, tuple[type, Callable, dict]] = {  # record -> (type, its expo
 def test_import_workbench_registers_exactly_these_views():
     assert NOTEBOOK.registered() == {Comparison: views.comparison_block, Report: views.doctor_table,
                                      LoadReport: views.load_table, LogitLens: views.lens_block,
-                                     PatchingResult: views.patching_block}
+                                     PatchingResult: views.patching_block, RunFile: views.run_block}
     assert EXPORT.registered() == {Trace: views.trace_page, Comparison: views.comparison_page,
-                                   LogitLens: views.lens_page}
+                                   LogitLens: views.lens_page, RunFile: views.run_page}
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_TYPES)
@@ -154,7 +155,8 @@ def test_every_repr_html_in_the_package_asks_the_registry_and_has_a_view():
                                             ("workbench.doctor.report", "Report"),
                                             ("workbench.io.report", "LoadReport"),
                                             ("workbench.interventions.lens", "LogitLens"),
-                                            ("workbench.interventions.record", "PatchingResult")}
+                                            ("workbench.interventions.record", "PatchingResult"),
+                                            ("workbench.runs.reader", "RunFile")}
     for module, cls, body in found:
         assert body == "return notebook_html(self)", f"{module}.{cls}._repr_html_ builds HTML itself"
         assert NOTEBOOK.lookup(getattr(importlib.import_module(module), cls)) is not None
@@ -172,6 +174,6 @@ print("<td><code>&lt;k&gt;</code></td>" in page, "plotly" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines() == ["['Comparison', 'LoadReport', 'LogitLens', 'PatchingResult', 'Report'] "
-                                       "['Comparison', 'LogitLens', 'Trace']", "False",
+    assert out.stdout.splitlines() == ["['Comparison', 'LoadReport', 'LogitLens', 'PatchingResult', 'Report', "
+                                       "'RunFile'] ['Comparison', 'LogitLens', 'RunFile', 'Trace']", "False",
                                        "True True"]

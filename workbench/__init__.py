@@ -67,7 +67,7 @@ _LAZY = {  # public name -> (module, attribute or None for the module itself)
     **{
         name: ("workbench.widgets", name)
         for name in ("AttentionView", "CompareView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
-                     "LogitLensView", "MemoryPanel", "show")
+                     "LogitLensView", "MemoryPanel", "RunView", "show")
     },
 }
 
@@ -96,6 +96,7 @@ __all__ = [
     "LayerInspector",
     "LogitLensView",
     "MemoryPanel",
+    "RunView",
     "report_html",
     "save_html",
     "save_png",

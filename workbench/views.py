@@ -24,6 +24,7 @@ from .doctor.report import Report
 from .interventions.lens import LogitLens
 from .interventions.record import PatchingResult
 from .io.report import LoadReport
+from .runs import RunFile
 from .safehtml import Markup
 
 
@@ -81,6 +82,20 @@ def patching_block(result: PatchingResult) -> Markup:
     return patching_html(result)
 
 
+def run_block(run: RunFile) -> Markup:
+    """`workbench.viz.runs.run_html`: the summary, the loss curve with its triggers and the heatmaps."""
+    from .viz.runs import run_html
+
+    return run_html(run)
+
+
+def run_page(run: RunFile, path: str | Path) -> Path:
+    """`workbench.viz.runs.save_run`: the same and every replayed step's findings, as one offline page."""
+    from .viz.runs import save_run
+
+    return save_run(run, path)
+
+
 def register_views() -> None:
     """Register every workbench view (again: this restores any that were replaced with `register`)."""
     EXPORT.register(Trace, trace_page)
@@ -91,4 +106,6 @@ def register_views() -> None:
     NOTEBOOK.register(LogitLens, lens_block)
     EXPORT.register(LogitLens, lens_page)
     NOTEBOOK.register(PatchingResult, patching_block)
+    NOTEBOOK.register(RunFile, run_block)
+    EXPORT.register(RunFile, run_page)
 

@@ -6,7 +6,7 @@ shards, and `tr.gather(dst=0)` brings all ranks' records to one rank (`workbench
 See examples/distributed_trace.py.
 """
 
-from .env import backend_for, init_distributed, is_distributed, rank, run_on_main, unwrap, world_size
+from .env import backend_for, init_distributed, is_distributed, rank, reshard, run_on_main, unwrap, world_size
 from .gather import global_grad_norm, rank_meta
 from .shards import is_dtensor, local_nbytes, local_tensor
 
@@ -20,6 +20,7 @@ __all__ = [
     "local_tensor",
     "rank",
     "rank_meta",
+    "reshard",
     "run_on_main",
     "unwrap",
     "world_size",

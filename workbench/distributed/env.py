@@ -82,6 +82,19 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, str | None]:
     return model, None
 
 
+def reshard(model: nn.Module) -> None:
+    """Put FSDP2's sharded parameters back after a forward without a backward (a probe): the root keeps its
+    parameters unsharded after a forward, and a tensor taken from the module then is a view of a buffer that
+    the next forward frees. Does nothing to a model without FSDP2 modules."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch built without distributed support
+        return
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def run_on_main(fn: Callable[[bool], T], *, every_rank: bool) -> T | None:
     """Run fn(is_main) so that its result appears once, on rank 0; other ranks get None.
 

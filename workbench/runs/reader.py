@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..display import export_html, notebook_html
 from ..errors import RunFileError
 from .records import ReplayRecord, RunEvent, decode
 from .recover import dropped_bytes, salvage
@@ -33,7 +34,9 @@ class RunFile:
         self.dropped_bytes, self.recovered = 0, False
         db: sqlite3.Connection | None = None
         try:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            # check_same_thread=False: a live view polls from its own thread (it serialises its queries)
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                 check_same_thread=False)
             self.meta = check_schema(db, self.path)
             self._probe(db)
         except (sqlite3.DatabaseError, RunFileError) as err:
@@ -131,6 +134,15 @@ class RunFile:
             have = sorted(n for n, k in self.db.execute("SELECT name, kind FROM series") if k == kind)
             raise RunFileError(f"{self.path} has no {kind} metric {name!r}; it has {have}.")
         return json.loads(row[1])
+
+    # --- showing --------------------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        """The loss curve and heatmaps (`workbench.viz.runs`), through the display registry."""
+        return notebook_html(self)
+
+    def save_html(self, path: str | Path) -> Path:
+        """One offline HTML page: the summary, the figures and every replayed step's findings."""
+        return export_html(self, path)
 
     # --- closing --------------------------------------------------------------------------------
     def close(self) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed.shards import local_tensor, reduce_rows, shard_groups
+
 
 class ParamNorms:
     """The trainable parameters of a model, grouped by owning module (`modules`, in parameter order)."""
@@ -23,6 +25,8 @@ class ParamNorms:
         index = {m: i for i, m in enumerate(self.modules)}
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.owner = torch.tensor([index[o] for o in owners], dtype=torch.long, device=self.device)
+        self.groups = [shard_groups(p) for p in self.params]  # FSDP2: the groups each parameter is sharded over
+        self.sharded = any(self.groups)
         self._before: list[torch.Tensor] | None = None
 
     def _per_module(self, norms: list[torch.Tensor], which: list[int]) -> torch.Tensor:
@@ -30,14 +34,18 @@ class ParamNorms:
         sq = torch.zeros(len(self.modules), dtype=torch.float32, device=self.device)
         if norms:
             stacked = torch.stack([n.to(self.device, torch.float32) for n in norms])  # (P,)
+            squares = stacked * stacked
+            if self.sharded:  # each shard's squared norm summed over its group: the whole parameter's
+                rows = [squares[i:i + 1] for i in range(len(which))]
+                reduce_rows(rows, [self.groups[w] for w in which])
             owner = self.owner if len(which) == len(self.params) else self.owner[which]
-            sq.index_add_(0, owner, stacked * stacked)
+            sq.index_add_(0, owner, squares)
         return sq.sqrt()
 
     def grad_norms(self) -> torch.Tensor:
         """Gradient L2 norm per module (M,), float32 on the device; 0 for a module without gradients."""
         which = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [self.params[i].grad for i in which]
+        grads = [local_tensor(self.params[i].grad) for i in which]  # type: ignore[arg-type]  # not None
         norms = list(torch._foreach_norm(grads)) if grads else []  # type: ignore[arg-type]  # grads are tensors
         return self._per_module(norms, which)
 
@@ -45,9 +53,9 @@ class ParamNorms:
         """Copy the weights now (before the optimizer step), for `update_ratios` after it."""
         with torch.no_grad():
             if self._before is None:
-                self._before = [p.detach().clone() for p in self.params]
+                self._before = [local_tensor(p.detach()).clone() for p in self.params]
             else:
-                torch._foreach_copy_(self._before, [p.detach() for p in self.params])
+                torch._foreach_copy_(self._before, [local_tensor(p.detach()) for p in self.params])
 
     @property
     def remembered(self) -> bool:
@@ -58,7 +66,7 @@ class ParamNorms:
         the weights it changed (0 for an unchanged module)."""
         assert self._before is not None  # remember() first; the recorder keeps that order
         with torch.no_grad():
-            now = [p.detach() for p in self.params]
+            now = [local_tensor(p.detach()) for p in self.params]
             delta = torch._foreach_sub(now, self._before)
             which = list(range(len(self.params)))
             num = self._per_module(list(torch._foreach_norm(delta)), which)

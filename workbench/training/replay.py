@@ -7,6 +7,9 @@ then the very `.grad` tensor objects of the first run are put back and the RNG s
 first run left it. The model's weights are not written; the optimizer is never touched. The trace names the
 first module whose output went non-finite or out of range, in execution order, and the doctor's numerics
 checks run on the model as it is at that step.
+
+Under torchrun every rank replays (DDP's backward all-reduces, FSDP2's forward all-gathers); the ranks'
+traces are gathered to rank 0, which alone saves the trace and returns the record.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..capture import Trace, trace
 from ..doctor import diagnose
 from ..errors import WorkbenchError
 from ..runs import ReplayRecord
+from .ranks import Ranks
 from .rng import RngState
 
 
@@ -31,12 +35,13 @@ class Replayer:
     """Replays steps of one model's training into traces saved under `folder`."""
 
     def __init__(self, model: nn.Module, folder: Path, run_folder: Path, range_limit: float,
-                 checks: tuple[str, ...]) -> None:
+                 checks: tuple[str, ...], ranks: Ranks) -> None:
         self.model, self.folder, self.run_folder = model, folder, run_folder
-        self.range_limit, self.checks = range_limit, checks
+        self.range_limit, self.checks, self.ranks = range_limit, checks, ranks
 
-    def replay(self, step: int, closure: Callable[[], Any], before: RngState) -> ReplayRecord:
-        """Trace `closure` again as it ran at `step` (from RNG state `before`) and save what it shows."""
+    def replay(self, step: int, closure: Callable[[], Any], before: RngState) -> ReplayRecord | None:
+        """Trace `closure` again as it ran at `step` (from RNG state `before`) and save what it shows (None on
+        a rank other than 0, which only takes part)."""
         after = RngState.capture()
         params = list(self.model.parameters())
         grads = [p.grad for p in params]
@@ -50,10 +55,14 @@ class Replayer:
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
             after.restore()
-        path = tr.save(self.folder / f"step-{step:08d}.wbtrace")
+        kept = tr.gather(dst=0) if self.ranks.distributed else tr
         findings = self._findings()
         after.restore()  # the doctor restores the RNG too; this makes it the recorder's promise, not its
-        return ReplayRecord(step, str(path.relative_to(self.run_folder)), self.first_module(tr), findings)
+        if kept is None:
+            return None
+        self.folder.mkdir(exist_ok=True)
+        path = kept.save(self.folder / f"step-{step:08d}.wbtrace")
+        return ReplayRecord(step, str(path.relative_to(self.run_folder)), self.first_module(kept), findings)
 
     def first_module(self, tr: Trace) -> str | None:
         """The first module, in completion order (a child before its parent), whose output holds NaN or Inf

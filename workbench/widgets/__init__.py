@@ -12,7 +12,8 @@ from .inspector import LayerInspector
 from .lens import LogitLensView
 from .memory import MemoryPanel
 from .patching import PatchingView
+from .runs import RunView
 from .stepper import GenerationStepper
 
 __all__ = ["AttentionView", "CompareView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
-           "LogitLensView", "MemoryPanel", "PatchingView", "View", "show"]
+           "LogitLensView", "MemoryPanel", "PatchingView", "RunView", "View", "show"]
