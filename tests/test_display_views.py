@@ -23,6 +23,7 @@ from workbench.compare import Comparison, compare
 from workbench.display import EXPORT, NOTEBOOK
 from workbench.doctor.report import Finding, Report
 from workbench.interventions import LogitLens, logit_lens
+from workbench.interventions.record import PatchingResult
 from workbench.io.report import LoadReport
 from workbench.safehtml import Markup, html
 
@@ -44,9 +45,11 @@ def records() -> dict[str, object]:
     cand.add_module(PAYLOAD, nn.Linear(2, 2))  # an unmatched weight in the comparison's weight table
     finding = Finding(PAYLOAD, "fail", "future leaks", {"max_abs_delta": 0.5}, "mask shifted", "use tril")
     lens = logit_lens(ref, [3, 1, 4], tokenizer=_PayloadTokens(), top_k=2)  # every token's text is PAYLOAD
+    patching = PatchingResult(site="resid", layers=[0], layer_names=[PAYLOAD], columns=[0], column_labels=[PAYLOAD],
+                              values=[[0.5]], clean=1.0, corrupted=0.0, notes=[PAYLOAD])
     return {"trace": tr, "comparison": compare(ref, cand), "doctor report": Report([finding], model="M"),
             "load report": LoadReport(source="w.safetensors", format="safetensors", missing=[PAYLOAD]),
-            "logit lens": lens}
+            "logit lens": lens, "patching": patching}
 
 
 class _PayloadTokens:
@@ -58,7 +61,7 @@ class _PayloadTokens:
 
 
 NOTEBOOK_TYPES = {"comparison": Comparison, "doctor report": Report, "load report": LoadReport,
-                  "logit lens": LogitLens}
+                  "logit lens": LogitLens, "patching": PatchingResult}
 EXPORTS: dict[str, tuple[type, Callable, dict]] = {  # record -> (type, its export convenience, options it passes)
     "trace": (Trace, lambda r, path: r.report_html(path, tokens=["a"], max_layers=1),
               {"tokens": ["a"], "max_layers": 1}),
@@ -69,7 +72,8 @@ EXPORTS: dict[str, tuple[type, Callable, dict]] = {  # record -> (type, its expo
 
 def test_import_workbench_registers_exactly_these_views():
     assert NOTEBOOK.registered() == {Comparison: views.comparison_block, Report: views.doctor_table,
-                                     LoadReport: views.load_table, LogitLens: views.lens_block}
+                                     LoadReport: views.load_table, LogitLens: views.lens_block,
+                                     PatchingResult: views.patching_block}
     assert EXPORT.registered() == {Trace: views.trace_page, Comparison: views.comparison_page,
                                    LogitLens: views.lens_page}
 
@@ -149,7 +153,8 @@ def test_every_repr_html_in_the_package_asks_the_registry_and_has_a_view():
     assert {(m, c) for m, c, _ in found} == {("workbench.compare.comparison", "Comparison"),
                                             ("workbench.doctor.report", "Report"),
                                             ("workbench.io.report", "LoadReport"),
-                                            ("workbench.interventions.lens", "LogitLens")}
+                                            ("workbench.interventions.lens", "LogitLens"),
+                                            ("workbench.interventions.record", "PatchingResult")}
     for module, cls, body in found:
         assert body == "return notebook_html(self)", f"{module}.{cls}._repr_html_ builds HTML itself"
         assert NOTEBOOK.lookup(getattr(importlib.import_module(module), cls)) is not None
@@ -167,6 +172,6 @@ print("<td><code>&lt;k&gt;</code></td>" in page, "plotly" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines() == ["['Comparison', 'LoadReport', 'LogitLens', 'Report'] "
+    assert out.stdout.splitlines() == ["['Comparison', 'LoadReport', 'LogitLens', 'PatchingResult', 'Report'] "
                                        "['Comparison', 'LogitLens', 'Trace']", "False",
                                        "True True"]

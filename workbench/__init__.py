@@ -25,6 +25,8 @@ from .errors import (
     MissingDependencyError,
     ModelContractError,
     OutputPathError,
+    RecorderError,
+    RunFileError,
     UnsafeFormatError,
     UnsupportedModelError,
     WeightMismatchError,
@@ -51,6 +53,8 @@ from .model import (
     TransformerLM,
     compile_model,
 )
+from .runs import ReplayRecord, Retention, RunEvent, RunFile
+from .training import RecorderConfig, RunRecorder
 
 __version__ = "0.1.0"
 
@@ -144,6 +148,14 @@ __all__ = [
     "StepRecord",
     "generate",
     "Trace",
+    "RecorderConfig",
+    "RecorderError",
+    "ReplayRecord",
+    "Retention",
+    "RunEvent",
+    "RunFile",
+    "RunFileError",
+    "RunRecorder",
     "distributed",
     "doctor",
     "load_gguf",

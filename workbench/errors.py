@@ -74,3 +74,13 @@ class DisplayError(WorkbenchError, TypeError):
 class InterventionError(WorkbenchError, ValueError):
     """An edit, an ablation, a patch or a lens that cannot apply as asked (a module, head or position that
     does not exist, a replacement of the wrong shape, a metric that is not a scalar)."""
+
+
+class RunFileError(WorkbenchError):
+    """A run file cannot be opened or read as one: not a run file, from a newer workbench, closed, or damaged
+    beyond what can be recovered."""
+
+
+class RecorderError(WorkbenchError, ValueError):
+    """A run recorder was given something it cannot record: a model that is not a module, a bad cadence, a
+    trigger predicate that raised, or a step after `close()`."""

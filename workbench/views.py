@@ -22,6 +22,7 @@ from .compare.comparison import Comparison
 from .display import EXPORT, NOTEBOOK
 from .doctor.report import Report
 from .interventions.lens import LogitLens
+from .interventions.record import PatchingResult
 from .io.report import LoadReport
 from .safehtml import Markup
 
@@ -73,6 +74,11 @@ def lens_page(lens: LogitLens, path: str | Path) -> Path:
     from .viz.lens import save_lens
 
     return save_lens(lens, path)
+def patching_block(result: PatchingResult) -> Markup:
+    """`workbench.viz.patching.patching_html`: the summary and the layers x positions (or heads) heatmap."""
+    from .viz.patching import patching_html
+
+    return patching_html(result)
 
 
 def register_views() -> None:
@@ -84,4 +90,5 @@ def register_views() -> None:
     NOTEBOOK.register(LoadReport, load_table)
     NOTEBOOK.register(LogitLens, lens_block)
     EXPORT.register(LogitLens, lens_page)
+    NOTEBOOK.register(PatchingResult, patching_block)
 

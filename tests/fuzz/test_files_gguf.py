@@ -179,13 +179,14 @@ def test_bad_tokenizer_metadata(meta, words):
 
 
 # --- the real SmolLM2 file --------------------------------------------------------------------------------------
-def _tensor_table(path) -> tuple[int, int]:
-    """(start, end) byte range of the tensor-info table of a GGUF file."""
-    reader = gguf.GGUFReader(str(path))
-    start = reader.tensors[0].field.offset
-    last = reader.tensors[-1].field
-    end = last.offset + sum(int(p.nbytes) for p in last.parts)
-    return start, end
+def _entry_size(tensor) -> int:
+    """Bytes of a tensor-info entry: name length and name, n_dims, the dims, ggml type, data offset."""
+    return 8 + len(tensor.name.encode()) + 4 + 8 * len(tensor.dims) + 4 + 8
+
+
+def _tensor_table(reader) -> tuple[int, int]:
+    """(start, end) byte range of the tensor-info table of an open GGUF file."""
+    return reader.table_start, reader.table_start + sum(_entry_size(t) for t in reader.tensors)
 
 
 @pytest.fixture(scope="module")
@@ -194,16 +195,18 @@ def real(smollm2_path, tmp_path_factory):
     path = tmp_path_factory.mktemp("smollm2") / "m.gguf"
     shutil.copy(smollm2_path, path)
     reader = open_gguf(path)
-    table = [(t.name, t.shape.tolist(), int(t.tensor_type), int(t.data_offset)) for t in reader.tensors]
-    return path, _tensor_table(path), config_from_gguf(reader), table
+    table = [(t.name, t.dims, int(t.type), t.data_offset) for t in reader.tensors]
+    return path, _tensor_table(reader), config_from_gguf(reader), table
 
 
 def test_real_file_qkv_shape_flip_is_refused(real):
     """The first fuzzing run's crash: a flipped dimension of attn_k reached torch.cat in the q/k/v fusion."""
     path, _, _, _ = real
-    reader = gguf.GGUFReader(str(path))
-    field = next(t.field for t in reader.tensors if t.name == "blk.3.attn_k.weight")
-    pos = field.offset + sum(int(p.nbytes) for p in field.parts[:3])  # name length, name, n_dims -> dims[0]
+    reader = open_gguf(path)
+    k = next(i for i, t in enumerate(reader.tensors) if t.name == "blk.3.attn_k.weight")
+    entry = reader.table_start + sum(_entry_size(t) for t in reader.tensors[:k])
+    pos = entry + 8 + len(reader.tensors[k].name.encode()) + 4  # name length, name, n_dims -> dims[0]
+    del reader  # the file is rewritten below
     raw = path.read_bytes()
     assert struct.unpack_from("<Q", raw, pos)[0] == 576
     with open(path, "r+b") as f:
@@ -236,7 +239,7 @@ def test_real_file_tensor_table_flips(real, data):
             reader = open_gguf(path)
             got = config_from_gguf(reader)
         if outcome.error is None:
-            now = [(t.name, t.shape.tolist(), int(t.tensor_type), int(t.data_offset)) for t in reader.tensors]
+            now = [(t.name, t.dims, int(t.type), t.data_offset) for t in reader.tensors]
             assert (got, now) == (config, table), "a flipped table byte changed the model without an error"
     finally:
         with open(path, "r+b") as f:

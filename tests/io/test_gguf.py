@@ -17,7 +17,7 @@ from ggufwrite import llama_tensors, to_pair_order
 
 import workbench as wb
 from workbench.errors import CorruptFileError, LoadError, UnsupportedModelError, WeightMismatchError
-from workbench.io.gguf import check_gguf, load_gguf, read_gguf, unpermute_rope_rows
+from workbench.io.gguf import load_gguf, open_gguf, read_gguf, unpermute_rope_rows
 from workbench.io.load import load_pretrained
 from workbench.model.config import RopeScaling
 
@@ -106,10 +106,9 @@ def test_quantized_q8_0_matches_gguf_dequantization(tmp_path):
     model = _tiny()
     path = write_gguf(tmp_path / "q8.gguf", model, qtype=gguf.GGMLQuantizationType.Q8_0)
     loaded = load_gguf(path)
-    reader = gguf.GGUFReader(str(path))
-    down = next(t for t in reader.tensors if t.name == "blk.1.ffn_down.weight")
-    assert down.tensor_type == gguf.GGMLQuantizationType.Q8_0
-    expected = torch.from_numpy(gguf.quants.dequantize(down.data, down.tensor_type))
+    down = open_gguf(path).tensor("blk.1.ffn_down.weight")
+    assert down.type == gguf.GGMLQuantizationType.Q8_0
+    expected = torch.from_numpy(gguf.quants.dequantize(down.data, down.type))
     assert torch.equal(loaded.blocks[1].mlp.down.weight, expected)
     assert not torch.equal(expected, model.blocks[1].mlp.down.weight)  # quantization really happened
     ids = torch.randint(0, TINY.vocab_size, (1, 16), generator=torch.Generator().manual_seed(2))
@@ -160,10 +159,9 @@ def test_random_bytes_and_empty_file(tmp_path):
 
 
 def test_truncated_real_file(tmp_path, smollm2_path):
-    reader = gguf.GGUFReader(str(smollm2_path))
-    for n in (20, 300_000, reader.data_offset):  # inside the counts, the token list, before any data
+    for n in (20, 300_000, open_gguf(smollm2_path).data_start):  # inside the counts, the token list, before any data
         with pytest.raises(CorruptFileError, match="truncated"):
-            check_gguf(_prefix(smollm2_path, tmp_path / f"{n}.gguf", n))
+            open_gguf(_prefix(smollm2_path, tmp_path / f"{n}.gguf", n))
         with pytest.raises(CorruptFileError):
             load_gguf(tmp_path / f"{n}.gguf")
 

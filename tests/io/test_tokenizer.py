@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from workbench.errors import UnsupportedModelError
+from workbench.io.gguf import open_gguf
 from workbench.io.gguf_tokenizer import tokenizer_from_gguf, tokenizer_from_metadata
 from workbench.io.tokenizer import Tokenizer
 
@@ -40,10 +41,7 @@ def test_ids_match_hf_and_decode_round_trips(ours, hf_smollm2_tokenizer, text):
 
 
 def _metadata_id(path, key: str) -> int:
-    from gguf import GGUFReader
-
-    field = GGUFReader(path).fields[f"tokenizer.ggml.{key}"]
-    return int(field.parts[field.data[0]][0])
+    return open_gguf(path).get(f"tokenizer.ggml.{key}")
 
 
 def test_special_tokens_follow_the_file_and_ids_match_hf(ours, hf_smollm2_tokenizer, smollm2_path):

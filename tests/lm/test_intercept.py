@@ -175,3 +175,73 @@ def test_a_first_interception_edits_ahead_of_hooks_registered_before_it(llama):
         handle.remove()
     assert bool(seen[0].abs().max() > 0) and torch.equal(seen[1], torch.zeros_like(seen[1]))
     assert _hooks() == (0, 0)
+
+class Stored(Client):
+    """Replaces the named modules' calls with stored outputs, counting the forwards it saw asked for."""
+
+    def __init__(self, outputs: dict[str, object]) -> None:
+        self.modules, self.outputs, self.asked = tuple(outputs), outputs, []
+
+    def module_call(self, call: ModuleCall) -> object:
+        self.asked.append((call.name, call.call))
+        return self.outputs[call.name]
+
+
+def test_a_replaced_call_skips_the_forward_and_returns_the_stored_output(llama):
+    layer = llama.model.layers[0]
+    kept: dict[str, torch.Tensor] = {}
+    handle = layer.register_forward_hook(lambda _m, _a, out: kept.setdefault("out", out))
+    try:
+        base = llama(IDS).logits
+    finally:
+        handle.remove()
+    ran: list[int] = []
+    inner = layer.mlp.register_forward_hook(lambda *_: ran.append(1))  # runs only if the block's forward does
+    try:
+        stored = Stored({"model.layers.0": kept["out"]})
+        with torch.no_grad(), intercept(llama, stored, Scale(["model.layers.0"], 1.0)):
+            same = llama(IDS).logits
+        assert not ran and stored.asked == [("model.layers.0", 0)]
+        assert torch.equal(same, base)  # the stored output is exactly what the forward gave
+        with torch.no_grad(), intercept(llama, Stored({"model.layers.0": kept["out"] * 0})):
+            zeroed = llama(IDS).logits
+        layer.forward = lambda *a, **k: torch.zeros_like(a[0])  # type: ignore[method-assign]
+        try:
+            expected = llama(IDS).logits  # the same replacement written by hand
+        finally:
+            del layer.forward
+        assert torch.equal(zeroed, expected) and not ran
+    finally:
+        inner.remove()
+    assert "forward" not in layer.__dict__ and torch.equal(llama(IDS).logits, base)  # the class forward again
+
+
+def test_a_replaced_call_passes_through_editors_and_none_runs_the_forward(llama):
+    base = llama(IDS).logits
+
+    class Never(Client):
+        modules = ("model.layers.1",)
+
+        def module_call(self, call):  # noqa: ANN001, ANN201
+            return None
+
+    with torch.no_grad(), intercept(llama, Never(), Scale(["model.layers.1"], 2.0)):
+        doubled = llama(IDS).logits
+    with torch.no_grad(), intercept(llama, Scale(["model.layers.1"], 2.0)):
+        expected = llama(IDS).logits
+    assert torch.equal(doubled, expected) and not torch.equal(doubled, base)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_replaced_forward_is_restored_when_the_block_raises(llama, error):
+    class Boom(Client):
+        modules = ("model.layers.0", "model.norm")
+
+        def module_call(self, call):  # noqa: ANN001, ANN201
+            raise error("stop")
+
+    base = llama(IDS).logits
+    with pytest.raises(error), intercept(llama, Boom(), Seen()):
+        llama(IDS)
+    assert all("forward" not in m.__dict__ for m in llama.modules())
+    assert torch.equal(llama(IDS).logits, base) and _hooks() == (0, 0)

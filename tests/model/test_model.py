@@ -118,6 +118,20 @@ def test_dtype_casts_keep_rope_frequencies_in_float32():
     assert float((cos.double().flatten() - ref).abs().max()) < 1e-3  # float32 angles at position 4,000
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny-gemma"])
+def test_a_model_built_on_the_meta_device_computes_its_buffers_when_it_leaves_it(preset):
+    """A strict load builds on the meta device: the RoPE frequencies and the embedding scale are computed on the
+    way off it, with the bits of an eager build, not left as uninitialised memory."""
+    config = wb.ModelConfig.preset(preset)
+    eager = wb.TransformerLM(config)
+    with torch.device("meta"):
+        meta = wb.TransformerLM(config, init=False)
+    assert all(b.is_meta for b in meta.buffers()) and meta.lm_head.weight is meta.embed.weight
+    meta.to_empty(device="cpu")
+    for (name, ours), (_, theirs) in zip(meta.named_buffers(), eager.named_buffers(), strict=True):
+        assert ours.device.type == "cpu" and ours.dtype == theirs.dtype and torch.equal(ours, theirs), name
+
+
 def test_tied_embedding_is_shared_storage_and_counted_once():
     model = _model("llama-gqa")
     assert model.lm_head.weight is model.embed.weight

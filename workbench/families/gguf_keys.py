@@ -1,9 +1,9 @@
 """GGUF metadata that llama.cpp writes alike for every decoder, under the `{arch}.` key prefix.
 
-`GGUFMeta` is what a family reads from a file's header; `workbench.io.gguf` implements it over a
-`gguf.GGUFReader`, so the families never touch the file format themselves. Each family declares the
-`{arch}.` keys it reads, with their kinds (`GGUFSpec.keys`); the reader checks a file's values
-against that declaration before the family sees them.
+`GGUFMeta` is what a family reads from a file's header; `workbench.io.gguf` implements it over the
+workbench's own reader (`workbench.io.gguf_file.GGUFFile`), so the families never touch the file format
+themselves. Each family declares the `{arch}.` keys it reads, with their kinds (`GGUFSpec.keys`); the
+reader checks a file's values against that declaration before the family sees them.
 """
 
 from __future__ import annotations

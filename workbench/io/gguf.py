@@ -1,13 +1,12 @@
 """GGUF files (llama.cpp's format): config, dequantized float32 weights in workbench naming, and models.
 
-Reading goes through the `gguf` package (`GGUFReader` for the layout, `gguf.quants.dequantize`
-for the block formats). ggml lists dimensions innermost first; the reader reverses them, so a
-matrix arrives as (out_features, in_features), the layout of `nn.Linear.weight`.
-What each architecture's converter wrote (metadata keys, tensor names, and changes to values such as
-Llama's q/k row permutation or Gemma's stored 1 + weight) is declared by its family in
+`open_gguf` (`workbench.io.gguf_file`) reads the file in one bounds-checked walk, so a truncated or
+malformed file raises `CorruptFileError` instead of crashing or looping over absurd counts; the tensors stay
+in the memory-mapped file until `workbench.io.gguf_quants` dequantizes them. ggml lists dimensions innermost
+first; `GGUFTensor.shape` reverses them, so a matrix arrives as (out_features, in_features), the layout of
+`nn.Linear.weight`. What each architecture's converter wrote (metadata keys, tensor names, and changes to
+values such as Llama's q/k row permutation or Gemma's stored 1 + weight) is declared by its family in
 `workbench.families` and looked up by `general.architecture`.
-Before the reader runs, `check_gguf` (`workbench.io.gguf_check`) walks the header with bounds checks, so a
-truncated or malformed file raises `CorruptFileError` instead of crashing or looping over absurd counts.
 """
 
 from __future__ import annotations
@@ -25,47 +24,18 @@ from ..families.llama import unpermute_rope_rows  # noqa: F401 (re-exported: par
 from ..families.registry import GGUFSpec, for_gguf_arch
 from ..model.config import ModelConfig, RopeScaling
 from ..model.transformer import TransformerLM
-from .gguf_check import check_gguf, gguf_module
+from .gguf_file import GGUFFile, GGUFTensor, open_gguf
+from .gguf_quants import dequantize
 from .gguf_rope import ROPE_FREQS, rope_scaling_from_gguf
 from .sizes import check_sizes
-from .state import load_state
+from .state import model_from_state
 
 log = logging.getLogger(__name__)
-
-
-def open_gguf(path: str | Path) -> Any:
-    """A validated `gguf.GGUFReader` for `path` (memory-mapped; tensors are read lazily)."""
-    check_gguf(path)
-    try:
-        return gguf_module().GGUFReader(str(path))
-    except Exception as exc:  # the reader raises ValueError/IndexError/KeyError on malformed input
-        raise CorruptFileError(f"{path} could not be parsed as GGUF ({type(exc).__name__}: {exc}).") from exc
-
 
 _REDOWNLOAD = "The file is corrupt or was written by another converter; download or convert it again."
 
 
-def metadata(reader: Any, key: str, default: Any = None) -> Any:
-    """One metadata value as a Python object (str, number, bool or list), or `default`."""
-    field = reader.fields.get(key)
-    return default if field is None else field_value(key, field)
-
-
-def metadata_values(reader: Any, keys: Any) -> dict[str, Any]:
-    """{key: value} of the metadata whose key `keys(key)` accepts, read as `metadata` reads one."""
-    return {k: field_value(k, f) for k, f in reader.fields.items() if keys(k)}
-
-
-def field_value(key: str, field: Any) -> Any:
-    """A reader field's value; text that is not UTF-8 raises CorruptFileError naming the key."""
-    try:
-        return field.contents()
-    except UnicodeDecodeError as exc:
-        raise CorruptFileError(f"GGUF metadata {key!r} holds bytes that are not UTF-8 text ({exc.reason} at byte "
-                               f"{exc.start}). {_REDOWNLOAD}") from None
-
-
-def check_metadata(reader: Any, source: str) -> None:
+def check_metadata(reader: GGUFFile, source: str) -> None:
     """Refuse metadata the workbench reads when it has the wrong type, is not finite, or is out of range.
 
     Sizes must be positive integers, RoPE bases and epsilons positive finite numbers, token ids
@@ -74,10 +44,10 @@ def check_metadata(reader: Any, source: str) -> None:
     from ..schema import check
     from .schemas import gguf_metadata, gguf_token_id_problem
 
-    arch = metadata(reader, "general.architecture")
+    arch = reader.get("general.architecture")
     schema = gguf_metadata(arch if isinstance(arch, str) else None)
     keys = {f.alias for f in schema.model_fields.values()}
-    values = metadata_values(reader, keys.__contains__)
+    values = reader.values(keys.__contains__)
     check(schema, values, source=f"{source} metadata", error=CorruptFileError, fix=_REDOWNLOAD)
     problem = gguf_token_id_problem(values)
     if problem:
@@ -85,16 +55,16 @@ def check_metadata(reader: Any, source: str) -> None:
 
 
 class _Meta:
-    """`families.gguf_keys.GGUFMeta` over an open reader, for the family of its `arch`."""
+    """`families.gguf_keys.GGUFMeta` over an open file, for the family of its `arch`."""
 
-    def __init__(self, reader: Any, arch: str) -> None:
+    def __init__(self, reader: GGUFFile, arch: str) -> None:
         self.reader, self.arch = reader, arch
 
     def get(self, key: str, default: Any = None) -> Any:
-        return metadata(self.reader, key, default)
+        return self.reader.get(key, default)
 
     def require(self, key: str) -> Any:
-        value = metadata(self.reader, key)
+        value = self.reader.get(key)
         if value is None:
             raise LoadError(
                 f"GGUF metadata lacks {key!r}; the file was not written by a {self.arch}-architecture converter."
@@ -102,7 +72,7 @@ class _Meta:
         return value
 
     def has_tensor(self, name: str) -> bool:
-        return any(t.name == name for t in self.reader.tensors)
+        return self.reader.tensor(name) is not None
 
     def rope_scaling(self, head_dim: int, theta: float) -> RopeScaling | None:
         p = f"{self.arch}.rope."
@@ -111,10 +81,10 @@ class _Meta:
         return rope_scaling_from_gguf(meta, _rope_freqs(self.reader), head_dim, theta)
 
 
-def _gguf_spec(reader: Any) -> GGUFSpec:
+def _gguf_spec(reader: GGUFFile) -> GGUFSpec:
     """How the family of the file's `general.architecture` was written. A missing or damaged name (not text,
     empty) raises CorruptFileError; a name no family reads, UnsupportedModelError."""
-    arch = metadata(reader, "general.architecture")
+    arch = reader.get("general.architecture")
     if not isinstance(arch, str) or not arch.strip():
         shown = "missing" if arch is None else f"{type(arch).__name__} {repr(arch)[:60]}"
         raise CorruptFileError(f"GGUF metadata general.architecture is {shown}: it must name the model's "
@@ -126,7 +96,7 @@ def _gguf_spec(reader: Any) -> GGUFSpec:
     return family.gguf
 
 
-def config_from_gguf(reader: Any, *, source: str = "GGUF", strict: bool = True) -> ModelConfig:
+def config_from_gguf(reader: GGUFFile, *, source: str = "GGUF", strict: bool = True) -> ModelConfig:
     """ModelConfig from `{arch}.*` metadata, checked against the tensor table before it is returned.
 
     Architectures without a GGUF family raise UnsupportedModelError; metadata of the wrong type, or
@@ -138,51 +108,43 @@ def config_from_gguf(reader: Any, *, source: str = "GGUF", strict: bool = True) 
         config = spec.config_from_meta(_Meta(reader, spec.arch))
     except ConfigError as exc:
         raise CorruptFileError(f"{source} metadata describes an invalid model: {exc}") from None
-    shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    shapes = {t.name: t.shape for t in reader.tensors}
     check_sizes(config, shapes, spec.naming, source=f"{source}'s tensor table", declared=f"{source} metadata",
                 strict=strict)
     return config
 
 
-def _rope_freqs(reader: Any) -> np.ndarray | None:
+def _rope_freqs(reader: GGUFFile) -> np.ndarray | None:
     """llama.cpp's per-frequency RoPE divisors (D/2,) as float64, or None when the file has none."""
-    from gguf.quants import dequantize
+    tensor = reader.tensor(ROPE_FREQS)
+    return None if tensor is None else _float32(tensor, reader.byte_order).double().numpy().reshape(-1)
 
-    tensor = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
-    if tensor is None:
-        return None
+
+def _float32(tensor: GGUFTensor, byte_order: str) -> torch.Tensor:
+    """One tensor dequantized to float32; a type nothing can unpack raises LoadError naming it."""
     try:
-        return np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float64).reshape(-1)
-    except Exception as exc:  # as in _dequantize: exotic types or bad shapes
-        raise LoadError(f"cannot dequantize {ROPE_FREQS} ({tensor.tensor_type.name}): {exc}") from exc
+        return dequantize(tensor, byte_order)
+    except CorruptFileError:
+        raise
+    except Exception as exc:  # NotImplementedError for exotic types, ValueError for bad shapes
+        raise LoadError(f"cannot dequantize {tensor.name} ({tensor.type.name}): {exc}") from exc
 
 
-def _dequantize(reader: Any, progress: bool | None) -> tuple[dict[str, torch.Tensor], Counter]:
+def _dequantize(reader: GGUFFile, progress: bool | None) -> tuple[dict[str, torch.Tensor], Counter]:
     """Every tensor as float32 torch, keyed by GGUF name, plus a count of source types."""
-    from gguf.quants import dequantize
     from tqdm.auto import tqdm
 
     out: dict[str, torch.Tensor] = {}
     kinds: Counter[str] = Counter()
     disable = None if progress is None else not progress  # None: only on an interactive terminal
     for t in tqdm(reader.tensors, desc="dequantizing GGUF", unit="tensor", disable=disable):
-        try:
-            array = dequantize(t.data, t.tensor_type)
-        except Exception as exc:  # NotImplementedError for exotic types, ValueError for bad shapes
-            raise LoadError(f"cannot dequantize {t.name} ({t.tensor_type.name}): {exc}") from exc
-        expected = tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml order is innermost first
-        if tuple(array.shape) != expected:
-            raise CorruptFileError(
-                f"{t.name}: dequantized shape {array.shape} differs from header {expected}."
-            )
-        array = array if array.dtype == np.float32 and array.flags.writeable else array.astype(np.float32)
-        out[t.name] = torch.from_numpy(array)
-        kinds[t.tensor_type.name] += 1
+        out[t.name] = _float32(t, reader.byte_order)
+        kinds[t.type.name] += 1
     return out, kinds
 
 
 def state_from_gguf(
-    reader: Any, config: ModelConfig, *, progress: bool | None = None
+    reader: GGUFFile, config: ModelConfig, *, progress: bool | None = None
 ) -> tuple[dict, list[str]]:
     """Float32 state dict in workbench naming, plus notes on what was done to the tensors."""
     raw, kinds = _dequantize(reader, progress)
@@ -217,7 +179,7 @@ def read_gguf(
 
 
 def model_from_reader(
-    reader: Any,
+    reader: GGUFFile,
     source: str,
     *,
     device: torch.device | str | None = None,
@@ -225,11 +187,10 @@ def model_from_reader(
     strict: bool = True,
     progress: bool | None = None,
 ) -> TransformerLM:
-    """Build and fill a TransformerLM from an open reader (shared by `load_gguf` and `models.smollm2`)."""
+    """Build and fill a TransformerLM from an open file (shared by `load_gguf` and `models.smollm2`)."""
     config = config_from_gguf(reader, source=source, strict=strict)
     state, notes = state_from_gguf(reader, config, progress=progress)
-    model = TransformerLM(config, init=not strict)  # a strict load fills every parameter or raises
-    report = load_state(model, state, strict=strict, source=source, format="gguf")
+    model, report = model_from_state(config, state, strict=strict, source=source, format="gguf")
     report.notes.extend(notes)
     model.load_report = report
     log.info("%s", report.summary())

@@ -16,6 +16,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
 
 from ..errors import CorruptFileError, UnsupportedModelError
+from .gguf_file import GGUFFile, open_gguf
 from .tokenizer import Tokenizer
 
 # llama.cpp pre-tokenizer name -> does it split every digit off on its own before GPT-2's regex?
@@ -111,15 +112,11 @@ def tokenizer_from_metadata(meta: dict[str, Any]) -> Tokenizer:
     )
 
 
-def tokenizer_from_reader(reader: Any) -> Tokenizer:
-    """A `Tokenizer` from an open `gguf.GGUFReader` (see `workbench.io.gguf.open_gguf`)."""
-    from .gguf import metadata_values
-
-    return tokenizer_from_metadata(metadata_values(reader, lambda key: key.startswith("tokenizer.ggml.")))
+def tokenizer_from_reader(reader: GGUFFile) -> Tokenizer:
+    """A `Tokenizer` from an open GGUF file (`workbench.io.gguf_file.open_gguf`)."""
+    return tokenizer_from_metadata(reader.values(lambda key: key.startswith("tokenizer.ggml.")))
 
 
 def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
     """A `Tokenizer` rebuilt from a GGUF file's metadata; no weights are read."""
-    from .gguf import open_gguf
-
     return tokenizer_from_reader(open_gguf(path))

@@ -18,7 +18,7 @@ from ..schema import read_json_object
 from .hf_naming import from_hf
 from .safetensors import read_header, read_safetensors, read_weights, weight_files
 from .sizes import check_sizes
-from .state import load_state
+from .state import model_from_state
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,7 @@ def load_pretrained(
     notes: list[str] = []
     if family is not None:
         state, notes = from_hf(state, config, family)
-    model = TransformerLM(config, init=not strict)  # a strict load fills every parameter or raises
-    report = load_state(model, state, strict=strict, source=str(directory / source), format=kind)
+    model, report = model_from_state(config, state, strict=strict, source=str(directory / source), format=kind)
     report.notes.extend(notes)
     model.load_report = report
     log.info("%s", report.summary())

@@ -4,8 +4,10 @@
 each client sees the events it asks for, in client order, each event carrying the module that owns it:
 
 - module calls (`ModuleCall`): `module_input(call)` before a module runs, which may return new
-  `(args, kwargs)`, and `module_output(call)` after it, which may return a new output (None keeps it). A
-  client names the modules it wants in `modules` (None: every module of the model);
+  `(args, kwargs)`, `module_call(call)` in place of its forward, which may return the output to use instead of
+  running it (None runs it: a forward skipped this way costs nothing, which lets a sweep reuse stored outputs),
+  and `module_output(call)` after it, which may return a new output (None keeps it). A client names the
+  modules it wants in `modules` (None: every module of the model);
 - torch function calls (`FunctionCall`), for the function names in `functions` (or `ALL_FUNCTIONS`):
   `function(call)` returns the call's result, usually `call.proceed()` (the next client, then torch), or
   the result of `call.proceed(*other_args, **other_kwargs)` to rewrite the call, or anything else to
@@ -90,6 +92,9 @@ class Client:
     def module_input(self, call: ModuleCall) -> tuple[tuple, dict[str, Any]] | None:
         return None
 
+    def module_call(self, call: ModuleCall) -> Any:
+        return None
+
     def module_output(self, call: ModuleCall) -> Any:
         return None
 
@@ -171,6 +176,7 @@ class Interception:
             chain.extend(c for c in self.clients if name in c.functions or c in every_fn)
         needs_stack = bool(listeners or wanted or every_fn or self.first)
         self._hook_modules(needs_stack)
+        self._replace_forwards()
         stack = _stack()
         stack.append(self)
         self._exit.callback(stack.remove, self)
@@ -197,6 +203,19 @@ class Interception:
             if any(_edits_inputs(c) for c in self._by_module[name]):
                 self._own_pre.add(name)
                 self._exit.callback(by_id[name].register_forward_pre_hook(self._pre, with_kwargs=True).remove)
+
+    def _replace_forwards(self) -> None:
+        """Wrap the forward of each module a client may replace (an instance attribute that shadows the class's
+        method, removed on exit), so that the pre- and post-hooks still run around whatever the call returns."""
+        replacing = [c for c in self.clients if type(c).module_call is not Client.module_call]
+        if not replacing:
+            return
+        by_name = dict(self.model.named_modules(remove_duplicate=False))
+        names = set(by_name) if any(c.modules is None for c in replacing) else {
+            n for c in replacing for n in (c.modules or ())}
+        for name in sorted(names):
+            clients = [c for c in replacing if c.modules is None or name in c.modules]
+            self._exit.enter_context(_ReplacedForward(self, name, by_name[name], clients))
 
     # --- module events ------------------------------------------------------------------------------------
     def _global_pre(self, module: nn.Module, args: tuple) -> tuple | None:
@@ -272,6 +291,32 @@ def _put_first(pre: int, post: int) -> None:
         for table, hook_id in ((hooks._global_forward_pre_hooks, pre_id), (hooks._global_forward_hooks, post_id)):
             if isinstance(table, OrderedDict) and hook_id in table:
                 table.move_to_end(hook_id, last=False)
+class _ReplacedForward:
+    """`module.forward` asks `clients` (in order) for the output first, and runs only when none gives one."""
+
+    def __init__(self, scope: Interception, name: str, module: nn.Module, clients: list[Client]) -> None:
+        self.scope, self.name, self.module, self.clients = scope, name, module, clients
+        self.own = module.__dict__.get("forward")  # a forward already set on the instance (another scope's)
+        self.original = module.forward
+
+    def __enter__(self) -> _ReplacedForward:
+        self.module.forward = self  # type: ignore[method-assign]  # restored in __exit__
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.own is None:
+            self.module.__dict__.pop("forward", None)
+        else:
+            self.module.forward = self.own  # type: ignore[method-assign]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        index = max(self.scope.calls.get(self.name, 1) - 1, 0)  # counted by the pre-hook that ran just before
+        call = ModuleCall(self.name, self.module, args, kwargs, index)
+        for c in self.clients:
+            output = c.module_call(call)
+            if output is not None:
+                return output
+        return self.original(*args, **kwargs)
 
 
 def _refuse_unknown(unknown: set[str], known: dict[str, nn.Module]) -> None:
@@ -285,7 +330,8 @@ def _refuse_unknown(unknown: set[str], known: dict[str, nn.Module]) -> None:
 def _edits_modules(client: Client) -> bool:
     """Whether the client overrides a module event (an observer of functions only needs no module hooks)."""
     kind = type(client)
-    return kind.module_input is not Client.module_input or kind.module_output is not Client.module_output
+    return (kind.module_input is not Client.module_input or kind.module_output is not Client.module_output
+            or kind.module_call is not Client.module_call)
 
 
 def _edits_inputs(client: Client) -> bool:

@@ -72,14 +72,16 @@ class ScaledEmbedding(nn.Embedding):
 
     scale: torch.Tensor  # () buffer registered in __init__
 
-    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
-        super().__init__(num_embeddings, embedding_dim)
+    def __init__(self, num_embeddings: int, embedding_dim: int, _weight: torch.Tensor | None = None) -> None:
+        super().__init__(num_embeddings, embedding_dim, _weight=_weight)
         self._exact = torch.tensor(embedding_dim**0.5)  # float32 on the CPU: what dtype casts restore
         self.register_buffer("scale", self._exact.clone(), persistent=False)  # ()
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (torch's signature)
         """Device moves apply, but the factor comes back exact in float32 (see `Rotary._apply`)."""
         super()._apply(fn, recurse)
+        if self._exact.is_meta and not self.scale.is_meta:  # built on the meta device, now leaving it
+            self._exact = torch.tensor(self.embedding_dim**0.5, device="cpu")
         self.scale = self._exact.to(self.scale.device)
         return self
 
@@ -87,9 +89,21 @@ class ScaledEmbedding(nn.Embedding):
         return super().forward(input_ids) * self.scale.to(self.weight.dtype)
 
 
-def make_embedding(config: ModelConfig) -> nn.Embedding:
+def make_embedding(config: ModelConfig, *, init: bool = True) -> nn.Embedding:
+    """The token embedding; init=False leaves its weight unset (`torch.empty`) instead of drawing it."""
     cls = ScaledEmbedding if config.embed_scale else nn.Embedding
-    return cls(config.vocab_size, config.d_model)
+    return cls(config.vocab_size, config.d_model, _weight=_unset(config.vocab_size, config.d_model, init))
+
+
+def make_position_embedding(config: ModelConfig, *, init: bool = True) -> nn.Embedding:
+    """The learned position embedding (max_seq_len rows); init=False as in `make_embedding`."""
+    return nn.Embedding(config.max_seq_len, config.d_model, _weight=_unset(config.max_seq_len, config.d_model, init))
+
+
+def _unset(rows: int, dim: int, init: bool) -> torch.Tensor | None:
+    """An embedding weight left unset, or None to let the embedding draw one. On the meta device this takes no
+    memory and skips `normal_`, whose meta kernel imports sympy and torch._dynamo (seconds, once per process)."""
+    return None if init else torch.empty(rows, dim)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -156,18 +170,29 @@ class Rotary(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        d = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
-        inv_freq = scaled_inv_freq(inv_freq, config.rope_scaling)
+        self._dim, self._theta, self._scaling = config.head_dim, config.rope_theta, config.rope_scaling
+        if torch.get_default_device().type == "meta":  # shapes only: computed when the model leaves the device
+            inv_freq = torch.empty(self._dim // 2)  # (arange there would import torch._dynamo: seconds)
+        else:
+            inv_freq = self._frequencies()
         self._exact = inv_freq  # float32 on the CPU: what dtype casts restore (see _apply)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
+
+    def _frequencies(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The scaled inverse frequencies (D/2,) in float32, on `device` (None: torch's current default)."""
+        d = self._dim
+        inv_freq = 1.0 / (self._theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+        return scaled_inv_freq(inv_freq, self._scaling)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (torch's signature)
         """Device moves apply as usual, but the frequencies come back exact and in float32 after any
         of them: a dtype cast (`model.to(torch.bfloat16)`, `.half()`) would round them to 8 bits and
         turn position 1,000 up to about a radian too far (HF's `from_pretrained(dtype=...)` keeps
-        them in float32 as well), and `to_empty()` would leave them uninitialised."""
+        them in float32 as well), and `to_empty()` would leave them uninitialised. A model built on the meta
+        device computes them when it leaves it, on the CPU as a model built there does."""
         super()._apply(fn, recurse)
+        if self._exact.is_meta and not self.inv_freq.is_meta:
+            self._exact = self._frequencies("cpu")
         self.inv_freq = self._exact.to(self.inv_freq.device)
         return self
 

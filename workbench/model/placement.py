@@ -28,6 +28,16 @@ def module_dtype(module: nn.Module) -> torch.dtype:
     return first.dtype if first is not None else torch.float32
 
 
+def materialize(module: nn.Module, device: torch.device) -> None:
+    """Move the tensors still on the meta device to `device`, uninitialised; every other tensor stays as it is.
+
+    For a model built on the meta device and then handed its weights: the buffers its modules compute at
+    construction (`Rotary.inv_freq`, `ScaledEmbedding.scale`) come back computed, through their `_apply`.
+    """
+    # torch.empty, not empty_like: empty_like of a meta tensor runs a Python reference that imports sympy (seconds)
+    module._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device) if t.is_meta else t)
+
+
 def same_device(a: torch.device, b: torch.device) -> bool:
     """True when `a` and `b` name the same device; "cuda" without an index matches any CUDA device index."""
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)

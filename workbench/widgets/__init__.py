@@ -11,7 +11,8 @@ from .gradients import GradientFlow
 from .inspector import LayerInspector
 from .lens import LogitLensView
 from .memory import MemoryPanel
+from .patching import PatchingView
 from .stepper import GenerationStepper
 
 __all__ = ["AttentionView", "CompareView", "Dashboard", "GenerationStepper", "GradientFlow", "LayerInspector",
-           "LogitLensView", "MemoryPanel", "View", "show"]
+           "LogitLensView", "MemoryPanel", "PatchingView", "View", "show"]
