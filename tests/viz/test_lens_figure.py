@@ -56,7 +56,13 @@ def test_each_metric_colours_the_cells_with_the_records_values(lens):
     rank = lens_heatmap(lens, "rank")
     np.testing.assert_allclose(_z(rank)[:, :-1], np.log10([row[:-1] for row in lens.target_ranks]))
     assert list(rank.data[0].colorbar.ticktext)[:3] == ["1", "10", "100"]
-    np.testing.assert_array_equal(_z(lens_heatmap(lens, "entropy")), np.array(lens.entropy))
+    worst = max(r for row in lens.target_ranks for r in row if r is not None)
+    assert rank.data[0].zmin == 0 and rank.data[0].zmax == max(1, math.ceil(math.log10(worst)))  # next power of 10
+    assert len(rank.data[0].colorbar.tickvals) == rank.data[0].zmax + 1
+    entropy = lens_heatmap(lens, "entropy")
+    np.testing.assert_array_equal(_z(entropy), np.array(lens.entropy))
+    assert (entropy.data[0].zmin, entropy.data[0].zmax) == (0, max(max(row) for row in lens.entropy))
+    assert (lens_heatmap(lens, "prob").data[0].zmin, lens_heatmap(lens, "prob").data[0].zmax) == (0, 1)
 
 
 def test_cells_show_the_top_token_and_hover_the_top_k(lens):

@@ -12,6 +12,7 @@ from torch import nn
 
 from workbench.errors import InputError
 from workbench.interventions import logit_lens
+from workbench.viz.lens import lens_heatmap
 from workbench.widgets import LogitLensView, show
 
 PAYLOAD = "<script>alert(1)</script>"
@@ -42,6 +43,17 @@ def test_the_metric_and_top_k_controls_redraw_from_the_record(lens):
     view.top_k.value = 1
     assert len(view.heatmap.data[0].customdata[1][0].split("<br>")) == 4 + 1
     assert view.target.disabled and view.top_k.max == 3  # no model: nothing to rerun
+
+
+def test_each_metric_redraws_with_its_own_colour_range(lens):
+    """A redraw updates the heatmap in place: a range the previous metric set must not stay (prob's zmax=1 would
+    saturate the rank scale at rank 10)."""
+    view = LogitLensView(lens)
+    for metric in ("rank", "entropy", "prob", "entropy", "rank"):
+        view.metric.value = metric
+        trace, fresh = view.heatmap.data[0], lens_heatmap(lens, metric, top_k=lens.top_k).data[0]
+        assert (trace.zmin, trace.zmax) == (fresh.zmin, fresh.zmax)
+        assert list(trace.colorbar.tickvals or ()) == list(fresh.colorbar.tickvals or ())
 
 
 def test_the_target_box_reruns_the_lens_and_refusals_are_notices(tiny, chars, lens):

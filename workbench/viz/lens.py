@@ -33,7 +33,9 @@ def lens_heatmap(lens: LogitLens, metric: str = "prob", *, top_k: int | None = N
     """Layers (rows, embeddings at the bottom) × positions (columns): `metric` per cell, the top-1 decoded token
     written in it, and on hover the layer, the target with its probability and rank, and the top_k tokens.
 
-    metric "rank" is drawn on a log10 scale (rank 1 to the vocabulary size), labelled in ranks."""
+    metric "rank" is drawn on a log10 scale from rank 1 to the power of ten above the largest, labelled in ranks;
+    "prob" from 0 to 1, "entropy" from 0 to its largest. Every metric sets its colour range: a view that redraws
+    the figure in place (`LogitLensView`'s metric control) would otherwise keep the previous metric's."""
     if metric not in METRICS:
         raise InputError(f"metric={metric!r} is unknown; use one of {METRICS}.")
     k = lens.top_k if top_k is None else top_k
@@ -46,14 +48,15 @@ def lens_heatmap(lens: LogitLens, metric: str = "prob", *, top_k: int | None = N
     hover = [[_hover(lens, layer, pos, k) for pos in range(lens.n_positions)] for layer in range(lens.n_layers)]
     title, scale, reverse = METRIC_INFO[metric]
     bar: dict[str, object] = dict(title=title)
+    top = max((v for row in z for v in row if not math.isnan(v)), default=1.0)
+    zmax = 1.0 if metric == "prob" else float(math.ceil(max(1.0, top))) if metric == "rank" else max(top, 1e-6)
     if metric == "rank":
-        top = max(1.0, max((v for row in z for v in row if not math.isnan(v)), default=1.0))
-        ticks = list(range(0, int(math.ceil(top)) + 1))
+        ticks = list(range(0, int(zmax) + 1))
         bar.update(tickvals=ticks, ticktext=[f"{10 ** t:,}" for t in ticks])
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(lens.n_positions)), y=list(range(lens.n_layers)), text=cells, texttemplate="%{text}",
         textfont=dict(size=10), customdata=hover, hovertemplate="%{customdata}<extra></extra>", colorscale=scale,
-        reversescale=reverse, zmin=0 if metric != "entropy" else None, zmax=1 if metric == "prob" else None,
+        reversescale=reverse, zmin=0, zmax=zmax,  # set for every metric: a redraw keeps a range left unset
         colorbar=bar, xgap=1, ygap=1))
     fig.update_xaxes(title="position", tickmode="array", tickvals=list(range(lens.n_positions)),
                      ticktext=_position_labels(lens), tickangle=-45 if lens.n_positions > 8 else 0)
