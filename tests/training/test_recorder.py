@@ -190,3 +190,35 @@ def test_hf_models_are_recorded(tmp_path: Path, attn: str) -> None:
     ent = run.to_dataframe("attn_entropy/head")
     assert ent.shape == (3, 2 * 4) and not ent.isna().any().any()
     assert len(run.scalar("max_logit")[1]) == 3
+
+
+def test_a_replay_computes_attention_as_the_step_did(tmp_path: Path) -> None:
+    """Under bfloat16 autocast the workbench model's SDPA and eager attention differ beyond rounding; the replayed
+    forward must run the step's own path (SDPA), so its loss is bitwise the step's, and still record attention."""
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    batch = _batches(1)[0]
+    losses: list[torch.Tensor] = []
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+        loss.backward()
+        losses.append(loss.detach().clone())
+        return loss
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.set_attention_impl("eager")
+        eager = model(batch[:, :-1]).float()
+        model.set_attention_impl("sdpa")
+        sdpa = model(batch[:, :-1]).float()
+    assert not torch.equal(eager, sdpa)  # the two paths are told apart at this precision
+    rec = RunRecorder(model, tmp_path / "run.wbrun", optimizer=opt, predicate=lambda s, _: s == 0)
+    rec.step(closure)
+    rec.close()
+    assert rec.replayed == [0] and len(losses) == 2
+    assert torch.equal(losses[0], losses[1])
+    with wb.RunFile(tmp_path / "run.wbrun") as run:
+        assert wb.Trace.load(run.trace_path(run.replays()[0])).attention

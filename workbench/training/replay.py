@@ -49,7 +49,9 @@ class Replayer:
             for p in params:
                 p.grad = None
             before.restore()
-            with trace(self.model, gradients=True, attention=True, memory=True) as tr:
+            # attention is read from the calls the model makes (SDPA stays SDPA): hooking the workbench model's
+            # pattern sites would switch it to its eager path, whose reduced-precision numerics are not the step's
+            with trace(self.model, gradients=True, attention=True, memory=True, attention_source="intercept") as tr:
                 closure()
         finally:
             for p, g in zip(params, grads, strict=True):
