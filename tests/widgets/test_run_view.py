@@ -123,3 +123,38 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
     view = wb.RunView(tmp_path / "notes.txt", auto=False)  # not a run file: said in the notice
     assert "not a run file" in view.notice.value
     view.close()
+
+
+def test_non_finite_values_reach_the_browser_as_gaps(tmp_path: Path) -> None:
+    """A NaN loss or norm is drawn as a gap (None): NaN is not JSON, and the widget's messages must stay valid."""
+    import json
+
+    path = tmp_path / "run.wbrun"
+    w = _writer(path)
+    w.add_step(0, {"loss": 2.0}, {"grad_norm/module": [1.0, 2.0]})
+    w.add_step(1, {"loss": float("nan")}, {"grad_norm/module": [float("inf"), float("nan")]})
+    w.add_event(RunEvent(1, "nonfinite", "loss", float("nan")))
+    w.close()
+    with wb.RunFile(path) as run:
+        loss, heat = vr.loss_curve(run), vr.metric_heatmap(run, "grad_norm/module")
+    assert list(loss.data[0].y) == [2.0, None] and list(loss.data[1].y) == [2.0]  # the marker at the top
+    assert [list(r) for r in heat.data[0].z] == [[0.0, None], [pytest.approx(0.30103, abs=1e-5), None]]
+    for fig in (loss, heat):
+        json.dumps(fig.to_plotly_json(), allow_nan=False, default=list)  # raises on NaN or Inf
+
+
+def test_every_widget_figure_is_sent_without_nan() -> None:
+    """The widget boundary turns NaN and infinities in any figure's data into gaps (a replayed NaN step's trace
+    views draw such figures), and leaves finite data as it was."""
+    import json
+
+    import plotly.graph_objects as go
+
+    from workbench.widgets.base import figure_widget, replace_figure
+
+    fig = go.Figure([go.Heatmap(z=[[1.0, float("nan")], [float("-inf"), 2.0]]), go.Scatter(y=[1.0, 2.0])])
+    widget = figure_widget(fig)
+    assert [list(r) for r in widget.data[0].z] == [[1.0, None], [None, 2.0]] and list(widget.data[1].y) == [1, 2]
+    json.dumps(widget.to_plotly_json(), allow_nan=False, default=list)
+    replace_figure(widget, go.Figure([go.Heatmap(z=[[float("nan")]]), go.Scatter(y=[float("inf"), 3.0])]))
+    assert [list(r) for r in widget.data[0].z] == [[None]] and list(widget.data[1].y) == [None, 3.0]

@@ -60,7 +60,7 @@ def _loss_figure(steps: list[int], loss: list[float], marks: list[int], y: list[
     """The line and the marker trace, built alike for an empty run (a live view updates them in place, and
     plotly.js restyles only the attributes the first draw had)."""
     fig = go.Figure([
-        go.Scatter(x=steps, y=loss, mode="lines", name="loss", line=dict(color=COLORS["params"]),
+        go.Scatter(x=steps, y=_gaps(loss), mode="lines", name="loss", line=dict(color=COLORS["params"]),
                    hovertemplate="step %{x}<br>loss %{y:.4g}<extra></extra>"),
         go.Scatter(x=marks, y=y, mode="markers", name="trigger", customdata=marks, text=texts,
                    marker=dict(size=12, color=COLORS["bad"], symbol=symbols, line=dict(width=2)),
@@ -79,7 +79,7 @@ def metric_heatmap(run: RunFile, name: str, *, height: int | None = None, width:
     if len(steps) > MAX_COLUMNS:
         pick = [round(i * (len(steps) - 1) / (MAX_COLUMNS - 1)) for i in range(MAX_COLUMNS)]
         steps, rows = [steps[i] for i in pick], [rows[i] for i in pick]
-    z = [[_scale(rows[j][i], log) for j in range(len(steps))] for i in range(len(keys))]  # (M, S)
+    z = [_gaps([_scale(rows[j][i], log) for j in range(len(steps))]) for i in range(len(keys))]  # (M, S)
     labels = [_esc(k or "(root)") for k in keys]
     fig = go.Figure(go.Heatmap(z=z, x=steps, y=labels, colorscale="Viridis", colorbar=dict(title=bar),
                                hovertemplate="%{y}<br>step %{x}<br>%{z:.3g}<extra></extra>"))
@@ -96,7 +96,7 @@ def attention_entropy(run: RunFile, *, height: int = 300, width: int | None = No
     blocks = list(dict.fromkeys(k.rsplit(".h", 1)[0] for k in keys))
     heads = len(keys) // max(1, len(blocks))
     last = rows[-1] if rows else []
-    z = [[last[b * heads + h] for h in range(heads)] for b in range(len(blocks))] if last else []
+    z = [_gaps([last[b * heads + h] for h in range(heads)]) for b in range(len(blocks))] if last else []
     fig = go.Figure(go.Heatmap(z=z, x=list(range(heads)), y=[_esc(b) for b in blocks], colorscale="Magma",
                                colorbar=dict(title="nats"),
                                hovertemplate="%{y} head %{x}<br>entropy %{z:.3f} nats<extra></extra>"))
@@ -144,6 +144,11 @@ def save_run(run: RunFile, path: str | Path) -> Path:
     parts: list[Any] = [html("<p><b>{}</b></p>", summary(run)), *figures(run)]
     parts.extend(findings_html(r) for r in run.replays())
     return write_html(path, f"Training run {run.path.name}", parts)
+
+
+def _gaps(values: list[float]) -> list[float | None]:
+    """Non-finite values as None: plotly draws a gap, and the widget's JSON stays valid (NaN is not JSON)."""
+    return [v if math.isfinite(v) else None for v in values]
 
 
 def _scale(v: float, log: bool) -> float:

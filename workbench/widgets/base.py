@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
+import numpy as np
 import plotly.graph_objects as go
 import traitlets
 
@@ -58,7 +60,7 @@ def figure_widget(fig: go.Figure, width: int | None = None, height: int | None =
 
     The size is fixed because the widget's autosize does not follow the notebook column; the width
     sticks across `replace_figure` redraws."""
-    w = go.FigureWidget(fig)
+    w = go.FigureWidget(json_safe(fig))
     w.layout.width = width or fig.layout.width or FULL_WIDTH
     if height:
         w.layout.height = height
@@ -114,8 +116,37 @@ def _walk(widget: W.Widget):
         yield from _walk(child)
 
 
+_DATA = ("x", "y", "z", "customdata")
+
+
+def json_safe(fig: go.Figure) -> go.Figure:
+    """`fig` with every NaN or infinity in its traces' data as None: a widget's state travels as JSON, which has
+    no NaN (plotly draws None as a gap, as it draws NaN)."""
+    for trace in fig.data:
+        for name in _DATA:
+            value = getattr(trace, name, None) if name in trace else None
+            if value is not None and _has_nonfinite(value):
+                trace[name] = _gaps(value)
+    return fig
+
+
+def _has_nonfinite(value: Any) -> bool:
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):  # text, ragged lists, None already in place
+        return False
+    return not bool(np.isfinite(array).all())
+
+
+def _gaps(value: Any) -> Any:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_gaps(v) for v in value]
+    return None if isinstance(value, (float, np.floating)) and not math.isfinite(value) else value
+
+
 def replace_figure(target: go.FigureWidget, fig: go.Figure) -> None:
     """Swap a FigureWidget's traces and layout for those of `fig` (for views whose trace count changes)."""
+    fig = json_safe(fig)
     if len(target.data) == len(fig.data) and all(a.type == b.type for a, b in zip(target.data, fig.data)):
         with target.batch_update():
             for old, new in zip(target.data, fig.data):
