@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from workbench.errors import RunFileError
-from workbench.runs import RunEvent, RunFile, RunWriter
+from workbench.runs import Retention, RunEvent, RunFile, RunWriter
 
 MODULES = [f"m{i}" for i in range(16)]
 
@@ -24,7 +24,10 @@ def _row(step: int) -> list[float]:
 
 def _write_until_killed(path: Path, report: int) -> None:
     """The child: append steps forever, telling the parent each step whose flush committed."""
-    w = RunWriter(path, {"model": "Killed"}, flush_every=7, flush_seconds=3600.0)
+    # thinning off: a fast child writes past the default budget within the wait, and this test's claim is about
+    # whole flushes surviving, not about which old steps a thinned file keeps
+    w = RunWriter(path, {"model": "Killed"}, flush_every=7, flush_seconds=3600.0,
+                  retention=Retention(recent=10**8, budget=10**8))
     w.declare("loss")
     w.declare("grad_norm/module", MODULES)
     step, told = 0, None
