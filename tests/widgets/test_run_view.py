@@ -158,3 +158,30 @@ def test_every_widget_figure_is_sent_without_nan() -> None:
     json.dumps(widget.to_plotly_json(), allow_nan=False, default=list)
     replace_figure(widget, go.Figure([go.Heatmap(z=[[float("nan")]]), go.Scatter(y=[float("inf"), 3.0])]))
     assert [list(r) for r in widget.data[0].z] == [[None]] and list(widget.data[1].y) == [None, 3.0]
+
+
+def test_the_dashboard_shows_a_run_as_a_tab(tmp_path: Path) -> None:
+    class Chars:
+        eos_token_id = None
+
+        def encode(self, text: str) -> list[int]:
+            return [ord(c) - 32 for c in text]
+
+        def decode(self, ids: list[int]) -> str:
+            return "".join(chr(32 + int(i)) for i in ids)
+
+    path = tmp_path / "run.wbrun"
+    w = _writer(path)
+    _add(w, 0, 4)
+    w.close()
+    model = wb.TransformerLM(wb.ModelConfig.preset("tiny")).eval()
+    dash = wb.widgets.show(model, Chars(), "hello", generate=False, run=path)
+    assert list(dash.tabs.titles)[-1] == "Training run"
+    view = dash.views["Training run"]
+    try:
+        assert isinstance(view, wb.RunView) and view.refresh() is False  # drawn when built: nothing new
+        assert list(view.loss.data[0].x) == [0, 1, 2, 3]
+    finally:
+        view.close()
+    with pytest.raises(wb.WorkbenchError, match="run"):
+        wb.widgets.show(model, Chars(), "hello", generate=False, run=3)

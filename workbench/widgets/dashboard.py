@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -14,17 +15,20 @@ from ..errors import InputError, WorkbenchError
 from ..generation.protocols import TokenizerLike
 from ..interventions.lens import logit_lens
 from ..model.placement import module_device
+from ..runs.reader import RunFile
 from .attention import AttentionView
 from .base import View, check_arg, header, is_count, notice
 from .gradients import GradientFlow
 from .inspector import LayerInspector
 from .lens import LogitLensView
 from .memory import MemoryPanel
+from .runs import RunView
 from .stepper import GenerationStepper
 
 
 class Dashboard(View):
-    """Tabs: modules, attention, memory, gradients, logit lens, generation. `.trace` is the trace behind them."""
+    """Tabs: modules, attention, memory, gradients, logit lens, generation, and a training run when one is given.
+    `.trace` is the trace behind them."""
 
     title = "workbench dashboard"
 
@@ -76,17 +80,19 @@ def lens_tab(model: nn.Module, tokenizer: TokenizerLike, x: torch.Tensor) -> Vie
 
 
 def show(model: nn.Module, tokenizer: TokenizerLike, text: str, *, backward: bool = False, samples: int = 512,
-         generate: bool = True, **stepper_kwargs: Any) -> Dashboard:
+         generate: bool = True, run: str | Path | RunFile | None = None, **stepper_kwargs: Any) -> Dashboard:
     """Trace one forward of `text` (attention, memory, stats, samples) and show every view in tabs.
 
     backward=True also runs next-token cross-entropy backward inside the trace, so the memory tab
     shows gradients and saved activations and the gradient tab has data; the model's existing
-    .grad tensors are restored afterwards. generate=False leaves out the generation tab.
+    .grad tensors are restored afterwards. generate=False leaves out the generation tab. run: a training run's
+    file (written by `workbench.RunRecorder`, possibly still growing) adds its live `RunView` as a tab.
     """
     check_arg("model", model, isinstance(model, nn.Module), "an nn.Module (a causal language model)")
     check_arg("tokenizer", tokenizer, callable(getattr(tokenizer, "encode", None)), "a tokenizer with encode")
     check_arg("text", text, isinstance(text, str), "a string")
     check_arg("samples", samples, is_count(samples, 0), "an integer >= 0")
+    check_arg("run", run, run is None or isinstance(run, (str, Path, RunFile)), "a run file's path or a RunFile")
     ids = list(tokenizer.encode(text))
     if not ids:
         raise InputError("text encodes to zero tokens; pass non-empty text.")
@@ -113,4 +119,6 @@ def show(model: nn.Module, tokenizer: TokenizerLike, text: str, *, backward: boo
     }
     if generate:
         views["Generate"] = GenerationStepper(model, tokenizer, text, **stepper_kwargs)
+    if run is not None:
+        views["Training run"] = RunView(run)
     return Dashboard(tr, tokens, views)
