@@ -108,14 +108,16 @@ def test_left_padded_batch_matches_unpadded_rows(smollm2):
 
 def test_bfloat16_error_at_long_positions_is_bounded_and_frequencies_stay_exact(smollm2):
     """Measured against a float64 run of the same weights, up to position 400 (not against another
-    library's bf16 load path, whose rounding is its own choice):
+    library's bf16 load path, whose rounding is its own choice), on SmolLM2's first 8 blocks (the RoPE angle
+    is the same in every block; all 30 cost 20 s for the same three facts, measured 8.0e-3, 5.4e-7, 2.0e-3):
     - a bf16 cast keeps the RoPE frequencies bit-equal in float32, and the bf16 model stays within bf16
-      arithmetic noise (measured 9.4e-3 relative);
+      arithmetic noise (measured 5.6e-3 relative);
     - rounding those frequencies to bf16, what a naive cast would do, turns late positions by the wrong
-      angle: in float32 arithmetic, where the exact model is within 5e-7 of float64, that costs 2e-3."""
+      angle: in float32 arithmetic, where the exact model is within 4e-7 of float64, that costs 3.0e-3."""
     import copy
 
-    model, _ = smollm2
+    model = copy.deepcopy(smollm2[0])
+    model.blocks = model.blocks[:8]
     ids = torch.randint(0, model.config.vocab_size, (1, 400), generator=torch.Generator().manual_seed(0))
     ours = copy.deepcopy(model).to(torch.bfloat16)
     assert ours.rotary.inv_freq.dtype == torch.float32
