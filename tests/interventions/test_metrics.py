@@ -65,3 +65,9 @@ def test_a_token_count_that_does_not_match_the_positions_is_refused():
         logit_diff([1, 2, 3], 4, positions=[0, 1])
     with pytest.raises(InterventionError, match="token id or a sequence of token ids"):
         target_logprob("Paris")  # type: ignore[arg-type]
+
+
+def test_a_metric_that_raises_is_an_intervention_error_with_its_cause():
+    with pytest.raises(InterventionError, match=r"the metric raised ZeroDivisionError: division by zero") as info:
+        check_metric(lambda logits: 1 / 0, torch.zeros(2, 3, 5))
+    assert isinstance(info.value.__cause__, ZeroDivisionError)

@@ -117,7 +117,13 @@ def check_metric(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
     if not callable(metric):
         raise InterventionError(f"the metric must be a callable logits (B, T, V) -> tensor (B,), got "
                                 f"{type(metric).__name__}; use workbench.interventions.logit_diff or target_logprob.")
-    value = metric(logits)
+    try:
+        value = metric(logits)
+    except InterventionError:
+        raise
+    except Exception as err:  # the user's function failed: say so, with its own error chained
+        raise InterventionError(f"the metric raised {type(err).__name__}: {err}; it is called with logits shaped "
+                                f"{tuple(logits.shape)} (B, T, V) and must return a float tensor (B,).") from err
     B = logits.shape[0]
     if not isinstance(value, torch.Tensor) or value.shape != (B,) or not value.is_floating_point():
         got = (f"a {value.dtype} tensor shaped {tuple(value.shape)}" if isinstance(value, torch.Tensor)
