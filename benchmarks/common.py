@@ -8,6 +8,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -40,6 +41,15 @@ def smollm2_shaped_pair(device: str, dtype: torch.dtype, layers: int | None = No
     hf = hf.to(device=device, dtype=dtype)
     hf.config._attn_implementation = "sdpa"
     return ours, hf
+
+
+
+def smollm2_hf_checkpoint(path: Path) -> Path:
+    """`path`, holding SmolLM2 as an HF checkpoint: written from `workbench.models.smollm2()` unless it is there."""
+    if not (path / "config.json").is_file():
+        model, _ = wb.models.smollm2(dtype=torch.float32)
+        wb.save_pretrained(model, path, format="hf")
+    return path
 
 
 def timer(device: str, clock: str = "wall") -> Callable[[Callable[[], object]], float]:

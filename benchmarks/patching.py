@@ -34,9 +34,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment  # noqa: E402
+from common import environment, smollm2_hf_checkpoint  # noqa: E402
 
-import workbench  # noqa: E402
 from workbench.interventions.metrics import logit_diff  # noqa: E402
 from workbench.interventions.patching import patch_positions  # noqa: E402
 
@@ -158,11 +157,7 @@ def main() -> None:
     import transformers
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.hf_dir or Path(tmp)
-        if not (path / "config.json").is_file():
-            model, _ = workbench.models.smollm2(dtype=torch.float32)
-            workbench.save_pretrained(model, path, format="hf")
-            del model
+        path = smollm2_hf_checkpoint(args.hf_dir or Path(tmp))
         hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                                attn_implementation="sdpa").eval()
         methods = own_methods(hf)

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, interleaved_samples  # noqa: E402
+from common import environment, interleaved_samples, smollm2_hf_checkpoint  # noqa: E402
 
 import workbench  # noqa: E402
 from workbench.capture.walk import first_float, flatten_tensors  # noqa: E402  (the records' own output walk)
@@ -257,11 +257,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.hf_dir or Path(tmp)
-        if not (path / "config.json").is_file():
-            model, _ = workbench.models.smollm2(dtype=torch.float32)
-            workbench.save_pretrained(model, path, format="hf")
-            del model
+        path = smollm2_hf_checkpoint(args.hf_dir or Path(tmp))
         hf, eager = hf_model(path, "sdpa"), hf_model(path, "eager")
         methods = own_methods(hf, eager)
         if not args.no_peers:

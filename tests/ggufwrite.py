@@ -1,7 +1,11 @@
-"""A workbench llama model's weights as llama.cpp names and lays them out in a GGUF file (test helper)."""
+"""Test helpers for GGUF files: a workbench llama model's weights as llama.cpp names and lays them out, and a
+writer of small files from metadata and raw tensors."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import gguf
 import numpy as np
 import torch
 
@@ -36,3 +40,19 @@ def llama_tensors(model: wb.TransformerLM) -> dict[str, np.ndarray]:
             f"blk.{i}.ffn_norm.weight": sd[f"blocks.{i}.ln_mlp.weight"],
         }
     return {name: t.detach().numpy().copy() for name, t in out.items()}
+
+
+def write_gguf(path: Any, tensors: dict[str, tuple[np.ndarray, Any]] | None = None,
+               metadata: list[tuple[str, Any, Any, Any]] = (), *, endianess: Any = None) -> Any:
+    """A GGUF file at `path` (architecture "llama"): each (key, value, type, item type) of `metadata`, then each
+    tensor as (array, raw ggml type or None for the array's own dtype)."""
+    w = gguf.GGUFWriter(str(path), "llama", endianess=endianess or gguf.GGUFEndian.LITTLE)
+    for key, value, vtype, sub in metadata:
+        w.add_key_value(key, value, vtype, sub)
+    for name, (array, qtype) in (tensors or {}).items():
+        w.add_tensor(name, array, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

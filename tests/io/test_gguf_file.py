@@ -11,6 +11,7 @@ import struct
 import gguf
 import numpy as np
 import pytest
+from ggufwrite import write_gguf
 
 from workbench.errors import CorruptFileError
 from workbench.io.gguf_file import open_gguf
@@ -38,16 +39,7 @@ METADATA = [  # (key, value, GGUF type, item type)
 
 
 def _write(path, *, endianess=gguf.GGUFEndian.LITTLE, tensors=None):
-    w = gguf.GGUFWriter(str(path), "llama", endianess=endianess)
-    for key, value, vtype, sub in METADATA:
-        w.add_key_value(key, value, vtype, sub)
-    for name, (array, qtype) in (tensors or {}).items():
-        w.add_tensor(name, array, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_gguf(path, tensors, METADATA, endianess=endianess)
 
 
 def _tensors(rng):

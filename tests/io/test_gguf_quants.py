@@ -12,6 +12,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from ggufwrite import write_gguf
 
 from workbench.io.gguf_file import open_gguf
 from workbench.io.gguf_quants import FAST_TYPES, dequantize
@@ -46,14 +47,7 @@ def _random_blocks(rng: np.random.Generator, qtype: Q, rows: int, blocks: int, f
 
 
 def _write(path, tensors: dict[str, tuple[np.ndarray, Q]]):
-    w = gguf.GGUFWriter(str(path), "llama")
-    for name, (array, qtype) in tensors.items():
-        w.add_tensor(name, array, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_gguf(path, tensors)
 
 
 @pytest.fixture(scope="module")
