@@ -24,7 +24,9 @@ from ..lm.adapter import ModelAdapter
 from . import fixes as fx
 from .activations import Case, CaseRun, noise_tolerance, rel_error, run_case, value_at
 from .cachefix import Change, position_fixes
+from .handfixes import with_hand_fixes
 from .points import Alignment, Point
+from .positiontable import table_fixes
 from .record import Call, main_input, main_output
 from .weights import WeightTable, pieces
 from .wiring import compose, recover
@@ -106,7 +108,10 @@ class Replayer:
             out += self._position_fixes(ref, cand, run)
         if role in ("attention", "mlp", "block"):
             mask = run.case.mask if run.case.prefix == 0 else None
-            out += fx.function_fixes(self.candidate, "attention", mask) if role != "mlp" else []
+            attention = fx.function_fixes(self.candidate, "attention", mask) if role != "mlp" else []
+            if attention and found:
+                attention = with_hand_fixes(attention, self.candidate, mask, lambda: self.replay(ref, cand, run))
+            out += attention
             out += fx.function_fixes(self.candidate, "mlp", None) if role != "attention" else []
         if role in ("norm", "final norm") and found and ref.module is not None:
             out += fx.eps_fixes(found[1], ref.module)
@@ -121,6 +126,7 @@ class Replayer:
             name = _param_name(self.candidate, emb) if emb is not None else None
             if emb is not None and name is not None:
                 out += self._weight_fixes(name) + fx.embedding_scale_fixes(emb)
+            out += table_fixes(self.ref_adapter, self.cand_adapter, run.case)
         return out
 
     def _weight_fixes(self, prefix: str) -> list[fx.Fix]:
