@@ -64,7 +64,14 @@ class DoctorError(WorkbenchError, ValueError):
 
 
 class CompareError(WorkbenchError, ValueError):
-    """`compare` got models or inputs it cannot line up (no block list, different vocabularies, bad inputs)."""
+    """`compare` got models or inputs it cannot line up (no block list, different vocabularies, bad inputs).
+
+    `partial` holds what was measured before the problem (a `workbench.compare.PartialComparison`: the weight
+    table, the cases run so far), or None when nothing was."""
+
+    def __init__(self, message: str, partial: object = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class DisplayError(WorkbenchError, TypeError):

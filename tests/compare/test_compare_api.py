@@ -89,9 +89,11 @@ def test_hooks_are_removed_when_the_candidate_raises(llama):
         raise RuntimeError("boom")
 
     cand.layers[1].mlp.forward = broken
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(wb.CompareError, match="boom") as caught:
         compare(llama, cand)
     assert all(not m._forward_hooks for m in cand.modules())
+    assert isinstance(caught.value.__cause__, RuntimeError) and str(caught.value.__cause__) == "boom"
+    assert "the candidate (HandLlama) raised RuntimeError on a 2-token probe" in str(caught.value)
 
 
 def test_user_inputs_and_case_selection(llama):

@@ -8,11 +8,12 @@ inputs, then the cause at the first divergence. The result is a `Comparison`: it
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -20,13 +21,32 @@ from torch import nn
 from ..display import export_html, notebook_html
 from ..errors import CompareError
 from ..lm.adapter import ModelAdapter, config_value
-from .activations import CaseRun, PointError, default_cases, measure, noise_tolerance, run_case
+from .activations import Case, CaseRun, PointError, default_cases, measure, noise_tolerance, run_case
 from .diagnose import Diagnosis, Replayer, diagnose
+from .parameters import check_parameters
 from .patching import PatchSweep, patch_sweep
 from .points import Alignment, align, find_points
 from .weights import WeightTable, match_weights
 
 CASES = ("batch", "padded", "cached")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class PartialComparison:
+    """What `compare` had measured when bad input stopped it (a `CompareError`'s `partial`): the weight table and
+    alignment once found, and every point of each case run before the one that failed."""
+
+    reference_name: str
+    candidate_name: str
+    stopped: str  # where: "parameters", "vocabulary", "batch case", ...
+    weights: WeightTable | None = None
+    alignment: Alignment | None = None
+    errors: tuple[PointError, ...] = ()
+
+    @property
+    def cases(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(e.case for e in self.errors))
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +90,7 @@ class Comparison:
         lines = [f"compare {self.candidate_name} ({self.dtypes[1]}) against {self.reference_name} ({self.dtypes[0]})",
                  f"weights: {_weights_line(self.weights)}"]
         lines += [f"  {m.candidate} {m.explanation}" for m in self.weights.transformed()[:8]]
+        lines += [f"  role: {m.role_sentence}" for m in self.weights.role_findings()[:8]]
         lines += [f"  unmatched in the candidate: {n}" for n in self.weights.unmatched_candidate[:5]]
         lines += [f"  unmatched in the reference: {n}" for n in self.weights.unmatched_reference[:5]]
         lines += [f"  {note}" for note in self.weights.ties]
@@ -106,9 +127,11 @@ def _num(x: float, tol: float | None = None) -> str:
 
 
 def _weights_line(w: WeightTable) -> str:
-    exact = sum(m.relation == "exact" for m in w.matches)
-    other = len(w.matches) - exact
-    return (f"{exact} exact, {other} matched under a transformation, {len(w.unmatched_candidate)} + "
+    swapped = len(w.role_findings())
+    exact = sum(m.relation == "exact" and not m.role_swapped for m in w.matches)
+    other = sum(m.relation != "exact" for m in w.matches)
+    roles = f", {swapped} in the place of another role" if swapped else ""
+    return (f"{exact} exact, {other} matched under a transformation{roles}, {len(w.unmatched_candidate)} + "
             f"{len(w.unmatched_reference)} unmatched (candidate + reference)")
 
 
@@ -156,17 +179,23 @@ def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | N
     first divergence).
     """
     ref_a, cand_a = ModelAdapter(reference), ModelAdapter(candidate)
+    names = (_name(reference), _name(candidate))
+    for model, which in ((reference, "reference"), (candidate, "candidate")):
+        check_parameters(model, which, lambda: PartialComparison(*names, "parameters"))
     ref_points, cand_points = find_points(ref_a), find_points(cand_a)
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
         raise CompareError(f"unknown cases {unknown or list(cases)}; choose among {list(CASES)}.")
-    if ref_a.vocab_size != cand_a.vocab_size:
-        raise CompareError(f"the reference's logits have {ref_a.vocab_size} entries and the candidate's "
-                           f"{cand_a.vocab_size}; compare models over the same vocabulary.")
-    tol = tolerance if tolerance is not None else noise_tolerance(ref_a.dtype, cand_a.dtype)
     head_dims = _head_dims(reference, candidate)
     table = match_weights(reference, candidate, head_dims)
     alignment = align(ref_points, cand_points)
+    partial = Partial(PartialComparison(*names, "vocabulary", table, alignment))
+    vocab = [partial.run(a, which, "a 2-token probe (ids (1, 2) of zeros)", functools.partial(_vocab, a))
+             for a, which in ((ref_a, "reference"), (cand_a, "candidate"))]
+    if vocab[0] != vocab[1]:
+        raise CompareError(f"the reference's logits have {vocab[0]} entries and the candidate's {vocab[1]}; "
+                           "compare models over the same vocabulary.", partial.state)
+    tol = tolerance if tolerance is not None else noise_tolerance(ref_a.dtype, cand_a.dtype)
     wanted = [c for c in default_cases(ref_a.vocab_size, inputs, seed) if c.name in cases]
     notes = []
     no_mask = [a for a in (ref_a, cand_a) if not a.supports_mask]
@@ -176,10 +205,14 @@ def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | N
     if not wanted:
         raise CompareError("no case left to run: the padded case needs models whose forward takes "
                            "attention_mask; add the batch or cached case.")
-    runs, errors = [], []
+    runs: list[CaseRun] = []
+    errors: list[PointError] = []
     for case in wanted:
-        (ref_calls, ref_logits), (cand_calls, cand_logits) = (run_case(ref_a, ref_points, case),
-                                                              run_case(cand_a, cand_points, case))
+        partial.stop_at(f"{case.name} case", errors)
+        ref_calls, ref_logits = partial.run(ref_a, "reference", _inputs(case),
+                                            functools.partial(run_case, ref_a, ref_points, case))
+        cand_calls, cand_logits = partial.run(cand_a, "candidate", _inputs(case),
+                                              functools.partial(run_case, cand_a, cand_points, case))
         run = CaseRun(case, ref_calls, cand_calls, (ref_logits, cand_logits))
         runs.append(run)
         errors += measure(alignment, run, tol)
@@ -196,6 +229,44 @@ def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | N
         sweep = patch_sweep(alignment, cand_a, run, tol)
     return Comparison(_name(reference), _name(candidate), (_dtype(ref_a), _dtype(cand_a)), table, alignment,
                       tuple(errors), tol, first, diagnosis, tuple(notes), sweep)
+
+
+class Partial:
+    """The comparison so far, and the one place a model's forward is called during `compare`: a forward that
+    raises becomes a CompareError that names the inputs and the exception (chained) and keeps `state`."""
+
+    def __init__(self, state: PartialComparison) -> None:
+        self.state = state
+
+    def stop_at(self, stage: str, errors: Sequence[PointError]) -> None:
+        self.state = PartialComparison(self.state.reference_name, self.state.candidate_name, stage,
+                                       self.state.weights, self.state.alignment, tuple(errors))
+
+    def run(self, adapter: ModelAdapter, which: str, inputs: str, forward: Callable[[], T]) -> T:
+        try:
+            return forward()
+        except CompareError:
+            raise
+        except Exception as e:
+            raise CompareError(
+                f"the {which} ({_name(adapter.model)}) raised {type(e).__name__} on {inputs}: {e}. Fix its forward "
+                "for these inputs (the reference takes them), or leave that case out (cases=...); the comparison "
+                "up to here is the error's `partial`.", self.state) from e
+
+
+def _vocab(adapter: ModelAdapter) -> int:
+    return adapter.vocab_size
+
+
+def _inputs(case: Case) -> str:
+    """The inputs of a case, said for an error message."""
+    B, T = case.ids.shape
+    said = f"the {case.name} case's inputs (ids ({B}, {T})"
+    if case.mask is not None and not bool(case.mask.all()):
+        said += ", left-padded, with an attention mask"
+    if case.prefix:
+        said += f", the last {T - case.prefix} fed after {case.prefix} cached"
+    return said + ")"
 
 
 def _name(model: Any) -> str:

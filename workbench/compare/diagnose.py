@@ -28,6 +28,7 @@ from .handfixes import with_hand_fixes
 from .points import Alignment, Point
 from .positiontable import table_fixes
 from .record import Call, main_input, main_output
+from .suspects import Suspects
 from .weights import WeightTable, pieces
 from .wiring import compose, recover
 
@@ -84,6 +85,7 @@ class Replayer:
         cand_pieces, _ = pieces(candidate)
         self.conv = {p.param: p.conv1d for p in cand_pieces}
         self.ref_values = {p.param: p.value for p in pieces(reference)[0]}
+        self.suspects = Suspects(self, cand_pieces)  # role swaps and unmatched parameters
         self._snapshots: dict[tuple[str, str], Call | None] = {}
 
     # --- which module, which fixes ----------------------------------------------------------------
@@ -100,7 +102,7 @@ class Replayer:
         role = cand.key[0]
         found = self.module_of(cand)
         prefix = found[0] if found else ""
-        out = self._weight_fixes(prefix) if found else []
+        out = self._weight_fixes(prefix) + self.suspects.fixes(prefix) if found else []
         if role in ("attention", "block"):
             out += fx.rope_fixes(self._qk_rows(prefix), self.params, self.conv)
             out += self._rope_base()
@@ -126,6 +128,7 @@ class Replayer:
             name = _param_name(self.candidate, emb) if emb is not None else None
             if emb is not None and name is not None:
                 out += self._weight_fixes(name) + fx.embedding_scale_fixes(emb)
+                out += self.suspects.embedding_fixes(name, run.case)
             out += table_fixes(self.ref_adapter, self.cand_adapter, run.case)
         return out
 

@@ -70,7 +70,21 @@ def find_points(adapter: ModelAdapter) -> list[Point]:
     return sorted(points, key=lambda p: p.depth)
 
 
-def _block_points(i: int, prefix: str, block: nn.Module) -> list[Point]:
+Child = tuple[str, nn.Module]
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """A block's children with weights, by role: its norms (in definition order), its attention and its MLP."""
+
+    norms: tuple[Child, ...]
+    attention: Child | None
+    mlp: Child | None
+
+
+def block_parts(block: nn.Module) -> BlockParts:
+    """Which child of a block is its attention and which its MLP (children named so, else the two non-norm
+    children with weights, first attention), and its norms."""
     children = [(n, m) for n, m in block.named_children() if any(True for _ in m.parameters())]
     norms = [(n, m) for n, m in children if is_norm(m)]
     rest = [(n, m) for n, m in children if not is_norm(m)]
@@ -78,6 +92,12 @@ def _block_points(i: int, prefix: str, block: nn.Module) -> list[Point]:
     mlp = next(((n, m) for n, m in rest if _MLP.search(n)), None)
     if attn is None and mlp is None and len(rest) == 2:
         attn, mlp = rest
+    return BlockParts(tuple(norms), attn, mlp)
+
+
+def _block_points(i: int, prefix: str, block: nn.Module) -> list[Point]:
+    parts = block_parts(block)
+    norms, attn, mlp = parts.norms, parts.attention, parts.mlp
     out = [Point(("norm", i, k), f"{prefix}.{n}", m) for k, (n, m) in enumerate(norms)]
     out += [Point((role, i, 0), f"{prefix}.{n}", m) for role, nm in (("attention", attn), ("mlp", mlp))
             if nm is not None for n, m in [nm]]

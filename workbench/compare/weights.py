@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..families.registry import row_permutations
+from .roles import UNKNOWN, Role, read_roles
 
 Signature = tuple[float, float, float, float]  # (norm, sum/norm, max/norm, min/norm)
 _NUMBER = re.compile(r"\.(\d+)\.")
@@ -62,6 +63,7 @@ class Piece:
     value: torch.Tensor  # (rows, cols) float32 on the CPU
     conv1d: bool  # stored (in, out), as HF's Conv1D does
     index: float  # position among its model's parameters, 0..1 (breaks ties between equal tensors)
+    role: Role = UNKNOWN  # the part it plays (`roles`): equal tensors pair by role first
 
     @property
     def block(self) -> int | None:
@@ -79,11 +81,23 @@ class WeightMatch:
     relation: str  # one of RELATIONS, or a row permutation's (see `permutation_relations`)
     detail: str = ""  # the scale factor, the head order, "fused", "copied where the reference ties"
     error: float = 0.0  # max |difference| / max |reference| after undoing the relation
+    candidate_role: Role = UNKNOWN  # the part the candidate's tensor plays in the candidate (`roles`)
+    reference_role: Role = UNKNOWN  # the part the reference's tensor it equals plays in the reference
+
+    @property
+    def role_swapped(self) -> bool:
+        """The candidate's tensor holds the values of a reference tensor of another role (k <-> v, two layers)."""
+        return self.candidate_role.conflicts(self.reference_role)
 
     @property
     def explanation(self) -> str:
         extra = f" ({self.detail})" if self.detail else ""
         return f"equals the reference's tensor {say(self.relation)}{extra}"
+
+    @property
+    def role_sentence(self) -> str:
+        return (f"`{self.candidate}` ({self.candidate_role.label}) holds the reference's `{self.reference}` "
+                f"({self.reference_role.label})")
 
     @property
     def sentence(self) -> str:
@@ -99,8 +113,12 @@ class WeightTable:
 
     @property
     def exact(self) -> bool:
-        return (all(m.relation == "exact" for m in self.matches)
+        return (all(m.relation == "exact" and not m.role_swapped for m in self.matches)
                 and not self.unmatched_candidate and not self.unmatched_reference and not self.ties)
+
+    def role_findings(self) -> tuple[WeightMatch, ...]:
+        """Matches whose candidate tensor plays another role than the reference tensor it equals."""
+        return tuple(m for m in self.matches if m.role_swapped)
 
     def transformed(self) -> tuple[WeightMatch, ...]:
         return tuple(m for m in self.matches if m.relation != "exact")
@@ -114,6 +132,7 @@ def pieces(model: nn.Module) -> tuple[list[Piece], dict[str, list[str]]]:
     named = [(f"{mod}.{p}" if mod else p, param, type(m).__name__ == "Conv1D" and p == "weight")
              for mod, m in model.named_modules(remove_duplicate=False)
              for p, param in m.named_parameters(recurse=False)]
+    roles = read_roles(model)
     storages: dict[int, list[str]] = {}
     values: dict[tuple[int, bool], torch.Tensor] = {}  # one float32 copy per storage, however many names
     out = []
@@ -125,7 +144,8 @@ def pieces(model: nn.Module) -> tuple[list[Piece], dict[str, list[str]]]:
             value = value.t() if conv and value.dim() == 2 else value
             value = value.reshape(value.shape[0], -1) if value.dim() >= 1 else value.reshape(1, 1)
             value = values[id(param), conv] = value.contiguous()
-        out.append(Piece(name, name, (0, value.shape[0]), value, conv, i / max(1, len(named) - 1)))
+        out.append(Piece(name, name, (0, value.shape[0]), value, conv, i / max(1, len(named) - 1),
+                         roles.get(name, UNKNOWN)))
     return out, {names[0]: names for names in storages.values() if len(names) > 1}
 
 
@@ -234,7 +254,7 @@ def match_weights(reference: nn.Module, candidate: nn.Module, head_dims: tuple[i
                 continue
             r, (rel, detail, e) = found
             used_r.add(r.name)
-            matches.append(WeightMatch(c.name, r.name, rel, detail, e))
+            matches.append(WeightMatch(c.name, r.name, rel, detail, e, c.role, r.role))
         pending = left_c
     left_r = [p for p in ref if p.name not in used_r]
     fused, left_c, left_r = _split_fused(left_c, left_r, head_dims, tol, signature)
@@ -262,7 +282,8 @@ def _best(c: Piece, sig_c: Signature, sig_r: Sequence[tuple[Piece, Signature]], 
     """The reference piece `c` relates to: unused ones first, then the same block, then the nearest."""
     plausible = [r for r, sig in sig_r if r.value.numel() == c.value.numel()
                  and (r.value.shape[1] == 1 or _plausible(sig_c, sig))]
-    plausible.sort(key=lambda r: (r.name in used, r.block != c.block, abs(r.index - c.index)))
+    plausible.sort(key=lambda r: (r.name in used, c.role.conflicts(r.role), r.block != c.block,
+                                  abs(r.index - c.index)))
     for r in plausible:
         if exact_only:
             found = ("exact", "", _err(c.value, r.value)) if r.value.shape == c.value.shape else None
@@ -287,14 +308,16 @@ def _split_fused(cand: list[Piece], ref: list[Piece], head_dims: tuple[int, ...]
                 continue
             done_big.add(big.name)
             offset = 0
-            for small, (rel, detail, e) in blocks:
+            for j, (small, (rel, detail, e)) in enumerate(blocks):
                 used_small.add(small.name)
                 n = small.value.shape[0]
                 part = f"{big.name}[{offset}:{offset + n}]"
                 offset += n
                 note = ", ".join(x for x in (detail, "fused") if x)
                 pair = (part, small.name) if big_side_is_cand else (small.name, part)
-                out.append(WeightMatch(pair[0], pair[1], _flip(rel, big_side_is_cand), note, e))
+                roles = (big.role.row_block(j, len(blocks)), small.role)
+                roles = roles if big_side_is_cand else (roles[1], roles[0])
+                out.append(WeightMatch(pair[0], pair[1], _flip(rel, big_side_is_cand), note, e, *roles))
         bigs = [b for b in bigs if b.name not in done_big]
         smalls = [s for s in smalls if s.name not in used_small]
         cand, ref = (bigs, smalls) if big_side_is_cand else (smalls, bigs)
@@ -314,14 +337,16 @@ def _flip(rel: str, cand_is_big: bool) -> str:
 
 def _blocks(big: Piece, smalls: list[Piece], head_dims: tuple[int, ...], tol: float,
             signature: Callable[[Piece], Signature]) -> Iterator[tuple[Piece, tuple[str, str, float]]]:
-    """Consecutive row blocks of `big`, each related to one of `smalls` (same width), from row 0 on."""
+    """Consecutive row blocks of `big`, each related to one of `smalls` (same width), from row 0 on; among equal
+    ones, the small tensor whose role is the block's place in a fused tensor (q, k, v in order) first."""
     R, C = big.value.shape
     cands = sorted((s for s in smalls if s.value.shape[1] == C and s.value.shape[0] < R),
                    key=lambda s: abs(s.index - big.index))
     offset = 0
     taken: set[str] = set()
     while offset < R:
-        for s in cands:
+        expected = [big.role.row_block(len(taken), n) for n in (2, 3)]
+        for s in sorted(cands, key=lambda s: not any(r.known and not r.conflicts(s.role) for r in expected)):
             n = s.value.shape[0]
             if s.name in taken or offset + n > R:
                 continue

@@ -2,7 +2,8 @@
 
 - `divergence_figure`: the error at each aligned point along depth, a line per input case, the noise band
   shaded below the tolerance and the first divergence marked;
-- `weights_html`: the weight-match table (matched exactly, under a transformation, unmatched);
+- `weights_html`: the role table (each candidate tensor, its role, the reference tensor it equals, the relation;
+  role findings highlighted) and `unmatched_html`, the parameters either side holds alone;
 - `diagnosis_html`: the fixes tried at the first divergence and what each left of the gap;
 - `patching_figure` / `patching_html`: the share of the logit gap each aligned point closes when the reference's
   activation is patched into the candidate there (`compare(..., patching=True)`), the first divergence marked;
@@ -65,18 +66,38 @@ def divergence_figure(comparison: Comparison, *, height: int = 380) -> go.Figure
 
 
 def weights_html(table: WeightTable) -> Markup:
-    """The weight-match table: transformed and unmatched tensors first, then the exact ones."""
-    rows = [html("<tr><td>{}</td><td>{}</td><td style='color:{}'>{}</td><td style='text-align:left'>{}</td></tr>",
-                 m.candidate, m.reference, COLORS["bad"] if m.relation != "exact" else COLORS["ok"], m.relation,
-                 m.detail)
-            for m in sorted(table.matches, key=lambda m: m.relation == "exact")]
-    rows += [html("<tr><td>{}</td><td></td><td style='color:{}'>unmatched</td><td></td></tr>", n, COLORS["bad"])
-             for n in table.unmatched_candidate]
-    rows += [html("<tr><td></td><td>{}</td><td style='color:{}'>unmatched</td><td></td></tr>", n, COLORS["bad"])
-             for n in table.unmatched_reference]
+    """The role table: each candidate tensor, its role, the reference tensor it equals and that tensor's role, the
+    relation; role findings (a tensor in the place of another role) first and highlighted, then transformed, then
+    exact ones. Below it, the parameters with no counterpart, each side in its own list."""
+    order = sorted(table.matches, key=lambda m: (not m.role_swapped, m.relation == "exact"))
+    rows = [html("<tr class='{}'><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style='color:{}'>{}</td>"
+                 "<td style='text-align:left'>{}</td></tr>", "wb-role-finding" if m.role_swapped else "",
+                 m.candidate, m.candidate_role.label, m.reference, m.reference_role.label,
+                 COLORS["bad"] if m.role_swapped or m.relation != "exact" else COLORS["ok"],
+                 f"{m.relation}, role differs" if m.role_swapped else m.relation, m.detail)
+            for m in order]
+    findings = table.role_findings()
+    head = (html("<p class='wb-note' style='color:{}'>{}</p>", COLORS["bad"],
+                 f"{len(findings)} tensor(s) hold the values of a reference tensor of another role: "
+                 "the fix 'weights: swap back' puts each role's tensor back") if findings else html(""))
     ties = join("", (html("<p class='wb-note'>{}</p>", t) for t in table.ties))
-    return html("<table class='wb'><tr><th>candidate</th><th>reference</th><th>relation</th><th>detail</th></tr>"
-                "{}</table>{}", join("", rows), ties)
+    return html("{}<table class='wb'><tr><th>candidate</th><th>its role</th><th>reference</th><th>its role</th>"
+                "<th>relation</th><th>detail</th></tr>{}</table>{}{}", head, join("", rows), ties,
+                unmatched_html(table))
+
+
+def unmatched_html(table: WeightTable) -> Markup:
+    """The parameters with no counterpart: in the candidate only (each a suspect zeroed at the divergence), in the
+    reference only (a bias added back, a position table added)."""
+    def items(names: tuple[str, ...]) -> Markup:
+        if not names:
+            return html("<li>{}</li>", "none")
+        return join("", (html("<li style='color:{}'>{}</li>", COLORS["bad"], n) for n in names))
+
+    return html("<h5>{}</h5><ul class='wb-unmatched-candidate'>{}</ul><h5>{}</h5>"
+                "<ul class='wb-unmatched-reference'>{}</ul>",
+                f"Unmatched in the candidate ({len(table.unmatched_candidate)})", items(table.unmatched_candidate),
+                f"Unmatched in the reference ({len(table.unmatched_reference)})", items(table.unmatched_reference))
 
 
 def diagnosis_html(diagnosis: Diagnosis | None) -> Markup:

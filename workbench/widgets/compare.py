@@ -18,9 +18,11 @@ class CompareView(View):
 
     The figure draws the error at each aligned point for each input case (the checkboxes pick the cases
     shown), the noise band below the tolerance, and the first divergence. Below, in tabs: the diagnosis (every
-    fix tried there, and what it left of the gap), the weight-match table, and patching (the share of the logit
-    gap each aligned point closes when the reference's activation is patched into the candidate, from
-    `wb.compare(..., patching=True)`; a notice says how to compute it when the comparison holds none).
+    fix tried there, and what it left of the gap), the role table (each candidate tensor, its role, the reference
+    tensor it equals and its role; role swaps highlighted) with the parameters either side holds alone, and
+    patching (the share of the logit gap each aligned point closes when the reference's activation is patched
+    into the candidate, from `wb.compare(..., patching=True)`; a notice says how to compute it when the
+    comparison holds none).
     """
 
     title = "Compare"

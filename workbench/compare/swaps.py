@@ -1,0 +1,81 @@
+"""The fix for a role swap: put back, in each candidate tensor that holds a reference tensor of another role, the
+reference's tensor of the candidate tensor's own role.
+
+A port that loads the key weight into the value projection (or gate into up, layer 1 into layer 0, the MLP's
+norm into the attention's) has every tensor's twin in the reference; the weight table says so as a role finding
+(`WeightMatch.role_swapped`). This fix tests that finding where it shows: the candidate's module at the first
+divergence, replayed with each swapped tensor under it replaced by the reference tensor of its own role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from .fixes import Fix
+from .roles import Role
+from .weights import WeightMatch, WeightTable
+
+Update = tuple[str, tuple[int, int], torch.Tensor]  # (parameter, its rows in Linear layout, the value there)
+Patch = Callable[[list[Update]], Callable[[], AbstractContextManager[Any]]]
+
+
+def split_rows(name: str) -> tuple[str, tuple[int, int] | None]:
+    """"w[3:9]" -> ("w", (3, 9)); "w" -> ("w", None): a piece of the weight table and the rows it covers."""
+    if name.endswith("]") and "[" in name:
+        base, rows = name[:-1].split("[")
+        a, b = rows.split(":")
+        return base, (int(a), int(b))
+    return name, None
+
+
+def under(name: str, prefix: str) -> bool:
+    """`name` (a parameter or module) lies inside the module `prefix` ("" is the whole model)."""
+    return not prefix or name == prefix or name.startswith(prefix + ".")
+
+
+def reference_of_role(role: Role, roles: dict[str, Role]) -> str | None:
+    """The reference piece (a parameter, or a fused row block "w[a:b]") that plays `role`."""
+    return next((name for name, r in roles.items() if r.known and r == role), None)
+
+
+def value_of(name: str, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A reference piece's value in Linear layout (rows, cols)."""
+    base, rows = split_rows(name)
+    value = values[base]
+    return value if rows is None else value[rows[0]:rows[1]]
+
+
+def swap_fix(table: WeightTable, prefix: str, ref_values: dict[str, torch.Tensor], ref_roles: dict[str, Role],
+             patch: Patch) -> Fix | None:
+    """"weights: swap back" for the role findings under the module `prefix`, or None when there are none.
+
+    ref_roles: every reference piece's role (whole parameters, and the row blocks fused tensors were cut into).
+    patch: turns (parameter, rows, value) updates into a context that writes them and restores the parameter."""
+    updates: list[Update] = []
+    said: list[WeightMatch] = []
+    for m in table.role_findings():
+        base, rows = split_rows(m.candidate)
+        own = reference_of_role(m.candidate_role, ref_roles)
+        if not under(base, prefix) or own is None:
+            continue
+        value, held = value_of(own, ref_values), value_of(m.reference, ref_values)
+        if value.shape != held.shape:
+            continue
+        updates.append((base, rows or (0, held.shape[0]), value))
+        said.append(m)
+    if not updates:
+        return None
+    more = f" (and {len(said) - 2} more)" if len(said) > 2 else ""
+    cause = "the candidate loads tensors into the wrong places: " + "; ".join(m.role_sentence for m in said[:2]) + more
+    return Fix("weights: swap back", cause, patch(updates))
+
+
+def roles_of_pieces(table: WeightTable, whole: dict[str, Role]) -> dict[str, Role]:
+    """The reference's roles by piece: whole parameters, and each fused row block as the table cut it."""
+    out = dict(whole)
+    out.update({m.reference: m.reference_role for m in table.matches if "[" in m.reference})
+    return out
