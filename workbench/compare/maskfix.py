@@ -204,9 +204,12 @@ def mask_fixes(model: nn.Module, module: str, call: Call | None, case: Case) -> 
     if call is None:
         return []
     found = mask_argument(call.args, call.kwargs)
-    inside = [Fix(f"SDPA mask: {what} by position", f"the mask the candidate's attention makes inside is not "
-                    f"{what} by position (query i at position {convention.start} + i sees keys 0..{convention.start}"
-                    " + i)", _opener(model, SdpaMask(convention)))]
+    rule = f"query i at position {convention.start} + i sees keys 0..{convention.start} + i"
+    made = ("the mask the candidate's attention makes inside (from a flag such as is_causal) is not " if found
+            is None else "the candidate's attention is given the right mask but its SDPA calls do not use it; "
+            "theirs is not ")
+    inside = [Fix(f"SDPA mask: {what} by position", f"{made}{what} by position ({rule})",
+                  _opener(model, SdpaMask(convention)))]
     if found is None:  # made inside, from a flag: the SDPA mask fixes cover all but a cached step's
         return inside if case.prefix else []
     _, mask, x = found
