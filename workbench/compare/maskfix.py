@@ -184,13 +184,11 @@ def _describe(cand: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor, convent
         pads[:, :n] = ~keys[:, :n].bool().cpu()
         if bool((extra & ~pads[:, None, :]).sum() == 0):
             return "the candidate's mask ignores the padding: queries attend to padded positions"
-    T = ref.shape[1]
-    later = torch.arange(ref.shape[2])[None, :] > (start + torch.arange(T))[:, None]  # (T, S)
-    if bool(missing.any()) and bool((extra & later).any()):
-        return ("the candidate's mask is transposed: queries see later positions and not the earlier ones")
+    slots, own = torch.arange(ref.shape[2])[None, :], (start + torch.arange(ref.shape[1]))[:, None]  # (1, S), (T, 1)
+    if bool(missing.any()) and bool((extra & (slots > own)).any()):
+        return "the candidate's mask is transposed: queries see later positions and not the earlier ones"
     if bool(extra.any()) and not bool(missing.any()):
-        nxt = later & ~(torch.arange(ref.shape[2])[None, :] > (start + torch.arange(T))[:, None] + 1)
-        if bool((extra & ~nxt).sum() == 0):
+        if not bool((extra & (slots != own + 1)).any()):
             return "the candidate's mask is shifted by one: each query also sees the next position"
         return "the candidate's mask lets queries see later positions"
     return "the candidate's mask hides positions the reference's causal mask allows"
@@ -209,7 +207,7 @@ def mask_fixes(model: nn.Module, module: str, call: Call | None, case: Case) -> 
             is None else "the candidate's attention is given the right mask but its SDPA calls do not use it; "
             "theirs is not ")
     inside = [Fix(f"SDPA mask: {what} by position", f"{made}{what} by position ({rule})",
-                  _opener(model, SdpaMask(convention)))]
+                  Opening(model, SdpaMask(convention)))]
     if found is None:  # made inside, from a flag: the SDPA mask fixes cover all but a cached step's
         return inside if case.prefix else []
     _, mask, x = found
@@ -223,10 +221,12 @@ def mask_fixes(model: nn.Module, module: str, call: Call | None, case: Case) -> 
     if bool(((cand.expand_as(reference) == reference) | ~rows[..., None]).all()):
         return inside  # the right mask is passed: if it is ignored, the SDPA calls are where to fix it
     cause = _describe(cand, reference, rows, convention) + f" (the mask `{module}` is given)"
-    return [Fix(f"attention mask: {what}", cause, _opener(model, MaskArgument(module, convention)))]
+    return [Fix(f"attention mask: {what}", cause, Opening(model, MaskArgument(module, convention)))]
 
 
-class _opener:  # noqa: N801 (a Fix's `apply`: a callable that opens the context)
+class Opening:
+    """A Fix's `apply`: opens an interception of `model` by `client` each time it is called."""
+
     def __init__(self, model: nn.Module, client: Client) -> None:
         self.model, self.client = model, client
 
