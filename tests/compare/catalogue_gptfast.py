@@ -28,7 +28,7 @@ from torch import nn
 STYLE = "gpt-fast-like"
 FORMS = ("complex", "cossin", "plain")
 BUGS = ("rope_base", "rope_dim", "rope_partial", "no_permute", "mask_shift", "mask_transposed", "padding_ignored",
-        "input_pos_restart", "norm_eps", "no_scale", "sdpa_is_causal")
+        "input_pos_restart", "norm_eps", "no_scale", "sdpa_is_causal", "rotate_pairs")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,15 @@ def rotate_pairs(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     return torch.cat((turned.type_as(x), x[..., rot:]), dim=-1)
 
 
+def rotate_adjacent(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H, D) with its first r dims turned in adjacent pairs by the halves-layout cos, sin (T, r)."""
+    rot = cos.shape[-1]
+    c, s = cos[None, :, None, : rot // 2], sin[None, :, None, : rot // 2]  # (1, T, 1, r/2)
+    x1, x2 = x[..., 0:rot:2], x[..., 1:rot:2]
+    turned = torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2)  # (B, T, H, r)
+    return torch.cat((turned, x[..., rot:]), dim=-1)
+
+
 def rotate_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, T, H, D) with its first r dims turned in two halves by cos, sin (T, r)."""
     rot = cos.shape[-1]
@@ -114,6 +123,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(H * D, a.dim, bias=False)
         self.kv_cache: KVCache | None = None
         self.H, self.K, self.D, self.rope = H, K, D, a.rope
+        self.pairs_bug = bug == "rotate_pairs"  # the mistake: the cos/sin form turning pairs, not halves
         self.scale = 1.0 if bug == "no_scale" else None
         self.is_causal = bug == "sdpa_is_causal"  # the mistake: SDPA's own causal flag, the mask left unused
 
@@ -124,7 +134,7 @@ class Attention(nn.Module):
         H, K, D = self.H, self.K, self.D
         q, k, v = self.wqkv(x).split([H * D, K * D, K * D], dim=-1)
         q, k, v = q.view(B, T, H, D), k.view(B, T, K, D), v.view(B, T, K, D)
-        turn = rotate_halves if self.rope == "cossin" else rotate_pairs
+        turn = rotate_pairs if self.rope != "cossin" else rotate_adjacent if self.pairs_bug else rotate_halves
         q, k = turn(q, *rope), turn(k, *rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H or K, T, D)
         assert self.kv_cache is not None  # setup_caches runs before the first forward
@@ -296,6 +306,9 @@ MISTAKES: tuple[Mistake, ...] = (
            "RoPE rotary dims 8"),
     _entry("complex", "no_permute", "q/k not permuted on load (pairs rotated where halves should be)", ATTN,
            "RoPE: half-split"),
+    _entry("plain", "no_permute", "q/k not permuted on load (plain-number base form)", ATTN, "RoPE: half-split"),
+    _entry("cossin", "rotate_pairs", "adjacent pairs rotated where the reference rotates halves (cos/sin form)",
+           ATTN, "RoPE: half-split"),
     _entry("complex", "mask_shift", "causal mask buffer shifted by one", ATTN, "attention mask: causal"),
     _entry("complex", "mask_transposed", "causal mask buffer transposed", ATTN, "attention mask: causal"),
     _entry("complex", "padding_ignored", "mask built without the padding", ATTN,
