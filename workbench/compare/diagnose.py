@@ -24,10 +24,13 @@ from ..lm.adapter import ModelAdapter
 from . import fixes as fx
 from .activations import Case, CaseRun, noise_tolerance, rel_error, run_case, value_at
 from .cachefix import Change, position_fixes
+from .cachepos import given_position_fixes
 from .handfixes import with_hand_fixes
+from .maskfix import mask_fixes
 from .points import Alignment, Point
 from .positiontable import table_fixes
 from .record import Call, main_input, main_output
+from .rope import rope_fixes
 from .suspects import Suspects
 from .weights import WeightTable, pieces
 from .wiring import compose, recover
@@ -105,9 +108,9 @@ class Replayer:
         out = self._weight_fixes(prefix) + self.suspects.fixes(prefix) if found else []
         if role in ("attention", "block"):
             out += fx.rope_fixes(self._qk_rows(prefix), self.params, self.conv)
-            out += self._rope_base()
+            out += rope_fixes(self.reference, self.candidate)
         if role in ("attention", "block") and run.case.prefix and found:
-            out += self._position_fixes(ref, cand, run)
+            out += self._position_fixes(ref, cand, run) + given_position_fixes(self.candidate)
         if role in ("attention", "mlp", "block"):
             mask = run.case.mask if run.case.prefix == 0 else None
             attention = fx.function_fixes(self.candidate, "attention", mask) if role != "mlp" else []
@@ -115,6 +118,8 @@ class Replayer:
                 attention = with_hand_fixes(attention, self.candidate, mask, lambda: self.replay(ref, cand, run))
             out += attention
             out += fx.function_fixes(self.candidate, "mlp", None) if role != "attention" else []
+            if role != "mlp" and found:
+                out += mask_fixes(self.candidate, found[0], self.call_of(cand, run), run.case)
         if role in ("norm", "final norm") and found and ref.module is not None:
             out += fx.eps_fixes(found[1], ref.module)
             out += fx.norm_offset_fixes(found[1], self.params, prefix)
@@ -167,18 +172,6 @@ class Replayer:
             if D:
                 rows.append((base, span, (span[1] - span[0]) // D))
         return rows
-
-    def _rope_base(self) -> list[fx.Fix]:
-        theirs = [b for n, b in self.reference.named_buffers() if n.endswith("inv_freq")]
-        mine = [b for n, b in self.candidate.named_buffers() if n.endswith("inv_freq")]
-        if not theirs or not mine or theirs[0].shape != mine[0].shape:
-            return []
-        if torch.allclose(theirs[0].float(), mine[0].float()):
-            return []
-        theta = getattr(getattr(self.reference, "config", None), "rope_theta", None)
-        rope = getattr(getattr(self.reference, "config", None), "rope_parameters", None)
-        theta = theta or (rope.get("rope_theta") if isinstance(rope, dict) else None)
-        return [fx.rope_base_fix(self.candidate, theirs[0].float(), theta)]
 
     def _placement_fixes(self, i: int, run: CaseRun, ref: Point) -> list[fx.Fix]:
         """Block i recomposed from the candidate's own norms, attention and MLP (each called as it was, on the

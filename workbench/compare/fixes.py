@@ -5,7 +5,7 @@ Three kinds, all undone on exit:
   candidate parameter: transposed, permuted, offset, scaled or untied weights; interleaved RoPE (a model
   that rotates adjacent pairs computes what a half-split model computes on q/k rows permuted as llama.cpp
   does, so the permutation is the test for the convention);
-- attributes: a norm's epsilon, the rotary frequencies (RoPE base);
+- attributes: a norm's epsilon (the rotary frequencies, in every form a port keeps them: `rope`);
 - functions: an editor client of the interception layer (`workbench.lm.intercept`) that rewrites the calls
   the module makes: GELU exact vs tanh, SiLU vs GELU, the attention scale, the causal or padding mask,
   softmax in float32 (a `softmax` call, SDPA, or a softmax written out as exp / sum).
@@ -83,22 +83,6 @@ def norm_eps(module: nn.Module) -> tuple[str, float] | None:
         if isinstance(value, float):
             return name, value
     return None
-
-
-@contextmanager
-def rope_frequencies(model: nn.Module, inv_freq: torch.Tensor) -> Iterator[None]:
-    """Every `inv_freq` buffer of `model` replaced by `inv_freq` (D/2,)."""
-    saved = []
-    try:
-        for m in model.modules():
-            old = getattr(m, "inv_freq", None)
-            if isinstance(old, torch.Tensor) and old.shape == inv_freq.shape:
-                saved.append((m, old))
-                m.inv_freq = inv_freq.to(old.device, old.dtype)
-        yield
-    finally:
-        for m, old in saved:
-            m.inv_freq = old
 
 
 # --- functions ----------------------------------------------------------------------------------------
@@ -353,9 +337,3 @@ def embedding_scale_fixes(embedding: nn.Module) -> list[Fix]:
         Fix("embedding / sqrt(C)", "the candidate multiplies its token embeddings by sqrt(d_model); the "
             "reference does not", lambda: scaled_output(embedding, -0.5), whole_model=True),
     ]
-
-
-def rope_base_fix(candidate: nn.Module, inv_freq: torch.Tensor, theta: float | None) -> Fix:
-    what = f"base {theta:g}" if theta else "the reference's frequencies"
-    return Fix(f"RoPE {what}", f"the candidate's rotary frequencies differ from the reference's ({what})",
-               lambda: rope_frequencies(candidate, inv_freq), whole_model=True)
