@@ -47,7 +47,8 @@ def main() -> int:
             failures += not ok
             cell = (f"{_mark(outcome.found)} / {_mark(outcome.named)} / {_mark(outcome.fixed)}"
                     f" (`{mistake.fix}`)")
-            rows.setdefault(mistake.what, {})[style] = cell
+            cells = rows.setdefault(mistake.what, {})
+            cells[style] = f"{cells[style]}<br>{cell}" if style in cells else cell  # one mistake in several forms
     took = time.perf_counter() - start
     print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}; "
           f"{sum(len(m.MISTAKES) for m in modules)} mistakes in {took:.1f} s")
@@ -58,7 +59,7 @@ def main() -> int:
         print(f"| {what} | " + " | ".join(cells.get(s, "-") for s in styles) + " |")
     clean_cells = []
     for module in modules:  # every port a style writes (a style may keep its RoPE or mask in several forms)
-        ports = {(id(m.reference), id(m.port)): m for m in module.MISTAKES}.values()
+        ports = {(id(m.reference), m.style): m for m in module.MISTAKES}.values()
         verdicts = []
         for m in ports:
             c = clean(m.reference(), m.port)

@@ -191,7 +191,7 @@ def _entry(bug: str, what: str, point: str, fix: str, case: str | None = None) -
 
 
 MISTAKES: tuple[Mistake, ...] = (
-    _entry("no_scale", "attention scale missing", "block 0 attention", "scale x 1/sqrt(D)"),
+    _entry("no_scale", "attention scale 1/sqrt(D) missing", "block 0 attention", "scale x 1/sqrt(D)"),
     _entry("scale_1_over_d", "attention scale 1/D", "block 0 attention", "scale x sqrt(D)"),
     _entry("softmax_axis", "softmax over the queries", "block 0 attention", "softmax axis"),
     _entry("mask_after_softmax", "mask applied after the softmax", "block 0 attention", "mask before softmax"),
