@@ -1,6 +1,7 @@
 """notebooks/07_porting_a_model.ipynb in a real JupyterLab: it runs with no error output, the Compare view
 renders its divergence plot with the noise band and one line per case, its case boxes hide a line, and its
-diagnosis tab names the cause. Screenshots go to artifacts/browser/."""
+diagnosis tab names the cause, and its weights tab shows the role table (every tensor with its role and the
+reference tensor it equals) and the unmatched parameters of each side. Screenshots go to artifacts/browser/."""
 
 from __future__ import annotations
 
@@ -28,3 +29,14 @@ def test_porting_notebook_runs_and_its_compare_view_works(lab):
         """(gd) => gd.data.some(t => t.name === 'batch' && t.visible === false)""", arg=plot.element_handle(),
         timeout=10_000)
     lab.shot("compare-view-cases", view)
+
+    view.locator(".lm-TabBar-tab", has_text="weights").click()
+    roles = view.locator("table.wb", has_text="its role")
+    roles.wait_for(state="visible", timeout=10_000)
+    rows = roles.evaluate("(t) => Array.from(t.rows).map(r => Array.from(r.cells).map(c => c.innerText.trim()))")
+    assert rows[0][:5] == ["candidate", "its role", "reference", "its role", "relation"]
+    # the port's q projection of block 0 is paired with HF's, and both read as that role
+    q = next(r for r in rows[1:] if r[2] == "model.layers.0.self_attn.q_proj.weight")
+    assert q[1] == q[3] == "block 0 q weight" and q[4] == "exact", q
+    assert view.locator(".wb-unmatched-candidate").inner_text().strip() == "none"
+    lab.shot("compare-view-weights", view)
