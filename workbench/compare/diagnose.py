@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -192,12 +193,9 @@ class Replayer:
         found = recover(ref_call.input, recorded, ref_call.output, self._wiring_tol())  # type: ignore[arg-type]
         if found is None:
             return []
-        callers = {r.key: self._caller(c, run) for r, c in parts}
-        x = ref_call.input
-
-        def compute() -> torch.Tensor:
-            return compose(found, callers, x)
-
+        callers: dict[tuple[str, int, int], Callable[[torch.Tensor], torch.Tensor]] = {
+            r.key: ModuleCaller(c, run.candidate[c.module_name]) for r, c in parts}
+        compute = partial(compose, found, callers, ref_call.input)
         cause = {
             "pre": "the candidate normalizes after each residual add (post-norm) where the reference normalizes "
                    "each branch's input (pre-norm)",
@@ -233,28 +231,6 @@ class Replayer:
             calls, _ = run_case(self.cand_adapter, [point], run.case, snapshot=True)
             self._snapshots[key] = calls.get(point.module_name)
         return self._snapshots[key]
-
-    def _caller(self, point: Point, run: CaseRun) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The point's module called as the candidate called it, with `h` as its main input."""
-        call = run.candidate[point.module_name]
-        module = point.module
-        assert module is not None  # block parts are modules
-
-        def run_on(h: torch.Tensor) -> torch.Tensor:
-            args, kwargs = list(call.args), dict(call.kwargs)
-            where = main_input(call.args, call.kwargs)
-            if where is not None:
-                h = h.to(where[1].device, where[1].dtype)
-                if isinstance(where[0], int):
-                    args[where[0]] = h
-                else:
-                    kwargs[where[0]] = h
-            with torch.no_grad():
-                out = main_output(module(*args, **kwargs))
-            if out is None:
-                raise RuntimeError(f"{point.module_name} returned no tensor")
-            return out
-        return run_on
 
     def _tie_fix(self) -> list[fx.Fix]:
         ref_head, ref_emb = self.ref_adapter.output_head(), self.ref_adapter.input_embedding()
@@ -306,6 +282,30 @@ class Replayer:
                 kwargs[where[0]] = x
         with torch.no_grad():
             return main_output(module(*args, **kwargs))
+
+
+class ModuleCaller:
+    """A block part's module called as the candidate called it, with `h` as its main input."""
+
+    def __init__(self, point: Point, call: Call) -> None:
+        if point.module is None:
+            raise ValueError(f"{point.label} has no module to call")
+        self.name, self.module, self.call = point.module_name, point.module, call
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        args, kwargs = list(self.call.args), dict(self.call.kwargs)
+        where = main_input(self.call.args, self.call.kwargs)
+        if where is not None:
+            h = h.to(where[1].device, where[1].dtype)
+            if isinstance(where[0], int):
+                args[where[0]] = h
+            else:
+                kwargs[where[0]] = h
+        with torch.no_grad():
+            out = main_output(self.module(*args, **kwargs))
+        if out is None:
+            raise RuntimeError(f"{self.name} returned no tensor")
+        return out
 
 
 class _ConvAware:

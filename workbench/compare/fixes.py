@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -101,33 +102,52 @@ class Rewrite(Client):
         return self.rules[call.name](call)
 
 
-def rewriting(model: nn.Module, rules: dict[str, Rule]) -> Callable[[], AbstractContextManager[Any]]:
+class Rewriting:
     """A Fix's `apply`: the calls made while it is open (the model's, or a replay of one of its modules)
     rewritten by `rules`, through the interception layer."""
-    return lambda: intercept(model, Rewrite(rules))
+
+    def __init__(self, model: nn.Module, rules: dict[str, Rule]) -> None:
+        self.model, self.rules = model, rules
+
+    def __call__(self) -> AbstractContextManager[Any]:
+        return intercept(self.model, Rewrite(self.rules))
 
 
-def gelu_as(approximate: str) -> Rule:
-    """GELU (or SiLU) computed as GELU with `approximate` ("none": erf, "tanh")."""
-    return lambda call: F.gelu(call.args[0], approximate=approximate)
+class GeluAs:
+    """A rule: GELU (or SiLU) computed as GELU with `approximate` ("none": erf, "tanh")."""
+
+    def __init__(self, approximate: str) -> None:
+        self.approximate = approximate
+
+    def __call__(self, call: FunctionCall) -> Any:
+        return F.gelu(call.args[0], approximate=self.approximate)
 
 
 def gelu_as_silu(call: FunctionCall) -> Any:
     return F.silu(call.args[0])
 
 
-def sdpa_rule(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Rule:
-    """An SDPA call made with its arguments (by name, `sdpa_arguments`) changed by `change`."""
-    return lambda call: call.proceed(**change(sdpa_arguments(call.args, call.kwargs)))
+class SdpaRule:
+    """A rule: an SDPA call made with its arguments (by name, `sdpa_arguments`) changed by `change`."""
+
+    def __init__(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.change = change
+
+    def __call__(self, call: FunctionCall) -> Any:
+        return call.proceed(**self.change(sdpa_arguments(call.args, call.kwargs)))
 
 
-def scaled_by(factor_of_d: float) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The attention scale times D ** factor_of_d (-0.5: a missing 1/sqrt(D); +0.5: one applied twice)."""
-    def change(kw: dict[str, Any]) -> dict[str, Any]:
+class ScaledBy:
+    """SDPA arguments with the attention scale times D ** factor_of_d (-0.5: a missing 1/sqrt(D); +0.5: one
+    applied twice)."""
+
+    def __init__(self, factor_of_d: float) -> None:
+        self.factor_of_d = factor_of_d
+
+    def __call__(self, kw: dict[str, Any]) -> dict[str, Any]:
         D = kw["query"].shape[-1]
         scale = kw.get("scale") or D ** -0.5
-        return {**kw, "scale": scale * D ** factor_of_d}
-    return change
+        return {**kw, "scale": scale * D ** self.factor_of_d}
 
 
 def _allowed(kw: dict[str, Any]) -> torch.Tensor:
@@ -150,16 +170,19 @@ def diagonal_mask(kw: dict[str, Any]) -> dict[str, Any]:
     return {**kw, "attn_mask": _allowed(kw) | own, "is_causal": False}
 
 
-def padding_mask(keys: torch.Tensor) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """No query sees a padding key: keys (B, S) 1 = token."""
-    def change(kw: dict[str, Any]) -> dict[str, Any]:
-        B, S = keys.shape
+class PaddingMask:
+    """SDPA arguments in which no query sees a padding key: keys (B, S) 1 = token."""
+
+    def __init__(self, keys: torch.Tensor) -> None:
+        self.keys = keys
+
+    def __call__(self, kw: dict[str, Any]) -> dict[str, Any]:
+        B, S = self.keys.shape
         if kw["key"].shape[-2] != S or kw["query"].shape[0] != B:
             return kw
-        allowed = _allowed(kw) & keys.bool().to(kw["query"].device)[:, None, None, :]  # (B, 1, T, S)
+        allowed = _allowed(kw) & self.keys.bool().to(kw["query"].device)[:, None, None, :]  # (B, 1, T, S)
         # a row with no key left (a padding query) attends to itself instead of producing NaN
         return {**kw, "attn_mask": allowed | ~allowed.any(-1, keepdim=True), "is_causal": False}
-    return change
 
 
 def float32_sdpa(kw: dict[str, Any]) -> dict[str, Any]:
@@ -190,9 +213,14 @@ def lower_precision_matmul(call: FunctionCall) -> Any:
     return call.func(a, b, *call.args[2:], **call.kwargs)
 
 
-def after_sdpa_cast(rule: Rule) -> Rule:
-    """Run an SDPA rule and cast the output back to the query's dtype."""
-    return lambda call: rule(call).to(sdpa_arguments(call.args, call.kwargs)["query"].dtype)
+class AfterSdpaCast:
+    """A rule: an SDPA rule run, its output cast back to the query's dtype."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+
+    def __call__(self, call: FunctionCall) -> Any:
+        return self.rule(call).to(sdpa_arguments(call.args, call.kwargs)["query"].dtype)
 
 
 # --- the catalogue ---------------------------------------------------------------------------------
@@ -201,60 +229,70 @@ def function_fixes(model: nn.Module, role: str, case_mask: torch.Tensor | None) 
     if role == "mlp":
         return [
             Fix("exact GELU -> tanh GELU", "the candidate's GELU is exact (erf) where the reference uses the tanh "
-                "approximation", rewriting(model, {"gelu": gelu_as("tanh")})),
+                "approximation", Rewriting(model, {"gelu": GeluAs("tanh")})),
             Fix("tanh GELU -> exact GELU", "the candidate's GELU is the tanh approximation where the reference "
-                "uses the exact (erf) GELU", rewriting(model, {"gelu": gelu_as("none")})),
+                "uses the exact (erf) GELU", Rewriting(model, {"gelu": GeluAs("none")})),
             Fix("SiLU -> GELU (tanh)", "the candidate uses SiLU where the reference uses GELU (tanh)",
-                rewriting(model, {"silu": gelu_as("tanh")})),
+                Rewriting(model, {"silu": GeluAs("tanh")})),
             Fix("SiLU -> GELU", "the candidate uses SiLU where the reference uses exact GELU",
-                rewriting(model, {"silu": gelu_as("none")})),
+                Rewriting(model, {"silu": GeluAs("none")})),
             Fix("GELU -> SiLU", "the candidate uses GELU where the reference uses SiLU",
-                rewriting(model, {"gelu": gelu_as_silu})),
+                Rewriting(model, {"gelu": gelu_as_silu})),
         ]
     if role != "attention":
         return []
     sdpa = "scaled_dot_product_attention"
     fixes = [
         Fix("scale x 1/sqrt(D)", "the attention scale 1/sqrt(head_dim) is missing in the candidate",
-            rewriting(model, {sdpa: sdpa_rule(scaled_by(-0.5))})),
+            Rewriting(model, {sdpa: SdpaRule(ScaledBy(-0.5))})),
         Fix("scale x sqrt(D)", "the candidate applies the attention scale 1/sqrt(head_dim) twice",
-            rewriting(model, {sdpa: sdpa_rule(scaled_by(0.5))})),
+            Rewriting(model, {sdpa: SdpaRule(ScaledBy(0.5))})),
         Fix("mask: causal", "the candidate's mask is shifted by one: each query also sees the next position",
-            rewriting(model, {sdpa: sdpa_rule(causal_mask)})),
+            Rewriting(model, {sdpa: SdpaRule(causal_mask)})),
         Fix("mask: diagonal", "the candidate's mask is shifted by one: each query is hidden from its own position",
-            rewriting(model, {sdpa: sdpa_rule(diagonal_mask)})),
+            Rewriting(model, {sdpa: SdpaRule(diagonal_mask)})),
         Fix("softmax in float32", "the candidate computes the attention softmax in a lower precision than float32",
-            rewriting(model, {sdpa: after_sdpa_cast(sdpa_rule(float32_sdpa)), "softmax": float32_softmax,
+            Rewriting(model, {sdpa: AfterSdpaCast(SdpaRule(float32_sdpa)), "softmax": float32_softmax,
                               "exp": float32_exp, "matmul": lower_precision_matmul,
                               "__matmul__": lower_precision_matmul})),
     ]
     if case_mask is not None and not bool(case_mask.all()):
         fixes.append(Fix("mask: padding", "the candidate ignores the padding: queries attend to padded positions",
-                         rewriting(model, {sdpa: sdpa_rule(padding_mask(case_mask))})))
+                         Rewriting(model, {sdpa: SdpaRule(PaddingMask(case_mask))})))
     return fixes
 
 
 def rope_fixes(rows: list[tuple[str, tuple[int, int], int]], params: dict[str, nn.Parameter],
                conv: dict[str, bool]) -> list[Fix]:
     """Interleaved vs half-split RoPE, tested by permuting the candidate's own q/k rows (name, rows, heads)."""
-    def updates(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> list[tuple[str, tuple[int, int], torch.Tensor]]:
-        out = []
-        for name, (a, b), heads in rows:
-            p = params[name].detach().float()
-            lin = p.t() if conv[name] else p.reshape(p.shape[0], -1)
-            out.append((name, (a, b), fn(lin[a:b], heads)))
-        return out
     if not rows:
         return []
     pairs = row_permutation("rope")  # llama.cpp's: half-split rows to adjacent pairs, and back
     return [
         Fix("RoPE: half-split", "the candidate rotates adjacent pairs (interleaved RoPE, GPT-J / llama.cpp style) "
             "where the reference rotates the two halves of each head (its q/k weights are equal)",
-            lambda: patched_rows(params, updates(pairs.apply))),
+            PermutedRows(rows, params, conv, pairs.apply)),
         Fix("RoPE: interleaved", "the candidate rotates the two halves of each head where the reference rotates "
             "adjacent pairs (its q/k weights are equal)",
-            lambda: patched_rows(params, updates(pairs.undo))),
+            PermutedRows(rows, params, conv, pairs.undo)),
     ]
+
+
+class PermutedRows:
+    """A Fix's `apply`: the q/k rows (name, rows, heads) of the candidate's parameters permuted head by head by
+    `permute` (rows, heads) -> rows, computed from their values when the fix is applied."""
+
+    def __init__(self, rows: list[tuple[str, tuple[int, int], int]], params: dict[str, nn.Parameter],
+                 conv: dict[str, bool], permute: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+        self.rows, self.params, self.conv, self.permute = rows, params, conv, permute
+
+    def __call__(self) -> AbstractContextManager[None]:
+        updates = []
+        for name, (a, b), heads in self.rows:
+            p = self.params[name].detach().float()
+            lin = p.t() if self.conv[name] else p.reshape(p.shape[0], -1)
+            updates.append((name, (a, b), self.permute(lin[a:b], heads)))
+        return patched_rows(self.params, updates)
 
 
 def eps_fixes(cand: nn.Module, ref: nn.Module) -> list[Fix]:
@@ -263,12 +301,8 @@ def eps_fixes(cand: nn.Module, ref: nn.Module) -> list[Fix]:
         return []
     attr, own = mine
     values = [theirs[1]] if theirs is not None else [1e-5, 1e-6, 1e-8]
-
-    def setter(v: float) -> Callable[[], AbstractContextManager[None]]:
-        return lambda: patched_attr(cand, attr, v)
-
     return [Fix(f"norm eps {own:g} -> {v:g}", f"the candidate's norm epsilon is {own:g}, the reference's {v:g}",
-                setter(v)) for v in values if not math.isclose(v, own, rel_tol=1e-9)]
+                partial(patched_attr, cand, attr, v)) for v in values if not math.isclose(v, own, rel_tol=1e-9)]
 
 
 def norm_offset_fixes(norm: nn.Module, params: dict[str, nn.Parameter], prefix: str) -> list[Fix]:
@@ -292,24 +326,30 @@ def norm_offset_fixes(norm: nn.Module, params: dict[str, nn.Parameter], prefix: 
 @contextmanager
 def float32_module(module: nn.Module) -> Iterator[None]:
     """`module` computed by a float32 copy of itself, its output cast back to the input's dtype."""
-    copy = deepcopy(module).float()
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        dtype = next((a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
-        up = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-        out = copy(*up, **kwargs)
-        return out.to(dtype) if isinstance(out, torch.Tensor) and dtype is not None else out
-
     try:
-        module.forward = forward  # type: ignore[method-assign]
+        module.forward = Float32Forward(module)  # type: ignore[method-assign]
         yield
     finally:
         del module.forward
 
 
+class Float32Forward:
+    """A module's forward computed by a float32 copy of it, the output cast back to the first floating input's
+    dtype."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.copy = deepcopy(module).float()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        dtype = next((a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+        up = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        out = self.copy(*up, **kwargs)
+        return out.to(dtype) if isinstance(out, torch.Tensor) and dtype is not None else out
+
+
 def float32_norm(module: nn.Module) -> Fix:
     return Fix("norm in float32", "the candidate computes the norm in a lower precision than float32",
-               lambda: float32_module(module))
+               partial(float32_module, module))
 
 
 class ScaledOutput(Client):
