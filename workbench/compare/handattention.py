@@ -149,9 +149,9 @@ class HandAttention(Client):
         chain.dim, chain.softmaxed = chain.sum_dim, True
         if type(self).at_softmax is HandAttention.at_softmax or chain.logits is None:
             return call.proceed()
+        written = WrittenSoftmax(chain.shifted is not None and chain.logits is chain.shifted[1])
         chain.current = chain.logits
-        return self.at_softmax(FunctionCall("softmax", torch.softmax, (chain.logits, chain.dim), {}, call.module, []),
-                               chain)
+        return self.at_softmax(FunctionCall("softmax", written, (chain.logits, chain.dim), {}, call.module, []), chain)
 
     # --- the steps a fix may change -----------------------------------------------------------------------
     def at_scores(self, call: FunctionCall, D: int) -> Any:
@@ -165,6 +165,19 @@ class HandAttention(Client):
     def at_probs_mask(self, call: FunctionCall, chain: Chain) -> Any:
         """A mask applied to the probabilities, after the softmax."""
         return call.proceed()
+
+
+class WrittenSoftmax:
+    """The candidate's own written-out softmax, for a fix to call on changed logits: exp(x - max) / sum, or
+    exp(x) / sum where it subtracts no max (so a fix keeps its arithmetic, overflow included, and a stable
+    softmax is never mistaken for the cause)."""
+
+    def __init__(self, shifted: bool) -> None:
+        self.shifted = shifted
+
+    def __call__(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        e = torch.exp(x - x.amax(dim, keepdim=True)) if self.shifted else torch.exp(x)
+        return e / e.sum(dim, keepdim=True)
 
 
 def operands(call: FunctionCall) -> tuple[Any, Any]:
