@@ -28,7 +28,8 @@ from torch import nn
 STYLE = "gpt-fast-like"
 FORMS = ("complex", "cossin", "plain")
 BUGS = ("rope_base", "rope_dim", "rope_partial", "no_permute", "mask_shift", "mask_transposed", "padding_ignored",
-        "input_pos_restart", "norm_eps", "no_scale", "sdpa_is_causal", "rotate_pairs")
+        "input_pos_restart", "norm_eps", "no_scale", "sdpa_is_causal", "rotate_pairs", "w13_swap", "kv_swap",
+        "layers_swap", "norms_swap", "no_norm_weight")
 
 
 @dataclass(frozen=True)
@@ -105,14 +106,15 @@ class KVCache(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+    def __init__(self, weight: torch.Tensor, eps: float, affine: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(weight.detach().clone())
+        self.weight = nn.Parameter(weight.detach().clone()) if affine else None  # no_norm_weight: no scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        y = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return y if self.weight is None else y * self.weight
 
 
 class Attention(nn.Module):
@@ -163,8 +165,9 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.attention = Attention(a, bug)
         self.feed_forward = FeedForward(a)
-        self.attention_norm = RMSNorm(torch.ones(a.dim), 1e-5 if bug == "norm_eps" else a.norm_eps)
-        self.ffn_norm = RMSNorm(torch.ones(a.dim), a.norm_eps)
+        affine = bug != "no_norm_weight"
+        self.attention_norm = RMSNorm(torch.ones(a.dim), 1e-5 if bug == "norm_eps" else a.norm_eps, affine)
+        self.ffn_norm = RMSNorm(torch.ones(a.dim), a.norm_eps, affine)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], mask: torch.Tensor,
                 input_pos: torch.Tensor) -> torch.Tensor:
@@ -181,7 +184,7 @@ class Transformer(nn.Module):
         self.args, self.bug = a, bug
         self.tok_embeddings = nn.Embedding(a.vocab_size, a.dim)
         self.layers = nn.ModuleList(TransformerBlock(a, bug) for _ in range(a.n_layer))
-        self.norm = RMSNorm(torch.ones(a.dim), a.norm_eps)
+        self.norm = RMSNorm(torch.ones(a.dim), a.norm_eps, bug != "no_norm_weight")
         self.output = nn.Linear(a.dim, a.vocab_size, bias=False)
         base = a.rope_base * 50 if bug == "rope_base" else a.rope_base
         rotated = a.head_dim // 2 if bug == "rope_partial" else a.head_dim
@@ -196,7 +199,7 @@ class Transformer(nn.Module):
             self.register_buffer("rope_cos", angles.cos())
             self.register_buffer("rope_sin", angles.sin())
         else:
-            self.rope_base = base  # tables made in forward
+            self.rope_base, self.rope_d = base, d  # tables made in forward
         self.filled = 0  # positions the cache holds
 
     def setup_caches(self, batch: int) -> None:
@@ -211,7 +214,7 @@ class Transformer(nn.Module):
             return (self.freqs_cis[input_pos],)
         if self.args.rope == "cossin":
             return self.rope_cos[input_pos], self.rope_sin[input_pos]
-        angles = torch.outer(input_pos.float(), frequencies(self.rope_base, self.args.head_dim, self.args.head_dim))
+        angles = torch.outer(input_pos.float(), frequencies(self.rope_base, self.args.head_dim, self.rope_d))
         return (torch.polar(torch.ones_like(angles), angles),)
 
     def mask(self, input_pos: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -261,20 +264,27 @@ def load(hf: nn.Module, rope: str, bug: str | None) -> Transformer:
     pairs = rope != "cossin" and bug != "no_permute"
     with torch.no_grad():
         model.tok_embeddings.weight.copy_(sd["model.embed_tokens.weight"])
-        model.norm.weight.copy_(sd["model.norm.weight"])
         model.output.weight.copy_(sd["lm_head.weight"])
+        if model.norm.weight is not None:
+            model.norm.weight.copy_(sd["model.norm.weight"])
         for i, layer in enumerate(model.layers):
-            w = {n: sd[p.format(i) + n] for n in ("self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                                                   "self_attn.v_proj.weight")}
+            src = p.format(a.n_layer - 1 - i if bug == "layers_swap" else i)  # layers_swap: the other layer's
+            w = {n: sd[src + n] for n in ("self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                          "self_attn.v_proj.weight")}
             q, k, v = w.values()
             if pairs:
                 q, k = pairs_permute(q, a.n_head), pairs_permute(k, a.n_local_heads)
-            layer.attention.wqkv.weight.copy_(torch.cat((q, k, v)))
-            layer.attention.wo.weight.copy_(sd[p.format(i) + "self_attn.o_proj.weight"])
-            for mine, theirs in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
-                getattr(layer.feed_forward, mine).weight.copy_(sd[p.format(i) + f"mlp.{theirs}.weight"])
-            layer.attention_norm.weight.copy_(sd[p.format(i) + "input_layernorm.weight"])
-            layer.ffn_norm.weight.copy_(sd[p.format(i) + "post_attention_layernorm.weight"])
+            layer.attention.wqkv.weight.copy_(torch.cat((q, v, k) if bug == "kv_swap" else (q, k, v)))
+            layer.attention.wo.weight.copy_(sd[src + "self_attn.o_proj.weight"])
+            mlp = (("w1", "up_proj"), ("w3", "gate_proj")) if bug == "w13_swap" else (("w1", "gate_proj"),
+                                                                                       ("w3", "up_proj"))
+            for mine, theirs in (*mlp, ("w2", "down_proj")):
+                getattr(layer.feed_forward, mine).weight.copy_(sd[src + f"mlp.{theirs}.weight"])
+            norms = ("post_attention_layernorm", "input_layernorm") if bug == "norms_swap" else (
+                "input_layernorm", "post_attention_layernorm")
+            for norm, theirs in zip((layer.attention_norm, layer.ffn_norm), norms):
+                if norm.weight is not None:
+                    norm.weight.copy_(sd[src + theirs + ".weight"])
     return model  # float32, as the reference (`.to(dtype)` would cast the complex freqs_cis to real)
 
 
@@ -322,4 +332,13 @@ MISTAKES: tuple[Mistake, ...] = (
     _entry("complex", "norm_eps", "norm epsilon 1e-5 for 1e-6", "block 0 attention norm",
            "norm eps 1e-05 -> 1e-06"),
     _entry("complex", "no_scale", "attention scale 1/sqrt(D) missing", ATTN, "scale x 1/sqrt(D)"),
+    _entry("complex", "w13_swap", "gate and up weights swapped", "block 0 mlp", "weights: swap back"),
+    _entry("complex", "kv_swap", "k and v weights swapped", ATTN, "weights: swap back"),
+    _entry("complex", "layers_swap", "layers 0 and 1 swapped", "block 0 attention norm", "weights: swap back"),
+    _entry("complex", "norms_swap", "attention norm and MLP norm swapped", "block 0 attention norm",
+           "weights: swap back"),
+    _entry("complex", "no_norm_weight", "norm weight left out (no affine)", "block 0 attention norm",
+           "add missing norm weight"),
+    _entry("plain", "rope_dim", "RoPE tables built for the model width, not the head dim (plain-number base)", ATTN,
+           "RoPE dimension 8"),
 )

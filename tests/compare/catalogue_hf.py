@@ -220,5 +220,6 @@ MISTAKES: tuple[Mistake, ...] = (
     _entry("eps", "norm epsilon 1e-5 for 1e-6", "block 0 attention norm", "norm eps 1e-05 -> 1e-06"),
     _entry("rope_base", "RoPE base wrong (inv_freq buffer)", "block 0 attention", "RoPE base 10000"),
     _entry("padding", "padding ignored", "block 0 attention", "mask: padding", case="padded"),
-    _entry("interleaved", "adjacent pairs rotated where the reference rotates halves", "block 0 attention", "RoPE: half-split"),
+    _entry("interleaved", "adjacent pairs rotated where the reference rotates halves", "block 0 attention",
+           "RoPE: half-split"),
 )

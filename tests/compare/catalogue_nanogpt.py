@@ -22,7 +22,8 @@ from torch import nn
 
 BUGS = ("no_scale", "scale_1_over_d", "softmax_axis", "mask_after_softmax", "mask_shift", "mask_transposed",
         "padding", "positions_off_by_one", "positions_cache", "positions_padding", "gelu_exact", "conv1d",
-        "post_norm")
+        "post_norm", "qk_swap", "no_ln_bias", "no_wpe", "mlp_swap", "layers_swap", "norms_swap", "no_ln_affine")
+FORMS = ("matmul", "einsum")  # the attention written with `@` and F.softmax, or with torch.einsum and exp / sum
 
 Past = tuple[torch.Tensor, torch.Tensor]
 
@@ -48,10 +49,15 @@ def linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, sd: dict, p: str, n_head: int, block_size: int, bug: str | None) -> None:
+    def __init__(self, sd: dict, p: str, n_head: int, block_size: int, bug: str | None, form: str) -> None:
         super().__init__()
-        self.n_head, self.bug = n_head, bug
-        self.c_attn = linear(sd[p + "c_attn.weight"].t(), sd[p + "c_attn.bias"])  # Conv1D (in, out) -> Linear
+        self.n_head, self.bug, self.form = n_head, bug, form
+        w, b = sd[p + "c_attn.weight"].t(), sd[p + "c_attn.bias"]  # Conv1D (in, out) -> Linear (3C, C)
+        if bug == "qk_swap":  # the loader writes k's rows where q's belong and q's where k's belong
+            C = w.shape[1]
+            order = torch.cat((torch.arange(C, 2 * C), torch.arange(C), torch.arange(2 * C, 3 * C)))
+            w, b = w[order], b[order]
+        self.c_attn = linear(w, b)
         proj = sd[p + "c_proj.weight"]
         self.c_proj = linear(proj if bug == "conv1d" else proj.t(), sd[p + "c_proj.bias"])
         self.attn_dropout, self.resid_dropout = nn.Dropout(0.0), nn.Dropout(0.0)
@@ -73,22 +79,29 @@ class CausalSelfAttention(nn.Module):
             att = att.masked_fill(causal == 0, float("-inf"))
         if pad is not None and self.bug != "padding":  # padding keys get the dtype's min, so no row is all -inf
             att = att.masked_fill(pad[:, None, None, :] == 0, torch.finfo(att.dtype).min)
-        att = F.softmax(att, dim=-2 if self.bug == "softmax_axis" else -1)
+        att = self.softmax(att, -2 if self.bug == "softmax_axis" else -1)
         if self.bug == "mask_after_softmax":  # probabilities zeroed, not renormalised
             att = att.masked_fill(causal == 0, 0.0)
         att = self.attn_dropout(att)
-        y = att @ v  # (B, nh, T, hs)
+        y = att @ v if self.form == "matmul" else torch.einsum("bhts,bhsd->bhtd", att, v)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """q (B, nh, T, hs) against k (B, nh, S, hs): (B, nh, T, S), scaled by 1/sqrt(hs)."""
-        att = q @ k.transpose(-2, -1)
+        att = q @ k.transpose(-2, -1) if self.form == "matmul" else torch.einsum("bhtd,bhsd->bhts", q, k)
         if self.bug == "no_scale":
             return att
         if self.bug == "scale_1_over_d":
             return att * (1.0 / k.size(-1))
         return att * (1.0 / math.sqrt(k.size(-1)))
+
+    def softmax(self, att: torch.Tensor, dim: int) -> torch.Tensor:
+        """F.softmax, or written out as exp / sum with the max subtracted (the einsum form)."""
+        if self.form == "matmul":
+            return F.softmax(att, dim=dim)
+        e = torch.exp(att - att.amax(dim, keepdim=True))
+        return e / e.sum(dim, keepdim=True)
 
     def causal(self, T: int, S: int) -> torch.Tensor:
         """The rows of the `bias` buffer for the T new queries over S keys (1 = may attend): (1, 1, T, S)."""
@@ -111,16 +124,34 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+def layer_norm(cfg, bug: str | None) -> nn.LayerNorm:
+    """The port's LayerNorm: nanoGPT's `bias=False` option (no_ln_bias), or no affine at all (no_ln_affine)."""
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, bias=bug != "no_ln_bias",
+                        elementwise_affine=bug != "no_ln_affine")
+
+
+def load_norm(ln: nn.LayerNorm, sd: dict, name: str) -> None:
+    """The checkpoint's norm `name` loaded into `ln`, as far as `ln` has parameters to hold it."""
+    with torch.no_grad():
+        if ln.weight is not None:
+            ln.weight.copy_(sd[name + ".weight"])
+        if ln.bias is not None:
+            ln.bias.copy_(sd[name + ".bias"])
+
+
 class Block(nn.Module):
-    def __init__(self, sd: dict, i: int, cfg, bug: str | None) -> None:
+    def __init__(self, sd: dict, i: int, cfg, bug: str | None, form: str) -> None:
         super().__init__()
         p = f"transformer.h.{i}."
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(sd, p + "attn.", cfg.n_head, cfg.n_positions, bug)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
-        self.mlp = MLP(sd, p + "mlp.", bug)
-        for ln, name in ((self.ln_1, "ln_1"), (self.ln_2, "ln_2")):
-            ln.load_state_dict({"weight": sd[p + name + ".weight"], "bias": sd[p + name + ".bias"]})
+        swapped = f"transformer.h.{cfg.n_layer - 1 - i}."  # layers_swap, mlp_swap: the other layer's weights
+        self.ln_1, self.ln_2 = layer_norm(cfg, bug), layer_norm(cfg, bug)
+        self.attn = CausalSelfAttention(sd, (swapped if bug == "layers_swap" else p) + "attn.", cfg.n_head,
+                                        cfg.n_positions, bug, form)
+        self.mlp = MLP(sd, (swapped if bug in ("layers_swap", "mlp_swap") else p) + "mlp.", bug)
+        src = swapped if bug == "layers_swap" else p
+        names = ("ln_2", "ln_1") if bug == "norms_swap" else ("ln_1", "ln_2")
+        for ln, name in zip((self.ln_1, self.ln_2), names):
+            load_norm(ln, sd, src + name)
         self.post_norm = bug == "post_norm"
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None, past: Past | None) -> tuple[torch.Tensor, Past]:
@@ -136,25 +167,27 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """GPT-2 as nanoGPT writes it, loaded from an HF GPT-2 (`bug` None: a correct port)."""
 
-    def __init__(self, hf: nn.Module, bug: str | None = None) -> None:
+    def __init__(self, hf: nn.Module, bug: str | None = None, form: str = "matmul") -> None:
         super().__init__()
         if bug is not None and bug not in BUGS:
             raise ValueError(f"unknown bug {bug!r}; choose among {BUGS}")
         cfg, sd = hf.config, hf.state_dict()
         self.bug = bug
+        parts = dict(wte=nn.Embedding(cfg.vocab_size, cfg.n_embd))
+        if bug != "no_wpe":  # no_wpe: the position table left out
+            parts["wpe"] = nn.Embedding(cfg.n_positions, cfg.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.n_positions, cfg.n_embd),
-            h=nn.ModuleList(Block(sd, i, cfg, bug) for i in range(cfg.n_layer)),
-            ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
+            **parts,
+            h=nn.ModuleList(Block(sd, i, cfg, bug, form) for i in range(cfg.n_layer)),
+            ln_f=layer_norm(cfg, bug),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as nanoGPT ties them
         with torch.no_grad():
             self.transformer.wte.weight.copy_(sd["transformer.wte.weight"])
-            self.transformer.wpe.weight.copy_(sd["transformer.wpe.weight"])
-            self.transformer.ln_f.weight.copy_(sd["transformer.ln_f.weight"])
-            self.transformer.ln_f.bias.copy_(sd["transformer.ln_f.bias"])
+            if "wpe" in self.transformer:
+                self.transformer.wpe.weight.copy_(sd["transformer.wpe.weight"])
+        load_norm(self.transformer.ln_f, sd, "transformer.ln_f")
 
     def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 past_key_values: tuple[Past, ...] | None = None, use_cache: bool = False
@@ -163,7 +196,9 @@ class GPT(nn.Module):
         B, T = idx.size()
         L = past_key_values[0][0].size(2) if past_key_values else 0
         pos = self.positions(B, T, L, attention_mask)  # (T,) or (B, T)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(pos)
         presents = []
         for block, past in zip(self.transformer.h, past_key_values or (None,) * len(self.transformer.h)):
             x, present = block(x, attention_mask, past)
@@ -186,8 +221,17 @@ def port(hf: nn.Module, bug: str | None) -> nn.Module:
     return GPT(hf, bug).eval()
 
 
+def einsum_port(hf: nn.Module, bug: str | None) -> nn.Module:
+    """The port with its attention written with torch.einsum and a softmax written out as exp / sum."""
+    return GPT(hf, bug, "einsum").eval()
+
+
 def _entry(bug: str, what: str, point: str, fix: str, case: str | None = None) -> Mistake:
     return Mistake("nanoGPT-like", bug, what, point, fix, reference, port, case)
+
+
+def _einsum(bug: str, what: str, point: str, fix: str, case: str | None = None) -> Mistake:
+    return Mistake("nanoGPT-like (einsum)", bug, what, point, fix, reference, einsum_port, case)
 
 
 MISTAKES: tuple[Mistake, ...] = (
@@ -206,4 +250,17 @@ MISTAKES: tuple[Mistake, ...] = (
     _entry("gelu_exact", "exact GELU where tanh", "block 0 mlp", "exact GELU -> tanh GELU"),
     _entry("conv1d", "Conv1D weight not transposed", "block 0 attention", "weights: undo transposed"),
     _entry("post_norm", "post-norm", "block 0 output", "norm placement: pre"),
+    _entry("qk_swap", "q and k weights swapped", "block 0 attention", "weights: swap back"),
+    _entry("no_ln_bias", "LayerNorm biases left out", "block 0 attention norm", "add missing bias"),
+    _entry("no_wpe", "position table left out", "embedding", "add position table"),
+    _entry("mlp_swap", "MLP weights of layers 0 and 1 swapped", "block 0 mlp", "weights: swap back"),
+    _entry("layers_swap", "layers 0 and 1 swapped", "block 0 attention norm", "weights: swap back"),
+    _entry("norms_swap", "attention norm and MLP norm swapped", "block 0 attention norm", "weights: swap back"),
+    _entry("no_ln_affine", "norm weight left out (no affine)", "block 0 attention norm", "add missing norm weight"),
+    _einsum("no_scale", "attention scale 1/sqrt(D) missing", "block 0 attention", "scale x 1/sqrt(D)"),
+    _einsum("scale_1_over_d", "attention scale 1/D", "block 0 attention", "scale x sqrt(D)"),
+    _einsum("softmax_axis", "softmax over the queries", "block 0 attention", "softmax axis"),
+    _einsum("mask_after_softmax", "mask applied after the softmax", "block 0 attention", "mask before softmax"),
+    _einsum("mask_shift", "causal mask shifted by one", "block 0 attention", "mask: causal"),
+    _einsum("padding", "padding ignored", "block 0 attention", "mask: padding", "padded"),
 )

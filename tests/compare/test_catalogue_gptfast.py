@@ -34,4 +34,6 @@ def test_catalogue_covers_every_rope_form_and_the_required_mistakes():
     assert {s for s, b in bugs if b == "rope_base"} == {"gpt-fast-like", "gpt-fast-like (cossin)",
                                                         "gpt-fast-like (plain)"}
     assert {"rope_dim", "no_permute", "mask_shift", "mask_transposed", "padding_ignored", "input_pos_restart",
-            "norm_eps", "no_scale"} <= {b for _, b in bugs}
+            "norm_eps", "no_scale", "w13_swap", "kv_swap", "layers_swap", "norms_swap",
+            "no_norm_weight"} <= {b for _, b in bugs}
+    assert ("gpt-fast-like (plain)", "rope_dim") in bugs

@@ -71,7 +71,11 @@ def test_a_written_out_softmax_that_overflows_in_float16_is_found_with_softmax_i
     assert math.isinf(c.first_divergence.error)  # exp overflows, inf / inf is NaN: not finite
     d = c.diagnosis
     assert math.isinf(d.replay_error) and d.cause.error < 2e-3 <= c.tolerance
-    assert all(math.isinf(t.error) for t in d.trials if t is not d.cause)  # scale, mask, RoPE fixes do not help
+    others = [t for t in d.trials if t is not d.cause]
+    assert all(t.error > c.tolerance for t in others)  # scale, mask, RoPE fixes do not help
+    # the written-out softmax is hand-written attention: its scale fix shrinks the scores below the overflow, but
+    # leaves them wrong; every other fix still overflows
+    assert all(math.isinf(t.error) for t in others if t.name != "scale x 1/sqrt(D)")
     assert "error inf (shapes differ or values not finite)" in c.summary()
 
 

@@ -32,6 +32,7 @@ from .points import Alignment, Point
 from .positiontable import table_fixes
 from .record import Call, main_input, main_output
 from .rope import rope_fixes
+from .ropeforward import forward_rope_fixes
 from .suspects import Suspects
 from .weights import WeightTable, pieces
 from .wiring import compose, recover
@@ -109,7 +110,8 @@ class Replayer:
         out = self._weight_fixes(prefix) + self.suspects.fixes(prefix) if found else []
         if role in ("attention", "block"):
             out += fx.rope_fixes(self._qk_rows(prefix), self.params, self.conv)
-            out += rope_fixes(self.reference, self.candidate)
+            rope = rope_fixes(self.reference, self.candidate)
+            out += rope or forward_rope_fixes(self.reference, self.candidate, self.cand_adapter, run.case.ids)
         if role in ("attention", "block") and run.case.prefix and found:
             out += self._position_fixes(ref, cand, run) + given_position_fixes(self.candidate)
         if role in ("attention", "mlp", "block"):

@@ -75,7 +75,8 @@ Child = tuple[str, nn.Module]
 
 @dataclass(frozen=True)
 class BlockParts:
-    """A block's children with weights, by role: its norms (in definition order), its attention and its MLP."""
+    """A block's children with weights, by role: its norms (in definition order, with or without weights), its
+    attention and its MLP."""
 
     norms: tuple[Child, ...]
     attention: Child | None
@@ -84,8 +85,9 @@ class BlockParts:
 
 def block_parts(block: nn.Module) -> BlockParts:
     """Which child of a block is its attention and which its MLP (children named so, else the two non-norm
-    children with weights, first attention), and its norms."""
-    children = [(n, m) for n, m in block.named_children() if any(True for _ in m.parameters())]
+    children with weights, first attention), and its norms (a norm without affine parameters too: it is still
+    a computation point, and a port that leaves out the reference's norm weight is fixed there)."""
+    children = [(n, m) for n, m in block.named_children() if is_norm(m) or any(True for _ in m.parameters())]
     norms = [(n, m) for n, m in children if is_norm(m)]
     rest = [(n, m) for n, m in children if not is_norm(m)]
     attn = next(((n, m) for n, m in rest if _ATTN.search(n)), None)

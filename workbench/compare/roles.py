@@ -157,6 +157,20 @@ class RoleReader:
                 out[full] = Role(-1, part, kind) if part else Role(-1 if self.blocks else None, "", kind)
         return out
 
+    def norms(self) -> dict[str, Role]:
+        """Every norm module's name -> its role (kind ""), whether it has parameters or not: a norm built without
+        its affine weight has no parameter to carry a role."""
+        out: dict[str, Role] = {}
+        inside: set[int] = set()
+        for i, (prefix, block) in enumerate(self.blocks):
+            names = [n for n, _ in block_parts(block).norms]
+            out.update({f"{prefix}.{n}": Role(i, _norm_part(n, names)) for n in names})
+            inside.update(id(m) for m in block.modules())
+        outer = [n for n, m in self.model.named_modules() if is_norm(m) and id(m) not in inside]
+        if outer and self.blocks:
+            out[outer[-1]] = Role(-1, "final norm")
+        return out
+
     def _block(self, i: int, prefix: str, block: nn.Module) -> dict[str, Role]:
         parts = block_parts(block)
         norm_names = [n for n, _ in parts.norms]

@@ -50,19 +50,27 @@ def value_of(name: str, values: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def swap_fix(table: WeightTable, prefix: str, ref_values: dict[str, torch.Tensor], ref_roles: dict[str, Role],
-             patch: Patch) -> Fix | None:
+             patch: Patch, cand_values: dict[str, torch.Tensor] | None = None) -> Fix | None:
     """"weights: swap back" for the role findings under the module `prefix`, or None when there are none.
 
     ref_roles: every reference piece's role (whole parameters, and the row blocks fused tensors were cut into).
-    patch: turns (parameter, rows, value) updates into a context that writes them and restores the parameter."""
+    patch: turns (parameter, rows, value) updates into a context that writes them and restores the parameter.
+    cand_values: the candidate's parameters in Linear layout. Where the candidate holds the tensor a piece should
+    hold in another of its pieces, that value is moved back (in the candidate's own convention: q/k rows it
+    permuted for its RoPE stay permuted); otherwise the reference's tensor of the piece's role is written."""
     updates: list[Update] = []
     said: list[WeightMatch] = []
+    holders = {m.reference_role: m.candidate for m in table.role_findings()}
     for m in table.role_findings():
         base, rows = split_rows(m.candidate)
         own = reference_of_role(m.candidate_role, ref_roles)
         if not under(base, prefix) or own is None:
             continue
         value, held = value_of(own, ref_values), value_of(m.reference, ref_values)
+        holder = holders.get(m.candidate_role)
+        if cand_values is not None and holder is not None and split_rows(holder)[0] in cand_values:
+            moved = value_of(holder, cand_values).clone()  # a copy: the patch writes into that parameter
+            value = moved if moved.shape == value.shape else value
         if value.shape != held.shape:
             continue
         updates.append((base, rows or (0, held.shape[0]), value))

@@ -256,12 +256,44 @@ def match_weights(reference: nn.Module, candidate: nn.Module, head_dims: tuple[i
             used_r.add(r.name)
             matches.append(WeightMatch(c.name, r.name, rel, detail, e, c.role, r.role))
         pending = left_c
+    matches = _across_roles(matches, {p.name: p for p in cand}, {p.name: p for p in ref}, tol)
     left_r = [p for p in ref if p.name not in used_r]
     fused, left_c, left_r = _split_fused(left_c, left_r, head_dims, tol, signature)
     matches += fused
     ties = _ties(matches, ref_ties, cand_ties)
     return WeightTable(tuple(matches), _unmatched(left_c, cand_ties, {m.candidate for m in matches}),
                        _unmatched(left_r, ref_ties, {m.reference for m in matches}), tuple(ties))
+
+
+def _across_roles(matches: list[WeightMatch], cand: dict[str, Piece], ref: dict[str, Piece],
+                  tol: float) -> list[WeightMatch]:
+    """Two fused tensors (q, k, v; gate, up) of equal-width parts related by "heads reordered", where the order
+    moves rows from one part into another, re-read part by part: a loader that writes k's rows where q's belong
+    has swapped roles, not reordered heads, and each part is matched to the reference part it equals."""
+    out: list[WeightMatch] = []
+    for m in matches:
+        c, r = cand.get(m.candidate), ref.get(m.reference)
+        parts = len(_FUSED_PARTS.get(c.role.part, ())) if c is not None else 0
+        if m.relation != "heads reordered" or c is None or r is None or parts < 2 or c.value.shape[0] % parts:
+            out.append(m)
+            continue
+        n = c.value.shape[0] // parts
+        found = []
+        for j in range(parts):
+            block = c.value[j * n:(j + 1) * n]
+            k = next((k for k in range(parts) if _err(block, r.value[k * n:(k + 1) * n]) <= tol), None)
+            if k is None:
+                break
+            found.append(WeightMatch(f"{c.name}[{j * n}:{(j + 1) * n}]", f"{r.name}[{k * n}:{(k + 1) * n}]",
+                                     "exact", "fused", _err(block, r.value[k * n:(k + 1) * n]),
+                                     c.role.row_block(j, parts), r.role.row_block(k, parts)))
+        moved = len(found) == parts and len({f.reference for f in found}) == parts and any(
+            f.role_swapped for f in found)
+        out += found if moved else [m]
+    return out
+
+
+_FUSED_PARTS = {"qkv": ("q", "k", "v"), "gate/up": ("gate", "up")}
 
 
 def _unmatched(left: list[Piece], ties: dict[str, list[str]], matched: set[str]) -> tuple[str, ...]:
