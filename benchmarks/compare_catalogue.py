@@ -45,8 +45,9 @@ def main() -> int:
             outcome = check(mistake)
             ok = outcome.found and outcome.named and outcome.fixed
             failures += not ok
-            cell = (f"{_mark(outcome.found)} / {_mark(outcome.named)} / {_mark(outcome.fixed)}"
-                    f" (`{mistake.fix}`)")
+            form = mistake.style.removeprefix(style).strip(" ()")  # "gpt-fast-like (cossin)": the cos/sin form
+            cell = (f"{form + ': ' if form else ''}{_mark(outcome.found)} / {_mark(outcome.named)} / "
+                    f"{_mark(outcome.fixed)} (`{mistake.fix}`)")
             cells = rows.setdefault(mistake.what, {})
             cells[style] = f"{cells[style]}<br>{cell}" if style in cells else cell  # one mistake in several forms
     took = time.perf_counter() - start
