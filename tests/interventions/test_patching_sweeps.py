@@ -16,7 +16,7 @@ import workbench as wb
 from tests import hfzoo
 from tests.bugzoo.minigpt import MiniConfig, MiniGPT
 from workbench.interventions.metrics import logit_diff
-from workbench.interventions.patching import patch_heads, patch_positions, patched_logits
+from workbench.interventions.patching import patch_heads, patch_positions, patched_logits, split_by_position
 from workbench.lm.adapter import ModelAdapter, extract_logits
 
 CLEAN = torch.tensor([5, 9, 3, 7, 11, 2, 40, 41])
@@ -109,7 +109,11 @@ def test_every_position_cell_equals_the_patched_run_by_hand(model, site):
     rel = "" if site == "resid" else SITES[name][site]
     swept = patch_positions(net, CLEAN, CORRUPTED, METRIC, site=site)
     single = patch_positions(net, CLEAN, CORRUPTED, METRIC, site=site, batch=False)
-    assert swept.batched and not single.batched and swept.notes == []
+    assert swept.batched and not single.batched
+    if name == "handwritten":  # its cache is its own tuples: every batch runs every position, and says so
+        assert len(swept.notes) == 1 and "no KV cache to resume from" in swept.notes[0]
+    else:
+        assert swept.notes == []
     assert swept.layers == [0, 1] and swept.columns == list(range(len(CLEAN)))
     for i, layer in enumerate(swept.layers):
         for j, pos in enumerate(swept.columns):
@@ -212,10 +216,63 @@ def test_the_output_head_runs_only_where_a_declared_metric_reads():
     T, C = len(CLEAN), net.config.d_model
     try:
         declared = patch_positions(net, CLEAN, CORRUPTED, logit_diff(12, 13, positions=[2, -1]))
-        assert (8, 2, C) in seen and (8, T, C) not in seen  # batches of 8 rows, the head on 2 positions
+        batches = [s for s in seen if s != (1, T, C)]  # (1, T, C): the runs alone that check the batches
+        assert batches and all(s[1] <= 2 for s in batches)  # the head on the 2 positions (those after a start)
+        assert any(s[0] > 1 and s[1] == 2 for s in batches)
         seen.clear()
         undeclared = patch_positions(net, CLEAN, CORRUPTED, lambda x: logit_diff(12, 13, positions=[2, -1])(x))
-        assert (8, T, C) in seen and all(s[1] == T for s in seen if s[0] == 8)
+        assert any(s[0] > 1 and s[1] == T for s in seen)  # a batch from position 0: every position
     finally:
         handle.remove()
     assert declared.values == undeclared.values
+
+
+@pytest.mark.parametrize("name", ["workbench", "llama", "mistral"])
+def test_batches_after_position_0_run_only_their_positions_on_the_corrupted_runs_cache(name):
+    net = MODELS[name]()
+    _, blocks = ModelAdapter(net).blocks()  # type: ignore[misc]
+    seen: list[tuple[int, int]] = []  # (rows, positions) the last block ran
+    handle = blocks[-1][1].register_forward_pre_hook(lambda _m, args, kwargs: seen.append(
+        tuple((args[0] if args else kwargs["hidden_states"]).shape[:2])), with_kwargs=True)
+    T = len(CLEAN)
+    try:
+        swept = patch_positions(net, CLEAN, CORRUPTED, METRIC, layers=[0])
+    finally:
+        handle.remove()
+    starts = sorted({T - t for rows, t in seen if rows > 1})
+    assert starts[0] == 0 and len(starts) > 1  # split by position: later batches start after position 0
+    assert sum(rows * t for rows, t in seen if rows > 1) < T * T  # fewer row-positions than every one
+    for j, pos in enumerate(swept.columns):
+        assert _close(swept.values[0][j], by_hand(net, 0, pos, ""))
+
+
+def test_the_split_by_position_is_the_cheapest():
+    import itertools
+
+    for columns, T, most in (([0, 1, 2, 3, 4, 5, 6, 7], 8, 8), ([0, 2, 3, 9, 10, 13], 14, 3), ([5], 6, 4)):
+        spans = split_by_position(columns, T, most, batch_cost=4)
+        assert spans[0][0] == 0 and spans[-1][1] == len(columns)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and all(0 < hi - lo <= most for lo, hi in spans)
+
+        def cost(cuts: tuple[int, ...], columns: list[int] = columns, T: int = T) -> float:
+            bounds = [0, *cuts, len(columns)]
+            return sum(4 + (hi - lo) * (T - columns[lo]) for lo, hi in zip(bounds, bounds[1:]))
+
+        best = min(cost(c) for k in range(len(columns)) for c in itertools.combinations(range(1, len(columns)), k)
+                   if all(hi - lo <= most for lo, hi in zip([0, *c], [*c, len(columns)])))
+        assert cost(tuple(lo for lo, _ in spans[1:])) == best
+
+
+def test_a_cache_that_cannot_fork_is_noted_and_the_batches_run_every_position(monkeypatch):
+    from workbench.lm.prefix import NoPrefixCache, PromptCache
+
+    def refuse(self, length, rows):  # noqa: ANN001, ANN202
+        raise NoPrefixCache("a cache that cannot be cut")
+
+    monkeypatch.setattr(PromptCache, "fork", refuse)
+    net = tiny()
+    result = patch_positions(net, CLEAN, CORRUPTED, METRIC)
+    assert result.batched and len(result.notes) == 1 and "a cache that cannot be cut" in result.notes[0]
+    for i, layer in enumerate(result.layers):
+        for j, pos in enumerate(result.columns):
+            assert _close(result.values[i][j], by_hand(net, layer, pos, ""))

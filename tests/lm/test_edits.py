@@ -161,6 +161,63 @@ def test_zeroing_a_head_equals_zeroing_its_slice_of_the_projection_input_by_hand
     assert not torch.equal(got, logits(model))  # the head mattered
 
 
+@pytest.mark.parametrize("name", ["workbench", "llama", "gpt2", "nanogpt"])
+def test_a_whole_head_zeroed_equals_its_slice_zeroed_by_hand_and_leaves_the_callers_tensor(name):
+    """The path for every row and position: zeroed in place in a copy, through the process-wide pre-hook (no
+    hook of the projection's own); the tensor the attention handed over (which a record may hold) is kept."""
+    model = build(name)
+    proj = model.get_submodule(PROJECTION[name])
+    H = 4
+    D = proj.weight.shape[0 if name == "gpt2" else 1] // H
+
+    def zero_head_1(_m: nn.Module, args: tuple) -> tuple:
+        x = args[0].clone()
+        x[..., D:2 * D] = 0
+        return (x, *args[1:])
+
+    expected = run_with(model, PROJECTION[name], pre=zero_head_1)
+    given: list[torch.Tensor] = []  # what the projection ran on
+    with wb.edit(model, wb.ZeroHead(1, 1)):
+        assert not proj._forward_pre_hooks  # served by the interception's process-wide pre-hook
+        grab = proj.register_forward_hook(lambda _m, args, _o: given.append(args[0]))
+        try:
+            got = logits(model)
+        finally:
+            grab.remove()
+    assert torch.equal(got, expected)
+    assert float(given[0][..., D:2 * D].abs().max()) == 0.0  # the projection read the zeroed copy
+    if name == "workbench":  # hook_z hands the projection its own output tensor: a record of it is kept as it was
+        held: list[torch.Tensor] = []
+        grab = model.get_submodule("blocks.1.attn.hook_z").register_forward_hook(lambda _m, _a, o: held.append(o))
+        try:
+            with wb.edit(model, wb.ZeroHead(1, 1)):
+                logits(model)
+        finally:
+            grab.remove()
+        assert float(held[0][..., D:2 * D].abs().max()) > 0.0
+
+
+def test_attention_layers_are_found_again_when_the_model_changes():
+    from workbench.lm.heads import attention_layers
+
+    model = build("workbench")
+    first = attention_layers(model)
+    assert attention_layers(model) == first  # kept: the same answer
+    old = model.blocks[1].attn.out
+    try:
+        model.blocks[1].attn.out = nn.Linear(old.in_features // 2, old.out_features)  # a narrower projection
+        assert attention_layers(model)[1].head_dim == first[1].head_dim // 2  # found again: H heads of D/2
+    finally:
+        model.blocks[1].attn.out = old
+    assert attention_layers(model) == first
+    model.blocks.append(model.blocks[0])
+    try:
+        assert len(attention_layers(model)) == len(first) + 1
+    finally:
+        del model.blocks[len(first)]
+    assert attention_layers(model) == first
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_patching_a_module_or_a_head_with_its_own_clean_activation_changes_nothing(name):
     model = build(name)

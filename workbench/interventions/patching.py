@@ -9,10 +9,20 @@ result is a `PatchingResult`.
 A sweep does not pay one forward per cell. The cells of one layer are stacked into a batch (the corrupted
 input repeated, row r patched at its own position or head), in chunks that fit `memory_budget`, and each
 batch resumes from the patched layer: the blocks before it would compute the corrupted run again, so their
-calls are skipped and the corrupted run's stored block outputs returned instead (`Client.module_call`). The
-output head runs only on the positions the metric declares it reads (`metrics`). The
-first batch is checked against a plain run of its first cell alone; a model that cannot take a batch, or whose
-rows influence each other, is swept one run per cell, with a note in the result and in the log.
+calls are skipped and the corrupted run's stored block outputs returned instead (`Client.module_call`).
+
+A model is causal: patching position p leaves every position before p, in every layer, the corrupted run's.
+So a batch of position cells whose first patched position is L > 0 runs positions L..T-1 only, on a fork of
+the corrupted run's own KV cache holding positions 0..L-1 in every row (`workbench.lm.prefix`), and takes the
+logits of positions before L from the corrupted run. The cells of one layer are split by position into the
+batches that cost least (`split_by_position`): one batch runs every position of its rows from its first
+one, so fewer, longer batches trade rows against calls. A model without such a cache (a hand-written model)
+runs every position, as `resume` alone does, with a note saying so.
+
+The output head runs only on the positions the metric declares it reads (`metrics`). The first batch, and
+the first that starts from a cache, is checked against a plain run of one of its cells alone; a model that
+cannot take a batch, or whose rows influence each other, is swept one run per cell, and one whose cached
+continuation differs is swept without its cache, with a note in the result and in the log.
 
 Every activation is read and replaced through `workbench.lm.intercept` clients.
 """
@@ -27,9 +37,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InterventionError
+from ..errors import InterventionError, WorkbenchError
 from ..lm.adapter import ModelAdapter
 from ..lm.intercept import Client, ModuleCall, intercept
+from ..lm.prefix import PromptCache
 from .metrics import Metric, check_metric
 from .record import PatchingResult
 from .sites import Site, find_site
@@ -38,6 +49,7 @@ __all__ = ["patch_heads", "patch_positions", "patched_logits"]
 
 log = logging.getLogger(__name__)
 DEFAULT_BUDGET = 1 << 30  # bytes of activations one batch may take
+BATCH_COST = 8  # the fixed cost of one more batch, in row-positions (see `split_by_position`)
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,11 @@ def with_primary(value: Any, tensor: torch.Tensor) -> Any:
     if isinstance(value, torch.Tensor):
         return tensor
     return type(value)((tensor, *value[1:])) if isinstance(value, tuple) else [tensor, *value[1:]]
+
+
+def from_position(value: Any, start: int) -> Any:
+    """`value` with its primary tensor (B, T, ...) cut to positions start.. (B, T - start, ...)."""
+    return value if start == 0 else with_primary(value, primary(value)[:, start:])
 
 
 def repeat_rows(value: Any, n: int, copy: bool) -> Any:
@@ -111,13 +128,14 @@ class Recorder(Client):
 
 
 class Resume(Client):
-    """Skips the named blocks' forwards and returns their stored batch-1 outputs repeated to n rows."""
+    """Skips the named blocks' forwards and returns their stored batch-1 outputs, from position `start` on (a
+    run of the positions after a cached prefix), repeated to n rows."""
 
-    def __init__(self, outputs: dict[str, Any], n: int, last: str) -> None:
-        self.modules, self.outputs, self.n, self.last = tuple(outputs), outputs, n, last
+    def __init__(self, outputs: dict[str, Any], n: int, last: str, start: int = 0) -> None:
+        self.modules, self.outputs, self.n, self.last, self.start = tuple(outputs), outputs, n, last, start
 
     def module_call(self, call: ModuleCall) -> Any:
-        return repeat_rows(self.outputs[call.name], self.n, copy=call.name == self.last)
+        return repeat_rows(from_position(self.outputs[call.name], self.start), self.n, copy=call.name == self.last)
 
 
 class HeadRows(Client):
@@ -142,11 +160,12 @@ class HeadRows(Client):
 
 class Patch(Client):
     """Writes clean activations into chosen rows: at module `name`, rows[k] gets the clean value at columns[k]
-    (a position (B, T, ...) or a head's slice h*D:(h+1)*D of (B, T, H*D))."""
+    (a position (B, T, ...) or a head's slice h*D:(h+1)*D of (B, T, H*D)). A run of positions start.. only
+    holds position p at p - start."""
 
-    def __init__(self, site: Site, clean: dict[str, torch.Tensor], cells: dict[str, tuple[list[int], list[int]]]
-                 ) -> None:
-        self.site, self.clean, self.cells = site, clean, cells
+    def __init__(self, site: Site, clean: dict[str, torch.Tensor], cells: dict[str, tuple[list[int], list[int]]],
+                 start: int = 0) -> None:
+        self.site, self.clean, self.cells, self.start = site, clean, cells, start
         self.modules = tuple(cells)
 
     def module_input(self, call: ModuleCall) -> tuple[tuple, dict[str, Any]] | None:
@@ -161,7 +180,8 @@ class Patch(Client):
         rows, positions = self.cells[call.name]
         src = self.clean[call.name]  # (1, T, ...)
         new = out.clone()
-        new[rows, positions] = src[0, positions].to(new.dtype)  # (k, ...) one position per row
+        here = [p - self.start for p in positions]
+        new[rows, here] = src[0, positions].to(new.dtype)  # (k, ...) one position per row
         return with_primary(call.output, new)
 
     def _heads(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -186,6 +206,9 @@ class Sweep:
         self.site = find_site(self.adapter, site)
         self.head = _head_name(model, self.adapter)
         self.notes: list[str] = []
+        self.by_position = self.site.kind != "heads"  # a cell patches one position, not every one
+        self._prompt: PromptCache | None = None
+        self._no_prompt = not self.by_position  # True once the corrupted run's cache is found unusable
         if model.training:
             self.notes.append("the model is in training mode: dropout makes each run differ; call model.eval()")
         with torch.no_grad():
@@ -197,37 +220,62 @@ class Sweep:
                 corrupted_logits = self.adapter.logits(self.corrupted_ids)
         self.clean_acts = clean_run.acts
         self.corrupted_outputs = corrupted_run.outputs
+        self.corrupted_logits = corrupted_logits  # (1, T, V)
         self.clean_metric = float(check_metric(metric, self.clean_logits)[0])
         self.corrupted_metric = float(check_metric(metric, corrupted_logits)[0])
         self.read = _read_positions(metric, self.clean_ids.shape[1])
 
     # --- single runs ---
-    def logits(self, cells: Sequence[Cell], resume: bool = True, trim: bool = False) -> torch.Tensor:
+    def logits(self, cells: Sequence[Cell], resume: bool = True, trim: bool = False, start: int = 0
+               ) -> torch.Tensor:
         """Logits (N, T, V) of the corrupted input with row r patched at cells[r]; with resume, the blocks
         before the first patched layer are not run again; with trim, only the positions the metric declares it
-        reads get logits (NaN elsewhere)."""
-        n, start = len(cells), min(c.layer for c in cells)
+        reads get logits (NaN elsewhere). start > 0 (position cells at start or later only): positions
+        start..T-1 run on a fork of the corrupted run's cache, and positions before start get the corrupted
+        run's logits, which a causal model's patched runs share."""
+        n, first = len(cells), min(c.layer for c in cells)
         by_module: dict[str, tuple[list[int], list[int]]] = {}
         for r, c in enumerate(cells):
             rows, cols = by_module.setdefault(self.site.modules[c.layer], ([], []))
             rows.append(r)
             cols.append(c.column)
-        clients: list[Client] = [Patch(self.site, self.clean_acts, by_module)]
-        skip_through = start if self.site.kind == "resid" else start - 1  # a block whose output is patched: itself
+        clients: list[Client] = [Patch(self.site, self.clean_acts, by_module, start)]
+        skip_through = first if self.site.kind == "resid" else first - 1  # a block whose output is patched: itself
         if resume and skip_through >= 0:
             skipped = {b: self.corrupted_outputs[b] for b in self.site.blocks[: skip_through + 1]}
-            clients.insert(0, Resume(skipped, n, self.site.blocks[skip_through]))
+            clients.insert(0, Resume(skipped, n, self.site.blocks[skip_through], start))
         if trim and self.read is not None and self.head is not None:
-            clients.append(HeadRows(self.head, self.read))
-        ids = self.corrupted_ids.expand(n, -1)
+            clients.append(HeadRows(self.head, [p - start for p in self.read if p >= start]))
+        ids = self.corrupted_ids[:, start:].expand(n, -1)  # (N, T - start)
+        prompt = self.prompt() if start > 0 else None
         with torch.no_grad(), intercept(self.model, *clients):
-            return self.adapter.logits(ids, allow_nonfinite=True)
+            if prompt is None:
+                return self.adapter.logits(ids, allow_nonfinite=True)
+            after, _ = self.adapter.cached(ids, prompt.fork(start, n), allow_nonfinite=True)  # (N, T - start, V)
+        return torch.cat((self.corrupted_logits[:, :start].expand(n, -1, -1), after), dim=1)  # (N, T, V)
 
-    def values(self, cells: Sequence[Cell], resume: bool = True, trim: bool = False) -> list[float]:
-        logits = self.logits(cells, resume, trim)
+    def values(self, cells: Sequence[Cell], resume: bool = True, trim: bool = False, start: int = 0
+               ) -> list[float]:
+        logits = self.logits(cells, resume, trim, start)
         if logits.shape[0] != len(cells):
             raise RuntimeError(f"the model returned {logits.shape[0]} rows for a batch of {len(cells)}")
         return check_metric(self.metric, logits).tolist()
+
+    def prompt(self) -> PromptCache | None:
+        """The corrupted run's own KV cache (built once), or None, with a note, for a model that gives none
+        that can be forked: its batches then run every position."""
+        if self._prompt is None and not self._no_prompt:
+            try:
+                self._prompt = PromptCache(self.adapter, self.corrupted_ids)
+            except (RuntimeError, ValueError, TypeError, AttributeError, WorkbenchError) as err:
+                self._give_up_prompt(f"the model gives no KV cache to resume from ({str(err)[:200]})")
+        return self._prompt
+
+    def _give_up_prompt(self, why: str) -> None:
+        self._prompt, self._no_prompt = None, True
+        note = f"{why}; every position from the patched layer up was run"
+        log.info("patching sweep: %s", note)
+        self.notes.append(note)
 
     # --- the sweep ---
     def run(self, cells: list[Cell], batch: bool, resume: bool) -> tuple[dict[Cell, float], bool]:
@@ -235,20 +283,32 @@ class Sweep:
         if not batch:
             return {c: self.values([c], resume=False)[0] for c in cells}, False
         out: dict[Cell, float] = {}
-        chunks = self.chunks(cells)
-        for k, chunk in enumerate(chunks):
+        pending = self.chunks(cells, by_position=resume and not self._no_prompt)
+        checked: set[bool] = set()  # the kinds of batch checked against a run alone: from a cache or not
+        while pending:
+            start, chunk = pending.pop(0)
+            cached = start > 0 and self.prompt() is not None
+            if start > 0 and not cached:  # no cache after all: the rest in batches that run every position
+                pending = self.chunks([c for c in chunk] + [c for _, ch in pending for c in ch], by_position=False)
+                continue
             try:
-                got = self.values(chunk, resume, trim=True)
-                if k == 0:
-                    self._check_rows(chunk[0], got[0])
-            except (RuntimeError, ValueError, IndexError, TypeError) as err:
+                got = self.values(chunk, resume, trim=True, start=start)
+                if cached not in checked:
+                    checked.add(cached)
+                    self._check_rows(chunk[-1] if cached else chunk[0], got[-1] if cached else got[0])
+            except (RuntimeError, ValueError, IndexError, TypeError, AttributeError, WorkbenchError) as err:
                 if isinstance(err, InterventionError):
                     raise
+                if cached:
+                    self._give_up_prompt(f"a batch resumed from the model's KV cache failed ({type(err).__name__}: "
+                                         f"{str(err)[:200]})")
+                    pending = self.chunks(chunk + [c for _, ch in pending for c in ch], by_position=False)
+                    continue
                 note = (f"batched runs failed ({type(err).__name__}: {str(err)[:200]}); ran one forward per cell "
                         "instead")
                 log.warning("patching sweep: %s", note)
                 self.notes.append(note)
-                rest = [c for ch in chunks[k:] for c in ch]
+                rest = chunk + [c for _, ch in pending for c in ch]
                 out.update({c: self.values([c], resume=False)[0] for c in rest})
                 return out, False
             out.update(zip(chunk, got))
@@ -256,20 +316,30 @@ class Sweep:
 
     def _check_rows(self, cell: Cell, batched: float) -> None:
         """Raise RuntimeError when a batched row differs from the same cell run alone (rows that influence each
-        other, or a model that ignores all rows but the first)."""
+        other, a model that ignores all rows but the first, or a cache that does not continue the prompt)."""
         alone = self.values([cell], resume=False)[0]
         scale = max(1.0, abs(alone), abs(self.clean_metric - self.corrupted_metric))
         if not abs(batched - alone) <= 1e-3 * scale:
             raise RuntimeError(f"a batched row gave {batched:.6g} where the same run alone gives {alone:.6g}")
 
-    def chunks(self, cells: list[Cell]) -> list[list[Cell]]:
-        """Cells grouped by layer (a batch resumes from its layer), each group split to fit the memory budget."""
+    def chunks(self, cells: list[Cell], by_position: bool) -> list[tuple[int, list[Cell]]]:
+        """(start, cells) batches: cells grouped by layer (a batch resumes from its layer), each group split to
+        fit the memory budget; by_position, split by position as well (`split_by_position`), each batch
+        starting at its first position. Without, every batch starts at 0."""
         per_batch = max(1, self.budget // self.row_bytes())
         by_layer: dict[int, list[Cell]] = {}
         for c in cells:
             by_layer.setdefault(c.layer, []).append(c)
-        return [group[i: i + per_batch] for _, group in sorted(by_layer.items())
-                for i in range(0, len(group), per_batch)]
+        if not by_position:
+            return [(0, group[i: i + per_batch]) for _, group in sorted(by_layer.items())
+                    for i in range(0, len(group), per_batch)]
+        T = self.clean_ids.shape[1]
+        out: list[tuple[int, list[Cell]]] = []
+        for _, group in sorted(by_layer.items()):
+            group = sorted(group, key=lambda c: c.column)
+            for lo, hi in split_by_position([c.column for c in group], T, per_batch):
+                out.append((group[lo].column, group[lo:hi]))
+        return out
 
     def row_bytes(self) -> int:
         """A generous estimate of the activations one batch row holds at once: its logits twice over (the
@@ -284,6 +354,28 @@ class Sweep:
             site=self.site.kind, layers=layers, layer_names=[self.site.modules[i] for i in layers], columns=columns,
             column_labels=labels, values=[[values[Cell(i, j)] for j in columns] for i in layers],
             clean=self.clean_metric, corrupted=self.corrupted_metric, batched=batched, notes=list(self.notes))
+
+
+def split_by_position(columns: list[int], T: int, most: int, batch_cost: int = BATCH_COST) -> list[tuple[int, int]]:
+    """The cheapest split of sorted positions `columns` (one layer's cells) into batches of consecutive cells,
+    as [lo, hi) index ranges of at most `most` cells. A batch of the cells lo..hi-1 runs positions
+    columns[lo]..T-1 of each of its rows: it costs (hi - lo) * (T - columns[lo]) row-positions, plus
+    `batch_cost` for running one more batch at all (reading every weight once more, the calls between the
+    blocks). Exact, by dynamic programming over the split points (O(N^2) for N cells)."""
+    N = len(columns)
+    best = [0.0] + [float("inf")] * N  # best[j]: the least cost of the first j cells
+    cut = [0] * (N + 1)
+    for hi in range(1, N + 1):
+        for lo in range(max(0, hi - most), hi):
+            cost = best[lo] + batch_cost + (hi - lo) * (T - columns[lo])
+            if cost < best[hi]:
+                best[hi], cut[hi] = cost, lo
+    spans: list[tuple[int, int]] = []
+    hi = N
+    while hi > 0:
+        spans.append((cut[hi], hi))
+        hi = cut[hi]
+    return spans[::-1]
 
 
 def _read_positions(metric: Metric, T: int) -> list[int] | None:

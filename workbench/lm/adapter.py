@@ -183,10 +183,12 @@ class ModelAdapter:
         return logits
 
     def cached(self, ids: torch.Tensor, state: Any = None, mask: torch.Tensor | None = None,
-               positions: torch.Tensor | None = None, max_len: int = 64) -> tuple[torch.Tensor, Any]:
+               positions: torch.Tensor | None = None, max_len: int = 64, *, allow_nonfinite: bool = False
+               ) -> tuple[torch.Tensor, Any]:
         """One incremental call: logits (B, T, V) for the new ids, and the cache to pass next time.
 
         mask covers every position so far, cached and new (B, L+T). state=None starts a new cache.
+        allow_nonfinite: as in `logits`.
         """
         if self.cache_style is None:
             raise ModelContractError("this model has no KV cache the doctor can drive.")
@@ -197,9 +199,9 @@ class ModelAdapter:
 
                 assert isinstance(self.model, TransformerLM)  # what cache_style "workbench" means
                 state = self.model.new_cache(ids.shape[0], max_len)
-            return self._finite(extract_logits(self.model(ids, cache=state, **kwargs)), False), state
+            return self._finite(extract_logits(self.model(ids, cache=state, **kwargs)), allow_nonfinite), state
         logits, past = self._call_cached(ids, state, kwargs)
-        return self._finite(logits, False), past
+        return self._finite(logits, allow_nonfinite), past
 
     def _call_cached(self, ids: torch.Tensor, state: Any, kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         asked = self.signature.use_cache(True)

@@ -217,6 +217,10 @@ class HeadEdit(Edit):
     def new_values(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def write(self, z: torch.Tensor, where: str) -> None:
+        """Write the edited head into z (B, T, D), a view of the copy of the heads the projection will read."""
+        z.copy_(_where(z, self.new_values(z), self, where))
+
     def clients(self, plan: _Plan) -> list[Client]:
         site = layer_at(plan.layers, self.layer)
         site.check_head(self.head)
@@ -229,6 +233,12 @@ class ZeroHead(HeadEdit):
 
     def new_values(self, z: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(z)
+
+    def write(self, z: torch.Tensor, where: str) -> None:
+        if self.rows is None and self.positions is None:
+            z.zero_()  # every row and position: no zeros to make and copy
+        else:
+            super().write(z, where)
 
 
 @dataclass(frozen=True, eq=False)
@@ -301,23 +311,27 @@ class _OutputEditor(Client):
 
 
 class _HeadEditor(Client):
-    """Edits one head's columns of the output projection's input (B, T, H*D)."""
+    """Edits one head's columns of the output projection's input (B, T, H*D): in a copy of it (whatever else
+    holds the input, a trace's record of the heads included, keeps what the attention computed), written in
+    place through a view of the head's columns. The input is the projection's first positional argument, so
+    the interception's process-wide pre-hook serves this client (`positional_inputs`)."""
+
+    positional_inputs = True
 
     def __init__(self, spec: HeadEdit, site: AttentionLayer) -> None:
         self.modules, self.spec, self.site = (site.projection,), spec, site
+        D = site.head_dim
+        self.width, self.cols = site.n_heads * D, slice(spec.head * D, (spec.head + 1) * D)
+        self.where = f"layer {site.layer}'s heads"
 
     def module_input(self, call: ModuleCall) -> tuple[tuple, dict[str, Any]] | None:
-        H, D = self.site.n_heads, self.site.head_dim
-        if not call.args or not isinstance(call.args[0], torch.Tensor) or call.args[0].shape[-1] != H * D:
-            got = tuple(call.args[0].shape) if call.args and isinstance(call.args[0], torch.Tensor) else "no tensor"
-            raise InterventionError(f"{call.name} was called with {got}, not the heads side by side (B, T, {H * D}); "
-                                    f"{self.spec.label} cannot edit its head there.")
-        x = call.args[0]
-        cols = slice(self.spec.head * D, (self.spec.head + 1) * D)
-        z = x[..., cols]  # (B, T, D) this head's output
-        new = _where(z, self.spec.new_values(z), self.spec, f"layer {self.site.layer}'s heads")
+        x = call.args[0] if call.args else None
+        if not isinstance(x, torch.Tensor) or x.shape[-1] != self.width:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else "no tensor"
+            raise InterventionError(f"{call.name} was called with {got}, not the heads side by side (B, T, "
+                                    f"{self.width}); {self.spec.label} cannot edit its head there.")
         out = x.clone()
-        out[..., cols] = new
+        self.spec.write(out[..., self.cols], self.where)  # (B, T, D) this head's output, a view into the copy
         return (out, *call.args[1:]), call.kwargs
 
 

@@ -14,6 +14,7 @@ With grouped or multi-query attention these are the query heads, which is what t
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 
 from torch import nn
@@ -47,14 +48,52 @@ class AttentionLayer:
 
 def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """Every block's attention, in block order. Raises InterventionError when the model has no blocks or a
-    block has no attention module or projection this can find."""
+    block has no attention module or projection this can find.
+
+    Finding them scans every module (milliseconds on a model of hundreds), which an edit opened around each
+    forward would pay each time: the answer is kept per model and reused while the model still holds the same
+    block list, blocks, attention modules and projections under those names (checked by name, not by scan)."""
+    heads = _config_heads(model)
+    kept = _FOUND.get(model)
+    if kept is not None and kept.still_in(model, heads):
+        return list(kept.layers)
     found = ModelAdapter(model).blocks()
     if found is None:
         raise InterventionError(f"{type(model).__name__} has no list of transformer blocks (an nn.ModuleList of "
                                 "layers), so its attention heads cannot be found; edit module outputs by name.")
-    _, blocks = found
-    heads = _config_heads(model)
-    return [_layer(i, name, block, heads) for i, (name, block) in enumerate(blocks)]
+    container, blocks = found
+    layers = [_layer(i, name, block, heads) for i, (name, block) in enumerate(blocks)]
+    _FOUND[model] = _Found(tuple(layers), container, len(blocks), heads, tuple(
+        model.get_submodule(name) for layer in layers for name in (layer.block, layer.attention, layer.projection)))
+    return layers
+
+
+@dataclass(frozen=True)
+class _Found:
+    """The attention layers found in a model, and what must still hold for them to be the answer again."""
+
+    layers: tuple[AttentionLayer, ...]
+    container: str  # module name of the block list
+    count: int  # its length
+    heads: int | None  # the config's head count
+    modules: tuple[nn.Module, ...]  # each layer's block, attention and projection, in order
+
+    def still_in(self, model: nn.Module, heads: int | None) -> bool:
+        try:
+            blocks = model.get_submodule(self.container)
+            if heads != self.heads or not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or \
+                    len(blocks) != self.count:
+                return False
+            names = (name for layer in self.layers for name in (layer.block, layer.attention, layer.projection))
+            if any(model.get_submodule(name) is not m for name, m in zip(names, self.modules, strict=True)):
+                return False
+        except (AttributeError, TypeError):  # a name no longer resolves, or the block list is no list
+            return False
+        return all(_input_width(self.modules[3 * i + 2]) == layer.n_heads * layer.head_dim
+                   for i, layer in enumerate(self.layers))
+
+
+_FOUND: weakref.WeakKeyDictionary[nn.Module, _Found] = weakref.WeakKeyDictionary()
 
 
 def layer_at(layers: list[AttentionLayer], layer: int) -> AttentionLayer:

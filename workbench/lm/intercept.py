@@ -88,6 +88,9 @@ class Client:
 
     modules: Collection[str] | None = ()  # module names whose calls this client wants; None: every module
     functions: Collection[str] = ()  # torch function names (`func.__name__`) it wants, or ALL_FUNCTIONS
+    # True: `module_input` reads and returns positional arguments only (kwargs it is given may be empty, and
+    # those it returns are ignored), so the process-wide pre-hook can serve it without a hook of the module's own
+    positional_inputs: bool = False
 
     def module_input(self, call: ModuleCall) -> tuple[tuple, dict[str, Any]] | None:
         return None
@@ -200,7 +203,7 @@ class Interception:
         by_id = dict(self.model.named_modules(remove_duplicate=False))
         _refuse_unknown(set(self._by_module) - set(by_id), by_id)
         for name in self._by_module:  # a process-wide pre-hook cannot see keyword arguments: these can
-            if any(_edits_inputs(c) for c in self._by_module[name]):
+            if any(_edits_inputs(c) and not c.positional_inputs for c in self._by_module[name]):
                 self._own_pre.add(name)
                 self._exit.callback(by_id[name].register_forward_pre_hook(self._pre, with_kwargs=True).remove)
 

@@ -1,0 +1,57 @@
+"""A prompt's KV cache forked to n rows of its first L positions (`workbench.lm.prefix`): continuing each row
+with the prompt's positions L.. gives the prompt's own logits there, to float noise, on the workbench model and
+HF families (grouped-query llama, mistral past its sliding window, mixtral's experts); the prompt's cache is
+left as it was; a hand-written model's own tuples are refused."""
+
+from __future__ import annotations
+
+import hfzoo
+import pytest
+import torch
+from torch import nn
+
+import workbench as wb
+from tests.bugzoo.minigpt import MiniConfig, MiniGPT
+from workbench.lm import ModelAdapter
+from workbench.lm.prefix import NoPrefixCache, PromptCache
+
+IDS = torch.tensor([[5, 9, 3, 7, 11, 2, 8, 4, 6, 1]])  # (1, T=10): past mistral's window in hfzoo
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "workbench":
+        return wb.TransformerLM(wb.ModelConfig.preset("tiny").replace(n_kv_heads=2, init_std=0.3)).eval()
+    return hfzoo.build(name).eval()
+
+
+@pytest.mark.parametrize("name", ["workbench", "llama", "mistral", "mixtral", "gpt2"])
+def test_a_fork_continues_the_prompt_in_every_row(name):
+    model = build(name)
+    adapter = ModelAdapter(model)
+    with torch.no_grad():
+        plain = adapter.logits(IDS)  # (1, T, V) without a cache
+        prompt = PromptCache(adapter, IDS)
+        before = [t.clone() for t in _tensors(prompt.state)]
+        for length in (1, 4, 9):
+            fork = prompt.fork(length, 3)
+            after, _ = adapter.cached(IDS[:, length:].expand(3, -1), fork)  # (3, T - L, V)
+            assert after.shape[:2] == (3, IDS.shape[1] - length)
+            gap = float((after - plain[:, length:]).abs().max())
+            assert gap <= 1e-5 * max(1.0, float(plain.abs().max())), (length, gap)
+            assert torch.equal(after[0], after[2])  # identical rows
+    assert all(torch.equal(a, b) for a, b in zip(before, _tensors(prompt.state), strict=True))  # untouched
+
+
+def test_a_model_without_a_transformers_or_workbench_cache_is_refused():
+    torch.manual_seed(0)
+    model = MiniGPT(MiniConfig(dropout=0.0)).eval()
+    with pytest.raises(NoPrefixCache, match="neither a workbench KVCache nor a transformers Cache"):
+        PromptCache(ModelAdapter(model), IDS)
+
+
+def _tensors(state: object) -> list[torch.Tensor]:
+    keys = getattr(state, "keys", None)
+    if isinstance(keys, list):  # a workbench KVCache
+        return [*keys, *state.values]  # type: ignore[attr-defined]
+    return [t for layer in state.layers for t in (layer.keys, layer.values)]  # type: ignore[attr-defined]
