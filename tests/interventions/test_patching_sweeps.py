@@ -15,6 +15,7 @@ from torch import nn
 import workbench as wb
 from tests import hfzoo
 from tests.bugzoo.minigpt import MiniConfig, MiniGPT
+from workbench.interventions import patching
 from workbench.interventions.metrics import logit_diff
 from workbench.interventions.patching import patch_heads, patch_positions, patched_logits, split_by_position
 from workbench.lm.adapter import ModelAdapter, extract_logits
@@ -49,6 +50,19 @@ SITES = {  # the module patched in block 0 by each site, relative to the block (
     "mixtral": {"attn": "self_attn", "mlp": "mlp", "heads": "self_attn.o_proj"},
     "bloom": {"attn": "self_attention", "mlp": "mlp", "heads": "self_attention.dense"},
 }
+
+
+@pytest.fixture
+def small_batch_cost(monkeypatch):
+    """Batches split as a long prompt's are (the default keeps a short prompt's layer one batch), so these short
+    prompts run the cached continuation: its cells are checked as the full batches' are."""
+    monkeypatch.setattr(patching, "BATCH_COST", 8)
+
+
+def test_a_short_prompts_layer_is_one_batch_and_a_long_ones_is_split():
+    assert split_by_position(list(range(14)), 14, 14, patching.BATCH_COST) == [(0, 14)]
+    spans = split_by_position(list(range(64)), 64, 64, patching.BATCH_COST)
+    assert len(spans) > 1 and spans[0][0] == 0 and spans[-1][1] == 64
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -103,6 +117,7 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-5 * max(1.0, abs(b))
 
 
+@pytest.mark.usefixtures("small_batch_cost")
 @pytest.mark.parametrize("site", ["resid", "attn", "mlp"])
 def test_every_position_cell_equals_the_patched_run_by_hand(model, site):
     name, net = model
@@ -227,6 +242,7 @@ def test_the_output_head_runs_only_where_a_declared_metric_reads():
     assert declared.values == undeclared.values
 
 
+@pytest.mark.usefixtures("small_batch_cost")
 @pytest.mark.parametrize("name", ["workbench", "llama", "mistral"])
 def test_batches_after_position_0_run_only_their_positions_on_the_corrupted_runs_cache(name):
     net = MODELS[name]()
@@ -263,6 +279,7 @@ def test_the_split_by_position_is_the_cheapest():
         assert cost(tuple(lo for lo, _ in spans[1:])) == best
 
 
+@pytest.mark.usefixtures("small_batch_cost")
 def test_a_cache_that_cannot_fork_is_noted_and_the_batches_run_every_position(monkeypatch):
     from workbench.lm.prefix import NoPrefixCache, PromptCache
 
