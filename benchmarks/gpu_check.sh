@@ -15,7 +15,7 @@
 #                    the CUDA graphs instead of the hand-built capture; compare with compiled-decode
 # Together they take longer than a lease allows (15 minutes of device time per task, the machine's start
 # included, at most 600 s per command). BUDGET=SECONDS bounds the whole script: each step gets the smaller
-# of its own limit and the time left, a step with under 30 s left is skipped, and the end of the output
+# of its own limit and the time left, a step with under MIN_STEP (30) s left is skipped, and the end of the output
 # (and $OUT/summary.txt) names the steps not run, as the command that runs them next. One call per lease:
 #   device run: BUDGET=450 bash benchmarks/gpu_check.sh      (timeout_s=500; leaves ~4 min for a rerun)
 # The default order puts the GPU rows first after the tests: env tests fast overhead carrier-decode
@@ -31,6 +31,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 failed=0
 
 budget=${BUDGET:-0}  # seconds for the whole script; 0: no bound
+min_step=${MIN_STEP:-30}  # seconds a step needs at least; fewer left: skipped
 skipped=()
 
 step() {  # step NAME SECONDS COMMAND...
@@ -38,7 +39,7 @@ step() {  # step NAME SECONDS COMMAND...
   shift 2
   if [ "$budget" -gt 0 ]; then
     left=$((budget - SECONDS))
-    if [ "$left" -lt 30 ]; then
+    if [ "$left" -lt "$min_step" ]; then
       echo "=== $name: skipped, ${left} s of BUDGET=$budget left"
       skipped+=("$name")
       failed=1
