@@ -105,21 +105,43 @@ def smollm2():
     return _timed("workbench smollm2", load)
 
 
-def _built_once_per_run(tmp_path_factory, name: str, build, save, saved_as):
-    """`build()` in this process; under pytest-xdist, once per run: the first worker to ask builds the object
-    and saves it with `save(value, folder)` in the run's shared temporary folder, and the other workers load
-    that copy with `saved_as(folder)`. For transformers' references, whose conversion from the GGUF takes
-    ~15 s."""
-    if os.environ.get("PYTEST_XDIST_WORKER") is None:
-        return build()
+def _reference_folder(name: str, source: Path) -> Path:
+    """Where transformers' reference built from `source` is kept between runs: keyed by the file's content and the
+    transformers and torch versions, under WORKBENCH_TEST_CACHE (default ~/.cache/workbench/test-references), as
+    mypy keeps its cache outside the checkout. A fresh clone on the same machine reuses it; another file or
+    version builds anew."""
+    import hashlib
+
+    import transformers
+
+    digest = hashlib.sha256()
+    with open(source, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    digest.update(f"{transformers.__version__} {torch.__version__}".encode())
+    root = Path(os.environ.get("WORKBENCH_TEST_CACHE") or Path.home() / ".cache" / "workbench" / "test-references")
+    return root / f"{name}-{digest.hexdigest()[:16]}"
+
+
+def _built_once(tmp_path_factory, name: str, source: Path, build, save, saved_as):
+    """`build()` once: the first process to ask builds the object and saves it with `save(value, folder)` in the
+    folder `_reference_folder` names (or, where that cannot be written, the run's shared temporary folder); every
+    other process and later run loads that copy with `saved_as(folder)`. For transformers' references, whose
+    conversion from the GGUF takes ~15 s. Saved as safetensors and JSON: nothing is unpickled."""
     from filelock import FileLock
 
-    folder = tmp_path_factory.getbasetemp().parent / name  # one folder per run, beside the workers' own
+    folder = _reference_folder(name, source)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = tmp_path_factory.getbasetemp().parent / name  # one folder per run, beside the workers' own
     with FileLock(f"{folder}.lock"):
         if not (folder / ".complete").exists():
             value = build()
-            save(value, folder)
-            (folder / ".complete").touch()
+            staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+            save(value, staging)
+            (staging / ".complete").touch()
+            staging.replace(folder)
             return value
     return saved_as(folder)
 
@@ -129,8 +151,8 @@ def hf_smollm2_tokenizer(smollm2_path, tmp_path_factory):
     """HF transformers' tokenizer built from the same GGUF file (the reference for ids)."""
     from transformers import AutoTokenizer
 
-    return _timed("HF tokenizer", lambda: _built_once_per_run(
-        tmp_path_factory, "hf-smollm2-tokenizer",
+    return _timed("HF tokenizer", lambda: _built_once(
+        tmp_path_factory, "hf-smollm2-tokenizer", smollm2_path,
         lambda: AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name),
         lambda tok, folder: tok.save_pretrained(folder),
         AutoTokenizer.from_pretrained,
@@ -157,4 +179,5 @@ def hf_smollm2(smollm2_path, tmp_path_factory):
     def saved(folder):
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
-    return _timed("HF smollm2", lambda: _built_once_per_run(tmp_path_factory, "hf-smollm2", load, save, saved))
+    return _timed("HF smollm2", lambda: _built_once(tmp_path_factory, "hf-smollm2", smollm2_path, load, save,
+                                                            saved))
