@@ -58,6 +58,14 @@ class Outcome:
         return self.named and d is not None and d.cause is not None and d.cause.error <= d.tolerance
 
 
+def assert_found_named_fixed(outcome: Outcome) -> None:
+    """The three facts the catalogue asserts of a mistake, with compare's summary as the message."""
+    summary = outcome.comparison.summary()
+    assert outcome.found, f"first divergence not at {outcome.mistake.point!r}:\n{summary}"
+    assert outcome.named, f"cause not named {outcome.mistake.fix!r}:\n{summary}"
+    assert outcome.fixed, f"the fix leaves the gap above noise:\n{summary}"
+
+
 def check(mistake: Mistake) -> Outcome:
     """`compare` on the port with the mistake planted."""
     reference = mistake.reference()

@@ -4,7 +4,7 @@ three RoPE forms' clean ports is equivalent with no cause."""
 from __future__ import annotations
 
 import pytest
-from catalogue import check, clean
+from catalogue import assert_found_named_fixed, check, clean
 from catalogue_gptfast import FORMS, MISTAKES, load, reference
 
 pytest.importorskip("transformers")
@@ -13,10 +13,7 @@ pytest.importorskip("transformers")
 @pytest.mark.parametrize("mistake", MISTAKES, ids=lambda m: f"{m.style}-{m.bug}")
 def test_mistake_is_found_named_and_fixed(mistake):
     outcome = check(mistake)
-    summary = outcome.comparison.summary()
-    assert outcome.found, summary
-    assert outcome.named, summary
-    assert outcome.fixed, summary
+    assert_found_named_fixed(outcome)
     d = outcome.comparison.diagnosis
     assert d is not None and d.replay_error > d.tolerance  # the gap was real before the fix
 

@@ -4,17 +4,13 @@ clean port equivalent with no cause."""
 from __future__ import annotations
 
 import pytest
-from catalogue import check, clean
+from catalogue import assert_found_named_fixed, check, clean
 from catalogue_nanogpt import MISTAKES, einsum_port, port, reference
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[f"{m.style}-{m.bug}" for m in MISTAKES])
 def test_mistake_is_found_named_and_fixed(mistake):
-    outcome = check(mistake)
-    summary = outcome.comparison.summary()
-    assert outcome.found, summary
-    assert outcome.named, summary
-    assert outcome.fixed, summary
+    assert_found_named_fixed(check(mistake))
 
 
 def test_catalogue_covers_the_nanogpt_mistakes():
