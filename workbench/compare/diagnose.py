@@ -158,11 +158,12 @@ class Replayer:
         for relation, items in groups.items():
             more = f" (and {len(items) - 2} more)" if len(items) > 2 else ""
             names = "; ".join(m.sentence for *_, m in items[:2]) + more
-            out.append(fx.Fix(f"weights: undo {relation}", names, self._patcher([(b, r, v) for b, r, v, _ in items])))
+            out.append(fx.Fix(f"weights: undo {relation}", names, self.patcher([(b, r, v) for b, r, v, _ in items])))
         return out
 
-    def _patcher(self, updates: list) -> Callable[[], _ConvAware]:
-        return lambda: _ConvAware(self.params, self.conv, updates)
+    def patcher(self, updates: list) -> Callable[[], _ConvAware]:
+        """A Fix's `apply`: rows of the candidate's parameters given values in Linear layout, for one replay."""
+        return partial(_ConvAware, self.params, self.conv, updates)
 
     def _qk_rows(self, prefix: str) -> list[tuple[str, tuple[int, int], int]]:
         rows = []

@@ -35,9 +35,9 @@ class Suspects:
 
     def fixes(self, prefix: str) -> list[Fix]:
         r = self.replayer
-        found = [swap_fix(r.table, prefix, r.ref_values, self.ref_roles, r._patcher, self.cand_values),
+        found = [swap_fix(r.table, prefix, r.ref_values, self.ref_roles, r.patcher, self.cand_values),
                  self.missing.fix(r.candidate, prefix),
-                 extra_parameter_fix(r.table, prefix, self.cand_roles, self.shapes, r._patcher),
+                 extra_parameter_fix(r.table, prefix, self.cand_roles, self.shapes, r.patcher),
                  self.norms.fix(prefix)]
         return [f for f in found if f is not None]
 
