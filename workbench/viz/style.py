@@ -7,6 +7,7 @@ import textwrap
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from ..capture.report import format_bytes, format_count
 
@@ -29,6 +30,18 @@ TITLE_BAND = 44  # top margin of a titled figure; a top legend adds LEGEND_BAND 
 LEGEND_BAND = 28
 
 
+def _template() -> go.layout.Template:
+    """plotly_white's layout, with its trace defaults for the trace types the figures draw. The whole template
+    also carries the defaults of 20 trace types no figure draws: applying it cost 16.7 ms a figure against 6.8
+    ms for this one (measured here), and it travels with every figure sent to a notebook or written to HTML."""
+    white = pio.templates["plotly_white"]
+    used = {k: v for k, v in white.data.to_plotly_json().items() if k in ("scatter", "heatmap", "bar", "histogram")}
+    return go.layout.Template(layout=white.layout, data=used)
+
+
+TEMPLATE = _template()
+
+
 def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 360, width: int | None = None,
                 **extra: object) -> go.Figure:
     """Apply the workbench template (white background, light grid, compact margins) and return `fig`.
@@ -36,7 +49,7 @@ def base_layout(fig: go.Figure, title: str | None = None, *, height: int = 360, 
     The title is pinned to the top edge (container coordinates) so a legend placed above the plot
     (`legend_on_top`) sits in a band of its own below it and never overlaps it."""
     fig.update_layout(
-        template="plotly_white", font=dict(family=FONT, size=12, color="#222"),
+        template=TEMPLATE, font=dict(family=FONT, size=12, color="#222"),
         title=dict(text=title, x=0.01, xanchor="left", y=1, yref="container", yanchor="top", pad=dict(t=12),
                    font=dict(size=15)) if title else None,
         height=height, width=width, margin=dict(l=60, r=20, t=TITLE_BAND if title else 16, b=48),
