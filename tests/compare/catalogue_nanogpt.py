@@ -10,6 +10,7 @@ forward returning `(logits, presents)` when asked for the cache).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -230,11 +231,12 @@ def _entry(bug: str, what: str, point: str, fix: str, case: str | None = None) -
     return Mistake("nanoGPT-like", bug, what, point, fix, reference, port, case)
 
 
-def _einsum(bug: str, what: str, point: str, fix: str, case: str | None = None) -> Mistake:
-    return Mistake("nanoGPT-like (einsum)", bug, what, point, fix, reference, einsum_port, case)
+def _einsum(plain: Mistake) -> Mistake:
+    """The same mistake planted in the einsum form of the port (attention by `einsum`, softmax as exp / sum)."""
+    return dataclasses.replace(plain, style="nanoGPT-like (einsum)", port=einsum_port)
 
 
-MISTAKES: tuple[Mistake, ...] = (
+_PLAIN: tuple[Mistake, ...] = (
     _entry("no_scale", "attention scale 1/sqrt(D) missing", "block 0 attention", "scale x 1/sqrt(D)"),
     _entry("scale_1_over_d", "attention scale 1/D", "block 0 attention", "scale x sqrt(D)"),
     _entry("softmax_axis", "softmax over the queries", "block 0 attention", "softmax axis"),
@@ -257,10 +259,6 @@ MISTAKES: tuple[Mistake, ...] = (
     _entry("layers_swap", "layers 0 and 1 swapped", "block 0 attention norm", "weights: swap back"),
     _entry("norms_swap", "attention norm and MLP norm swapped", "block 0 attention norm", "weights: swap back"),
     _entry("no_ln_affine", "norm weight left out (no affine)", "block 0 attention norm", "add missing norm weight"),
-    _einsum("no_scale", "attention scale 1/sqrt(D) missing", "block 0 attention", "scale x 1/sqrt(D)"),
-    _einsum("scale_1_over_d", "attention scale 1/D", "block 0 attention", "scale x sqrt(D)"),
-    _einsum("softmax_axis", "softmax over the queries", "block 0 attention", "softmax axis"),
-    _einsum("mask_after_softmax", "mask applied after the softmax", "block 0 attention", "mask before softmax"),
-    _einsum("mask_shift", "causal mask shifted by one", "block 0 attention", "mask: causal"),
-    _einsum("padding", "padding ignored", "block 0 attention", "mask: padding", "padded"),
 )
+EINSUM_BUGS = ("no_scale", "scale_1_over_d", "softmax_axis", "mask_after_softmax", "mask_shift", "padding")
+MISTAKES: tuple[Mistake, ...] = _PLAIN + tuple(_einsum(m) for m in _PLAIN if m.bug in EINSUM_BUGS)

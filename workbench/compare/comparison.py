@@ -166,6 +166,21 @@ def first_divergence(errors: Sequence[PointError]) -> PointError | None:
     return next((e for e in above if e.inputs_agree), above[0] if above else None)
 
 
+def _cases(ref_a: ModelAdapter, cand_a: ModelAdapter, cases: Sequence[str], inputs: torch.Tensor | None,
+           seed: int) -> tuple[list[Case], list[str]]:
+    """The cases asked for that both models can run, and a note for each one left out."""
+    wanted = [c for c in default_cases(ref_a.vocab_size, inputs, seed) if c.name in cases]
+    notes = []
+    no_mask = [a for a in (ref_a, cand_a) if not a.supports_mask]
+    if "padded" in cases and no_mask:
+        wanted = [c for c in wanted if c.name != "padded"]
+        notes.append(f"padded case skipped: {_name(no_mask[0].model)}'s forward takes no attention_mask")
+    if not wanted:
+        raise CompareError("no case left to run: the padded case needs models whose forward takes "
+                           "attention_mask; add the batch or cached case.")
+    return wanted, notes
+
+
 def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | None = None, *,
             cases: Sequence[str] = CASES, tolerance: float | None = None, diagnose_cause: bool = True,
             patching: bool = False, seed: int = 0) -> Comparison:
@@ -196,15 +211,7 @@ def compare(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor | N
         raise CompareError(f"the reference's logits have {vocab[0]} entries and the candidate's {vocab[1]}; "
                            "compare models over the same vocabulary.", partial.state)
     tol = tolerance if tolerance is not None else noise_tolerance(ref_a.dtype, cand_a.dtype)
-    wanted = [c for c in default_cases(ref_a.vocab_size, inputs, seed) if c.name in cases]
-    notes = []
-    no_mask = [a for a in (ref_a, cand_a) if not a.supports_mask]
-    if "padded" in cases and no_mask:
-        wanted = [c for c in wanted if c.name != "padded"]
-        notes.append(f"padded case skipped: {_name(no_mask[0].model)}'s forward takes no attention_mask")
-    if not wanted:
-        raise CompareError("no case left to run: the padded case needs models whose forward takes "
-                           "attention_mask; add the batch or cached case.")
+    wanted, notes = _cases(ref_a, cand_a, cases, inputs, seed)
     runs: list[CaseRun] = []
     errors: list[PointError] = []
     for case in wanted:

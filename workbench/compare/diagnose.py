@@ -34,7 +34,7 @@ from .record import Call, main_input, main_output
 from .rope import rope_fixes
 from .ropeforward import forward_rope_fixes
 from .suspects import Suspects
-from .weights import WeightTable, pieces
+from .weights import WeightTable, pieces, split_rows
 from .wiring import compose, recover
 
 _QK = re.compile(r"(q_proj|k_proj|\.q\.|\.k\.|\bwq\b|\bwk\b|query|key|attn_q|attn_k)")
@@ -67,15 +67,6 @@ class Diagnosis:
 
 def _param_name(model: nn.Module, module: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is module), None)
-
-
-def _split(name: str) -> tuple[str, tuple[int, int] | None]:
-    """"w[3:9]" -> ("w", (3, 9)); "w" -> ("w", None)."""
-    if name.endswith("]") and "[" in name:
-        base, rows = name[:-1].split("[")
-        a, b = rows.split(":")
-        return base, (int(a), int(b))
-    return name, None
 
 
 class Replayer:
@@ -144,10 +135,10 @@ class Replayer:
         """One fix per kind of transformed weight under the module: the reference's values put back."""
         groups: dict[str, list] = {}
         for m in self.table.transformed():
-            base, rows = _split(m.candidate)
+            base, rows = split_rows(m.candidate)
             if prefix and not base.startswith(prefix + "."):
                 continue
-            ref_base, ref_rows = _split(m.reference)
+            ref_base, ref_rows = split_rows(m.reference)
             value = self.ref_values[ref_base]
             if ref_rows is not None:
                 value = value[ref_rows[0]:ref_rows[1]]
@@ -168,7 +159,7 @@ class Replayer:
     def _qk_rows(self, prefix: str) -> list[tuple[str, tuple[int, int], int]]:
         rows = []
         for m in self.table.matches:
-            base, r = _split(m.candidate)
+            base, r = split_rows(m.candidate)
             if not base.startswith(prefix + ".") or not _QK.search(m.reference) or not base.endswith("weight"):
                 continue
             span = r or (0, self.params[base].shape[0])

@@ -16,8 +16,8 @@ from torch import nn
 from ..lm.edits import Apply, edit
 from .fixes import Fix
 from .roles import Role, RoleReader
-from .swaps import split_rows, value_of
-from .weights import WeightTable
+from .swaps import value_of
+from .weights import WeightTable, split_rows
 
 
 class AffineOutput:

@@ -17,19 +17,10 @@ import torch
 
 from .fixes import Fix
 from .roles import Role
-from .weights import WeightMatch, WeightTable
+from .weights import WeightMatch, WeightTable, split_rows
 
 Update = tuple[str, tuple[int, int], torch.Tensor]  # (parameter, its rows in Linear layout, the value there)
 Patch = Callable[[list[Update]], Callable[[], AbstractContextManager[Any]]]
-
-
-def split_rows(name: str) -> tuple[str, tuple[int, int] | None]:
-    """"w[3:9]" -> ("w", (3, 9)); "w" -> ("w", None): a piece of the weight table and the rows it covers."""
-    if name.endswith("]") and "[" in name:
-        base, rows = name[:-1].split("[")
-        a, b = rows.split(":")
-        return base, (int(a), int(b))
-    return name, None
 
 
 def under(name: str, prefix: str) -> bool:

@@ -25,8 +25,8 @@ from ..lm.intercept import Client, ModuleCall, intercept
 from .activations import Case, positions
 from .fixes import Fix
 from .roles import Role
-from .swaps import Patch, Update, split_rows, under, value_of
-from .weights import WeightTable
+from .swaps import Patch, Update, under, value_of
+from .weights import WeightTable, split_rows
 
 
 def _module(param: str) -> str:

@@ -127,6 +127,15 @@ class WeightTable:
         return [m for m in self.matches if m.candidate.split("[")[0] == param]
 
 
+def split_rows(name: str) -> tuple[str, tuple[int, int] | None]:
+    """"w[3:9]" -> ("w", (3, 9)); "w" -> ("w", None): a piece of the weight table and the rows it covers."""
+    if name.endswith("]") and "[" in name:
+        base, rows = name[:-1].split("[")
+        a, b = rows.split(":")
+        return base, (int(a), int(b))
+    return name, None
+
+
 def pieces(model: nn.Module) -> tuple[list[Piece], dict[str, list[str]]]:
     """Every parameter of `model` in Linear layout, and the groups of names that share one storage."""
     named = [(f"{mod}.{p}" if mod else p, param, type(m).__name__ == "Conv1D" and p == "weight")
