@@ -10,11 +10,18 @@ interleave the plain forward with:
 - `wb.trace` with its defaults restricted to the blocks (`modules=` the block names), and with every module.
 Each row is the median over rounds of (t(method) - t(plain)) / (modules touched), in microseconds, with the
 ratio t(method) / t(plain) beside it. Target (issue 29): an edit's per-module cost is no more than the trace's.
+
+A whole forward's spread between rounds (milliseconds) is as large as 30 modules' edits, so a second table
+isolates one module: the middle block's output projection called `--calls` times on the input it had in the
+forward (a head edit rewrites that input), and the middle block itself on its own arguments (an output edit),
+each plain, edited and traced (`wb.trace(modules=` that module `)`), inside one open context. Each row is the
+median over rounds of (t(method) - t(plain)) / calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 from collections.abc import Callable
@@ -78,11 +85,67 @@ def methods(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict[str, Callab
     return fns, touched
 
 
+class Isolated:
+    """The middle block and its output projection of `model`, each called alone on the inputs they had in one
+    forward of `ids`, plain, edited and traced."""
+
+    def __init__(self, model: torch.nn.Module, ids: torch.Tensor, calls: int) -> None:
+        self.model, self.calls = model, calls
+        heads = attention_layers(model)
+        self.layer = heads[len(heads) // 2]
+        self.block, self.proj = model.get_submodule(self.layer.block), model.get_submodule(self.layer.projection)
+        seen: dict[str, tuple] = {}
+        grab = [self.block.register_forward_pre_hook(lambda _m, a, k: seen.setdefault("block", (a, k)),
+                                                     with_kwargs=True),
+                self.proj.register_forward_pre_hook(lambda _m, a, k: seen.setdefault("proj", (a, k)),
+                                                    with_kwargs=True)]
+        try:
+            with torch.no_grad():
+                model(ids) if isinstance(model, wb.TransformerLM) else model(ids, use_cache=False)
+        finally:
+            for h in grab:
+                h.remove()
+        self.inputs = seen
+        args, kwargs = seen["proj"]
+        with torch.no_grad(), wb.edit(model, wb.ZeroHead(self.layer.layer, 0)):
+            edited = self.proj(*args, **kwargs)
+        if torch.equal(edited, self.proj(*args, **kwargs)):
+            raise RuntimeError("the head edit did not reach the projection called alone")
+
+    def loop(self, what: str, context: Callable[[], contextlib.AbstractContextManager] | None = None
+             ) -> Callable[[], object]:
+        """`calls` calls of the block or the projection, inside one `context` (none: plain)."""
+        module = self.block if what == "block" else self.proj
+        args, kwargs = self.inputs[what]
+
+        def run() -> object:
+            with context() if context is not None else contextlib.nullcontext():
+                out = None
+                for _ in range(self.calls):
+                    out = module(*args, **kwargs)
+                return out
+
+        return run
+
+    def methods(self) -> dict[str, Callable[[], object]]:
+        head, block, proj = wb.ZeroHead(self.layer.layer, 0), self.layer.block, self.layer.projection
+        return {
+            "plain: projection": self.loop("proj"),
+            "edit: one head (ZeroHead), projection": self.loop("proj", lambda: wb.edit(self.model, head)),
+            "trace: the projection": self.loop("proj", lambda: wb.trace(self.model, modules=[proj])),
+            "plain: block": self.loop("block"),
+            "edit: the block's output (Scale 1.0)": self.loop("block",
+                                                              lambda: wb.edit(self.model, wb.Scale(block, 1.0))),
+            "trace: the block": self.loop("block", lambda: wb.trace(self.model, modules=[block])),
+        }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--calls", type=int, default=200)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ids = torch.randint(0, 1000, (1, 64), generator=torch.Generator().manual_seed(0))
@@ -100,6 +163,18 @@ def main() -> None:
             extra = statistics.median((a - b) / n for a, b in zip(samples[name], samples["plain"], strict=True))
             ratio = statistics.median(a / b for a, b in zip(samples[name], samples["plain"], strict=True))
             print(f"| {name} | {n} | {extra * 1e6:.0f} | {ratio:.3f}x |")
+        alone = Isolated(model, ids, args.calls)
+        fns = alone.methods()
+        with torch.no_grad():
+            samples = interleaved_samples(fns, "cpu", warmup=2, repeats=args.repeats)
+        print(f"\n{label}, block {alone.layer.layer} and its projection alone, {args.calls} calls a round")
+        print("| method | us per call | extra us per call |")
+        print("|---|---|---|")
+        for name in fns:
+            base = samples["plain: block" if "block" in name else "plain: projection"]
+            per = statistics.median(samples[name]) / args.calls
+            extra = statistics.median((a - b) / args.calls for a, b in zip(samples[name], base, strict=True))
+            print(f"| {name} | {per * 1e6:.0f} | {'' if name.startswith('plain') else f'{extra * 1e6:.0f}'} |")
 
 
 if __name__ == "__main__":

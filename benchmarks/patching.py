@@ -7,7 +7,9 @@ SmolLM2-135M-Instruct's real weights as HF `LlamaForCausalLM` (float32, CPU, SDP
 and John went to the store, John gave a drink to" (14 tokens) against its corruption with the second "John"
 replaced by "Mary"; the metric is the logit difference " Mary" - " John" at the last position. Every method
 sweeps all 30 layers x 14 positions of the residual stream after each block (420 cells) and returns the 420
-metric values; they are checked against each other (largest difference printed) before timing.
+metric values; they are checked against each other (largest difference printed) before timing. The default
+sweep does not run the cells whose clean activation is the corrupted run's own (positions 0-8, before the
+prompts differ: 270 of the 420); the "every cell run" row runs them too, for the cost of the batching alone.
 
 Each method's time is divided by the 420 cells and by one plain forward of the 14 tokens measured in the same
 round (rounds interleave every method with the plain forward, rotating order); the table gives the median
@@ -36,6 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, smollm2_hf_checkpoint  # noqa: E402
 
+from workbench.interventions import patching  # noqa: E402
+from workbench.interventions.batches import Cell  # noqa: E402
 from workbench.interventions.metrics import logit_diff  # noqa: E402
 from workbench.interventions.patching import patch_positions  # noqa: E402
 
@@ -57,7 +61,14 @@ def own_methods(hf: torch.nn.Module) -> dict[str, Sweep]:
     def sweep(**kwargs: object) -> Sweep:
         return lambda: torch.tensor(patch_positions(hf, CLEAN, CORRUPTED, m, **kwargs).values)  # type: ignore[arg-type]
 
-    return {"workbench patch_positions (batched, resumed)": sweep(),
+    def every_cell_run() -> torch.Tensor:  # the same batches, the cells the prompts share included
+        run = patching.Sweep(hf, CLEAN, CORRUPTED, m, "resid")
+        cells = [Cell(i, p) for i in range(run.site.layers) for p in range(CLEAN.shape[0])]
+        values, _ = run.run(cells, batch=True, resume=True, skip_unchanged=False)
+        return torch.tensor([[values[Cell(i, p)] for p in range(CLEAN.shape[0])] for i in range(run.site.layers)])
+
+    return {"workbench patch_positions (batched, wave, shared cells skipped)": sweep(),
+            "workbench, batched, wave, every cell run": every_cell_run,
             "workbench, batched, every block run (resume=False)": sweep(resume=False),
             "workbench, one forward per cell (batch=False)": sweep(batch=False)}
 

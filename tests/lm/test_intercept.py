@@ -232,6 +232,40 @@ def test_a_replaced_call_passes_through_editors_and_none_runs_the_forward(llama)
     assert torch.equal(doubled, expected) and not torch.equal(doubled, base)
 
 
+def test_a_replaced_call_can_run_the_forward_beneath_on_other_inputs(llama):
+    """`call.forward` runs the module itself, without the interception's hooks or replacement again: a client
+    that runs a block on its first row only and copies that row to the second gives the first row's logits
+    twice, and the hooks see one call of the block, not two."""
+
+    class FirstRow(Client):
+        modules = ("model.layers.1",)
+
+        def module_call(self, call):  # noqa: ANN001, ANN201
+            x = call.args[0] if call.args else call.kwargs["hidden_states"]
+            kwargs = {k: v for k, v in call.kwargs.items() if k != "hidden_states"}
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask.shape[0] == 2:
+                kwargs["attention_mask"] = mask[:1]
+            out = call.forward(x[:1], *call.args[1:], **kwargs)
+            return torch.cat((out, out))
+
+    class Count(Client):
+        modules = ("model.layers.1",)
+        calls = 0
+
+        def module_output(self, call):  # noqa: ANN001, ANN201
+            Count.calls += 1
+
+    pair = torch.stack((IDS[0], IDS[0].flip(0)))  # (2, T): two different rows
+    with torch.no_grad(), intercept(llama, FirstRow(), Count()):
+        both = llama(pair).logits
+    with torch.no_grad():
+        alone = llama(pair[:1]).logits
+    torch.testing.assert_close(both[1], alone[0], rtol=1e-5, atol=1e-5)  # row 1 carries row 0's block output on
+    assert not torch.allclose(both[1], llama(pair[1:]).logits[0], atol=1e-3)  # not what row 1 gives alone
+    assert Count.calls == 1
+
+
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_a_replaced_forward_is_restored_when_the_block_raises(llama, error):
     class Boom(Client):

@@ -6,23 +6,25 @@ h*D:(h+1)*D of the input of the attention's output projection, at every position
 the corrupted input with one activation replaced by the clean run's, scored by a metric (`metrics`); the
 result is a `PatchingResult`.
 
-A sweep does not pay one forward per cell. The cells of one layer are stacked into a batch (the corrupted
-input repeated, row r patched at its own position or head), in chunks that fit `memory_budget`, and each
-batch resumes from the patched layer: the blocks before it would compute the corrupted run again, so their
-calls are skipped and the corrupted run's stored block outputs returned instead (`Client.module_call`).
+A sweep does not pay one forward per cell. A cell whose clean activation is bit for bit the corrupted run's
+(every position before the first token the prompts differ in, in a causal model) is the corrupted run itself
+and is not run. The others are stacked into batches (the corrupted input repeated, row r patched at its own
+position or head), sorted by layer, in chunks that fit `memory_budget`. A row patched at block l is the
+corrupted run until l, so each block runs only the rows a patch has reached and takes the corrupted run's
+stored output for the others (`wave.Wave`, through `Client.module_call`).
 
 A model is causal: patching position p leaves every position before p, in every layer, the corrupted run's.
 So a batch of position cells whose first patched position is L > 0 runs positions L..T-1 only, on a fork of
-the corrupted run's own KV cache holding positions 0..L-1 in every row (`workbench.lm.prefix`), and takes the
-logits of positions before L from the corrupted run. The cells of one layer are split by position into the
-batches that cost least (`split_by_position`): one batch runs every position of its rows from its first
-one, so fewer, longer batches trade rows against calls. A model without such a cache (a hand-written model)
-runs every position, as `resume` alone does, with a note saying so.
+the corrupted run's own KV cache holding positions 0..L-1 (`workbench.lm.prefix`; layer j's holds the rows
+block j runs), and takes the logits of positions before L from the corrupted run. Which positions share a
+batch is chosen by cost (`batches.by_position`): fewer, longer batches trade rows against calls. A model
+without such a cache (a hand-written model) runs every position, with a note saying so.
 
-The output head runs only on the positions the metric declares it reads (`metrics`). The first batch, and
-the first that starts from a cache, is checked against a plain run of one of its cells alone; a model that
-cannot take a batch, or whose rows influence each other, is swept one run per cell, and one whose cached
-continuation differs is swept without its cache, with a note in the result and in the log.
+The output head runs only on the positions the metric declares it reads (`metrics`). The first batch of each
+kind (from a cache or not, its blocks running part of the rows or all) is checked against a plain run of one
+of its cells alone. A batch whose blocks cannot run part of its rows runs every row from then on (logged); a
+model that cannot take a batch, or whose rows influence each other, is swept one run per cell, and one whose
+cached continuation differs is swept without its cache, with a note in the result and in the log.
 
 Every activation is read and replaced through `workbench.lm.intercept` clients.
 """
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,27 +42,17 @@ from ..errors import InterventionError, WorkbenchError
 from ..lm.adapter import ModelAdapter
 from ..lm.intercept import Client, ModuleCall, intercept
 from ..lm.prefix import PromptCache
+from . import batches
+from .batches import Cell
 from .metrics import Metric, check_metric
 from .record import PatchingResult
 from .sites import Site, find_site
+from .wave import Wave, active_rows
 
 __all__ = ["patch_heads", "patch_positions", "patched_logits"]
 
 log = logging.getLogger(__name__)
 DEFAULT_BUDGET = 1 << 30  # bytes of activations one batch may take
-# The fixed cost of one more batch, in row-positions (see `split_by_position`). Small batches run far below the
-# matmul throughput of large ones on a CPU: on SmolLM2 (T = 14, 2 threads) splitting a layer's 14 cells at costs
-# 8, 24 and 48 was 5-25% slower than one batch per layer, so a short prompt's layer stays one batch and a long one
-# (T = 64: four batches of 16) is split.
-BATCH_COST = 128
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One patched run: the block index and the position (or head) patched there."""
-
-    layer: int
-    column: int
 
 
 # --- activations inside module outputs --------------------------------------------------------------------
@@ -86,21 +77,6 @@ def with_primary(value: Any, tensor: torch.Tensor) -> Any:
 def from_position(value: Any, start: int) -> Any:
     """`value` with its primary tensor (B, T, ...) cut to positions start.. (B, T - start, ...)."""
     return value if start == 0 else with_primary(value, primary(value)[:, start:])
-
-
-def repeat_rows(value: Any, n: int, copy: bool) -> Any:
-    """Every tensor of a batch-1 output repeated to n rows: a view (copy=False) for outputs nothing reads
-    again, a fresh tensor for the one the next running block reads (it may write into its input)."""
-    if isinstance(value, torch.Tensor):
-        if value.ndim == 0 or value.shape[0] != 1:
-            return value
-        wide = value.expand(n, *value.shape[1:])
-        return wide.clone() if copy else wide
-    if isinstance(value, tuple):
-        return type(value)(repeat_rows(v, n, copy) for v in value)
-    if isinstance(value, list):
-        return [repeat_rows(v, n, copy) for v in value]
-    return value
 
 
 # --- the clients --------------------------------------------------------------------------------------------
@@ -131,23 +107,14 @@ class Recorder(Client):
         return None
 
 
-class Resume(Client):
-    """Skips the named blocks' forwards and returns their stored batch-1 outputs, from position `start` on (a
-    run of the positions after a cached prefix), repeated to n rows."""
-
-    def __init__(self, outputs: dict[str, Any], n: int, last: str, start: int = 0) -> None:
-        self.modules, self.outputs, self.n, self.last, self.start = tuple(outputs), outputs, n, last, start
-
-    def module_call(self, call: ModuleCall) -> Any:
-        return repeat_rows(from_position(self.outputs[call.name], self.start), self.n, copy=call.name == self.last)
-
-
 class HeadRows(Client):
     """Runs the output head on the positions the metric reads only (B, P, C) and returns logits (B, T, V) that
-    are NaN elsewhere: the head's matmul over the vocabulary is a fixed cost per row that resuming cannot cut."""
+    are NaN elsewhere: the head's matmul over the vocabulary is a fixed cost per row that resuming cannot cut.
+    The logits are written into `into`, a view of the sweep's `LogitRows` (NaN where nothing reads), when it
+    fits the batch."""
 
-    def __init__(self, name: str, positions: list[int]) -> None:
-        self.modules, self.positions = (name,), positions
+    def __init__(self, name: str, positions: list[int], into: torch.Tensor | None = None) -> None:
+        self.modules, self.positions, self.into = (name,), positions, into
         self.T = 0
 
     def module_input(self, call: ModuleCall) -> tuple[tuple, dict[str, Any]] | None:
@@ -157,9 +124,28 @@ class HeadRows(Client):
 
     def module_output(self, call: ModuleCall) -> Any:
         out = call.output  # (B, P, V)
-        full = out.new_full((out.shape[0], self.T, out.shape[2]), float("nan"))  # (B, T, V)
+        full = self.into
+        if full is None or full.shape != (out.shape[0], self.T, out.shape[2]) or full.dtype != out.dtype:
+            full = out.new_full((out.shape[0], self.T, out.shape[2]), float("nan"))  # (B, T, V)
         full[:, self.positions] = out
         return full
+
+
+class LogitRows:
+    """One (N, T, V) tensor of NaN for a sweep's batches to write the positions the metric reads into: every
+    batch writes the same positions, so the rest stays NaN, and a batch costs no fresh (N, T, V) of NaN nor a
+    copy to put the corrupted run's logits before its first position."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def take(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """Rows [0, n) (n, T, V), in `like`'s (1, T, V) dtype and device."""
+        b = self.buffer
+        if b is None or b.shape[0] < n or b.shape[1:] != like.shape[1:] or b.dtype != like.dtype or \
+                b.device != like.device:
+            self.buffer = b = like.new_full((n, *like.shape[1:]), float("nan"))
+        return b[:n]
 
 
 class Patch(Client):
@@ -213,6 +199,8 @@ class Sweep:
         self.by_position = self.site.kind != "heads"  # a cell patches one position, not every one
         self._prompt: PromptCache | None = None
         self._no_prompt = not self.by_position  # True once the corrupted run's cache is found unusable
+        # blocks run only the rows a patch has reached: for models whose block arguments keep the batch first
+        self._cut_rows = self.adapter.kind in ("workbench", "hf")
         if model.training:
             self.notes.append("the model is in training mode: dropout makes each run differ; call model.eval()")
         with torch.no_grad():
@@ -222,41 +210,67 @@ class Sweep:
             corrupted_run = Recorder(self.site.modules, self.site.on_input, self.site.blocks)
             with intercept(model, corrupted_run):
                 corrupted_logits = self.adapter.logits(self.corrupted_ids)
-        self.clean_acts = clean_run.acts
+        self.clean_acts, self.corrupted_acts = clean_run.acts, corrupted_run.acts
         self.corrupted_outputs = corrupted_run.outputs
         self.corrupted_logits = corrupted_logits  # (1, T, V)
         self.clean_metric = float(check_metric(metric, self.clean_logits)[0])
         self.corrupted_metric = float(check_metric(metric, corrupted_logits)[0])
         self.read = _read_positions(metric, self.clean_ids.shape[1])
+        self.read_logits = LogitRows()
 
     # --- single runs ---
     def logits(self, cells: Sequence[Cell], resume: bool = True, trim: bool = False, start: int = 0
                ) -> torch.Tensor:
-        """Logits (N, T, V) of the corrupted input with row r patched at cells[r]; with resume, the blocks
-        before the first patched layer are not run again; with trim, only the positions the metric declares it
-        reads get logits (NaN elsewhere). start > 0 (position cells at start or later only): positions
-        start..T-1 run on a fork of the corrupted run's cache, and positions before start get the corrupted
-        run's logits, which a causal model's patched runs share."""
-        n, first = len(cells), min(c.layer for c in cells)
+        """Logits (N, T, V) of the corrupted input with row r patched at cells[r] (sorted by layer when
+        resuming); with resume, each block runs only the rows patched below it (`Wave`), the others taking the
+        corrupted run's stored output; with trim, only the positions the metric declares it reads get logits
+        (NaN elsewhere). start > 0 (position cells at start or later only): positions start..T-1 run on a fork
+        of the corrupted run's cache, and positions before start get the corrupted run's logits, which a causal
+        model's patched runs share."""
+        n = len(cells)
         by_module: dict[str, tuple[list[int], list[int]]] = {}
         for r, c in enumerate(cells):
             rows, cols = by_module.setdefault(self.site.modules[c.layer], ([], []))
             rows.append(r)
             cols.append(c.column)
         clients: list[Client] = [Patch(self.site, self.clean_acts, by_module, start)]
-        skip_through = first if self.site.kind == "resid" else first - 1  # a block whose output is patched: itself
-        if resume and skip_through >= 0:
-            skipped = {b: self.corrupted_outputs[b] for b in self.site.blocks[: skip_through + 1]}
-            clients.insert(0, Resume(skipped, n, self.site.blocks[skip_through], start))
-        if trim and self.read is not None and self.head is not None:
-            clients.append(HeadRows(self.head, [p - start for p in self.read if p >= start]))
-        ids = self.corrupted_ids[:, start:].expand(n, -1)  # (N, T - start)
         prompt = self.prompt() if start > 0 else None
+        if start > 0 and prompt is None:
+            raise RuntimeError("no cache to run the positions after a prefix on")
+        active: list[int] | None = None
+        if resume:
+            active = self.active([c.layer for c in cells], n, start, prompt)
+            stored = [from_position(self.corrupted_outputs[b], start) for b in self.site.blocks]
+            clients.insert(0, Wave(self.site.blocks, stored, active, n))
+        into: torch.Tensor | None = None
+        if trim and self.read is not None and self.head is not None:
+            into = self.read_logits.take(n, self.corrupted_logits)  # (N, T, V)
+            clients.append(HeadRows(self.head, [p - start for p in self.read if p >= start], into[:, start:]))
+        ids = self.corrupted_ids[:, start:].expand(n, -1)  # (N, T - start)
         with torch.no_grad(), intercept(self.model, *clients):
             if prompt is None:
                 return self.adapter.logits(ids, allow_nonfinite=True)
-            after, _ = self.adapter.cached(ids, prompt.fork(start, n), allow_nonfinite=True)  # (N, T - start, V)
+            cut = active is not None and prompt.per_layer and any(0 < k < n for k in active)
+            fork = prompt.fork(start, n, layer_rows=active if cut else None)
+            after, _ = self.adapter.cached(ids, fork, allow_nonfinite=True)  # (N, T - start, V)
+        if into is not None and self.read is not None and after.data_ptr() == into[:, start:].data_ptr() and \
+                after.shape == into[:, start:].shape:  # the head's rows, written in place: the prefix's read ones
+            before = [p for p in self.read if p < start]
+            into[:, before] = self.corrupted_logits[:, before]
+            return into
         return torch.cat((self.corrupted_logits[:, :start].expand(n, -1, -1), after), dim=1)  # (N, T, V)
+
+    def active(self, layers: list[int], n: int, start: int, prompt: PromptCache | None) -> list[int]:
+        """The rows block j runs, for rows patched at `layers`: those a patch has reached (`active_rows`) where
+        the rows can be cut, else every row from the first patched block on. Rows are cut for the workbench
+        model and transformers models (whose block arguments keep the batch first), in a batch whose row count
+        is no length of the run (which would make that reading ambiguous), and on a cache forked per layer."""
+        reached = active_rows(sorted(layers), self.site.layers, inclusive=self.site.kind != "resid")
+        T = self.clean_ids.shape[1]
+        if (self._cut_rows and layers == sorted(layers) and n not in (T - start, T)
+                and (prompt is None or prompt.per_layer)):
+            return reached
+        return [n if k else 0 for k in reached]
 
     def values(self, cells: Sequence[Cell], resume: bool = True, trim: bool = False, start: int = 0
                ) -> list[float]:
@@ -270,7 +284,7 @@ class Sweep:
         that can be forked: its batches then run every position."""
         if self._prompt is None and not self._no_prompt:
             try:
-                self._prompt = PromptCache(self.adapter, self.corrupted_ids)
+                self._prompt = PromptCache(self.adapter, self.corrupted_ids, blocks=self.site.layers)
             except (RuntimeError, ValueError, TypeError, AttributeError, WorkbenchError) as err:
                 self._give_up_prompt(f"the model gives no KV cache to resume from ({str(err)[:200]})")
         return self._prompt
@@ -281,35 +295,64 @@ class Sweep:
         log.info("patching sweep: %s", note)
         self.notes.append(note)
 
+    def unchanged(self, cell: Cell) -> bool:
+        """Whether the clean activation of `cell` is the corrupted run's own, bit for bit: the patched run is
+        then the corrupted run (every position before the first token the prompts differ in, in a causal
+        model). Never in training mode, where dropout makes each run differ."""
+        if self.model.training:
+            return False
+        name = self.site.modules[cell.layer]
+        clean, corrupted = self.clean_acts[name], self.corrupted_acts.get(name)
+        if corrupted is None or clean.shape != corrupted.shape:
+            return False
+        if self.site.kind == "heads":
+            D = clean.shape[-1] // self.site.heads
+            cols = slice(cell.column * D, (cell.column + 1) * D)
+            return torch.equal(clean[..., cols], corrupted[..., cols])
+        return torch.equal(clean[:, cell.column], corrupted[:, cell.column])
+
     # --- the sweep ---
-    def run(self, cells: list[Cell], batch: bool, resume: bool) -> tuple[dict[Cell, float], bool]:
-        """The metric of every cell, and whether the runs were batched."""
+    def run(self, cells: list[Cell], batch: bool, resume: bool, skip_unchanged: bool = True
+            ) -> tuple[dict[Cell, float], bool]:
+        """The metric of every cell, and whether the runs were batched. Batched, a cell whose clean activation
+        is the corrupted run's own (`unchanged`) is not run: it scores the corrupted run's metric."""
         if not batch:
             return {c: self.values([c], resume=False)[0] for c in cells}, False
         out: dict[Cell, float] = {}
-        pending = self.chunks(cells, by_position=resume and not self._no_prompt)
-        checked: set[bool] = set()  # the kinds of batch checked against a run alone: from a cache or not
+        if skip_unchanged:
+            out = {c: self.corrupted_metric for c in cells if self.unchanged(c)}
+            cells = [c for c in cells if c not in out]
+        pending = self.chunks(cells, by_position=resume and not self._no_prompt) if cells else []
+        checked: set[tuple[bool, bool]] = set()  # the kinds of batch checked against a run alone
         while pending:
             start, chunk = pending.pop(0)
             cached = start > 0 and self.prompt() is not None
             if start > 0 and not cached:  # no cache after all: the rest in batches that run every position
-                pending = self.chunks([c for c in chunk] + [c for _, ch in pending for c in ch], by_position=False)
+                pending = self.chunks(chunk + [c for _, ch in pending for c in ch], by_position=False)
                 continue
+            cut = resume and any(0 < k < len(chunk) for k in self.active(
+                [c.layer for c in chunk], len(chunk), start, self._prompt if cached else None))
             try:
                 got = self.values(chunk, resume, trim=True, start=start)
-                if cached not in checked:
-                    checked.add(cached)
-                    self._check_rows(chunk[-1] if cached else chunk[0], got[-1] if cached else got[0])
+                if (cached, cut) not in checked:
+                    checked.add((cached, cut))
+                    probe = _probe(chunk) if resume else 0
+                    self._check_rows(chunk[probe], got[probe])
             except (RuntimeError, ValueError, IndexError, TypeError, AttributeError, WorkbenchError) as err:
                 if isinstance(err, InterventionError):
                     raise
+                why = f"{type(err).__name__}: {str(err)[:200]}"
+                if cut:  # run every row of each block from its first patched one, as plain batches do
+                    log.info("patching sweep: a batch whose blocks ran some of its rows failed (%s); every row "
+                             "runs from now on", why)
+                    self._cut_rows = False
+                    pending.insert(0, (start, chunk))
+                    continue
                 if cached:
-                    self._give_up_prompt(f"a batch resumed from the model's KV cache failed ({type(err).__name__}: "
-                                         f"{str(err)[:200]})")
+                    self._give_up_prompt(f"a batch resumed from the model's KV cache failed ({why})")
                     pending = self.chunks(chunk + [c for _, ch in pending for c in ch], by_position=False)
                     continue
-                note = (f"batched runs failed ({type(err).__name__}: {str(err)[:200]}); ran one forward per cell "
-                        "instead")
+                note = f"batched runs failed ({why}); ran one forward per cell instead"
                 log.warning("patching sweep: %s", note)
                 self.notes.append(note)
                 rest = chunk + [c for _, ch in pending for c in ch]
@@ -327,23 +370,13 @@ class Sweep:
             raise RuntimeError(f"a batched row gave {batched:.6g} where the same run alone gives {alone:.6g}")
 
     def chunks(self, cells: list[Cell], by_position: bool) -> list[tuple[int, list[Cell]]]:
-        """(start, cells) batches: cells grouped by layer (a batch resumes from its layer), each group split to
-        fit the memory budget; by_position, split by position as well (`split_by_position`), each batch
-        starting at its first position. Without, every batch starts at 0."""
+        """(start, cells) batches that fit the memory budget: by position, the cheapest groups of positions
+        (`batches.by_position`), each from its first position; without, one layer per batch from position 0."""
         per_batch = max(1, self.budget // self.row_bytes())
-        by_layer: dict[int, list[Cell]] = {}
-        for c in cells:
-            by_layer.setdefault(c.layer, []).append(c)
         if not by_position:
-            return [(0, group[i: i + per_batch]) for _, group in sorted(by_layer.items())
-                    for i in range(0, len(group), per_batch)]
-        T = self.clean_ids.shape[1]
-        out: list[tuple[int, list[Cell]]] = []
-        for _, group in sorted(by_layer.items()):
-            group = sorted(group, key=lambda c: c.column)
-            for lo, hi in split_by_position([c.column for c in group], T, per_batch, BATCH_COST):
-                out.append((group[lo].column, group[lo:hi]))
-        return out
+            return batches.by_layer(cells, per_batch)
+        return batches.by_position(cells, self.clean_ids.shape[1], self.site.layers,
+                                   self.site.kind != "resid", per_batch)
 
     def row_bytes(self) -> int:
         """A generous estimate of the activations one batch row holds at once: its logits twice over (the
@@ -360,26 +393,11 @@ class Sweep:
             clean=self.clean_metric, corrupted=self.corrupted_metric, batched=batched, notes=list(self.notes))
 
 
-def split_by_position(columns: list[int], T: int, most: int, batch_cost: int = BATCH_COST) -> list[tuple[int, int]]:
-    """The cheapest split of sorted positions `columns` (one layer's cells) into batches of consecutive cells,
-    as [lo, hi) index ranges of at most `most` cells. A batch of the cells lo..hi-1 runs positions
-    columns[lo]..T-1 of each of its rows: it costs (hi - lo) * (T - columns[lo]) row-positions, plus
-    `batch_cost` for running one more batch at all (reading every weight once more, the calls between the
-    blocks). Exact, by dynamic programming over the split points (O(N^2) for N cells)."""
-    N = len(columns)
-    best = [0.0] + [float("inf")] * N  # best[j]: the least cost of the first j cells
-    cut = [0] * (N + 1)
-    for hi in range(1, N + 1):
-        for lo in range(max(0, hi - most), hi):
-            cost = best[lo] + batch_cost + (hi - lo) * (T - columns[lo])
-            if cost < best[hi]:
-                best[hi], cut[hi] = cost, lo
-    spans: list[tuple[int, int]] = []
-    hi = N
-    while hi > 0:
-        spans.append((cut[hi], hi))
-        hi = cut[hi]
-    return spans[::-1]
+def _probe(chunk: Sequence[Cell]) -> int:
+    """The row of a batch (sorted by layer) checked against its run alone: the latest position among the rows
+    patched lowest, which runs on the longest cached prefix and through the most blocks that cut rows."""
+    first = chunk[0].layer
+    return max((r for r, c in enumerate(chunk) if c.layer == first), key=lambda r: chunk[r].column)
 
 
 def _read_positions(metric: Metric, T: int) -> list[int] | None:
@@ -443,8 +461,8 @@ def patch_positions(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tens
     position p taken from the `clean` run (same length), and scores it with `metric` (logits (B, T, V) -> (B,)).
 
     site: "resid" (block outputs), "attn", "mlp", or a module name relative to each block. tokens: a label per
-    position for the figure. batch / resume: stack cells into batches / skip the blocks before the patched layer
-    (False for one plain forward per cell); memory_budget: bytes one batch may take."""
+    position for the figure. batch / resume: stack cells into batches / run each block on the rows patched below
+    it only (False for one plain forward per cell); memory_budget: bytes one batch may take."""
     if site == "heads":
         raise InterventionError("site 'heads' patches heads, not positions: use patch_heads.")
     sweep = Sweep(model, clean, corrupted, metric, site, memory_budget)

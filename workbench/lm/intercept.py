@@ -50,7 +50,9 @@ _ATTENTION_EVENTS = ("on_pattern", "on_sdpa", "on_softmax", "on_folded_softmax",
 @dataclass
 class ModuleCall:
     """One call of one module: `call` counts the module's earlier calls inside the context (0 for the first:
-    a generation step or a shared block runs a module more than once)."""
+    a generation step or a shared block runs a module more than once). In `module_call`, `forward` is the
+    module's own forward beneath the interception, for a client that runs it on other inputs (a part of the
+    batch) and returns what it makes of the result."""
 
     name: str
     module: nn.Module
@@ -58,6 +60,7 @@ class ModuleCall:
     kwargs: dict[str, Any]
     call: int
     output: Any = None
+    forward: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -314,7 +317,7 @@ class _ReplacedForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         index = max(self.scope.calls.get(self.name, 1) - 1, 0)  # counted by the pre-hook that ran just before
-        call = ModuleCall(self.name, self.module, args, kwargs, index)
+        call = ModuleCall(self.name, self.module, args, kwargs, index, forward=self.original)
         for c in self.clients:
             output = c.module_call(call)
             if output is not None:
