@@ -5,6 +5,7 @@ cannot take a batch fall back to one run per cell."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -297,7 +298,8 @@ def test_the_batches_by_position_are_the_cheapest_and_hold_every_cell_once(layer
         assert 0 < len(chunk) <= most and start == min(c.column for c in chunk)
         assert chunk == sorted(chunk, key=lambda c: (c.layer, c.column))  # rows by layer, as the wave needs
 
-    def cost(group: list[int]) -> int:  # a group of positions: its cells in the fewest near-equal batches
+    @functools.cache
+    def cost(group: tuple[int, ...]) -> int:  # a group of positions: its cells in the fewest near-equal batches
         members = sorted((c for c in cells if c.column in group), key=lambda c: (c.layer, c.column))
         pieces = -(-len(members) // most)
         cuts = [len(members) * k // pieces for k in range(pieces + 1)]
@@ -308,8 +310,8 @@ def test_the_batches_by_position_are_the_cheapest_and_hold_every_cell_once(layer
     if len(ordered) <= 14:  # every grouping of the positions into runs, those of one position whatever its size
         fits = [g for g in _groupings(ordered)
                 if all(len(run) == 1 or sum(c.column in run for c in cells) <= most for run in g)]
-        planned = sum(cost(sorted({c.column for c in chunk})) for _, chunk in _merge(plan))
-        assert planned == min(sum(cost(run) for run in g) for g in fits)
+        planned = sum(cost(tuple(sorted({c.column for c in chunk}))) for _, chunk in _merge(plan))
+        assert planned == min(sum(cost(tuple(run)) for run in g) for g in fits)
     if len(layers) == 30:  # a short prompt: far fewer model calls than positions, and never a call per cell
         assert 1 < len(plan) < len(ordered)
 

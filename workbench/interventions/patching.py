@@ -462,7 +462,9 @@ def patch_positions(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tens
 
     site: "resid" (block outputs), "attn", "mlp", or a module name relative to each block. tokens: a label per
     position for the figure. batch / resume: stack cells into batches / run each block on the rows patched below
-    it only (False for one plain forward per cell); memory_budget: bytes one batch may take."""
+    it only (False for one plain forward per cell); memory_budget: bytes one batch may take. Batched, a cell
+    whose clean activation equals the corrupted one bit for bit (a position before the first token the prompts
+    differ in) is not run: its value is the corrupted run's metric, which that run gives exactly."""
     if site == "heads":
         raise InterventionError("site 'heads' patches heads, not positions: use patch_heads.")
     sweep = Sweep(model, clean, corrupted, metric, site, memory_budget)
