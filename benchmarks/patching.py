@@ -1,6 +1,6 @@
 """Residual-stream activation patching on SmolLM2, against TransformerLens and nnsight, in one process.
 
-Run: python benchmarks/patching.py [--hf-dir DIR] [--repeats 3] [--threads 2] [--no-peers]
+Run: python benchmarks/patching.py [--hf-dir DIR] [--repeats 3] [--threads 2] [--no-peers] [--heads]
 
 SmolLM2-135M-Instruct's real weights as HF `LlamaForCausalLM` (float32, CPU, SDPA), written once from
 `workbench.models.smollm2()` into --hf-dir (see benchmarks/peers.py). The task is the IOI prompt "When Mary
@@ -10,6 +10,8 @@ sweeps all 30 layers x 14 positions of the residual stream after each block (420
 metric values; they are checked against each other (largest difference printed) before timing. The default
 sweep does not run the cells whose clean activation is the corrupted run's own (positions 0-8, before the
 prompts differ: 270 of the 420); the "every cell run" row runs them too, for the cost of the batching alone.
+`--heads` sweeps layers x heads (270 cells: head h of layer l patched at every position) with our methods
+only.
 
 Each method's time is divided by the 420 cells and by one plain forward of the 14 tokens measured in the same
 round (rounds interleave every method with the plain forward, rotating order); the table gives the median
@@ -38,10 +40,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, smollm2_hf_checkpoint  # noqa: E402
 
-from workbench.interventions import patching  # noqa: E402
+from workbench.interventions import batches, patching  # noqa: E402
 from workbench.interventions.batches import Cell  # noqa: E402
 from workbench.interventions.metrics import logit_diff  # noqa: E402
-from workbench.interventions.patching import patch_positions  # noqa: E402
+from workbench.interventions.patching import patch_heads, patch_positions  # noqa: E402
 
 # SmolLM2's tokenizer: "When Mary and John went to the store, John gave a drink to"
 CLEAN = torch.tensor([2427, 5099, 284, 2322, 3514, 288, 260, 4249, 28, 2322, 4502, 253, 5968, 288])
@@ -70,6 +72,28 @@ def own_methods(hf: torch.nn.Module) -> dict[str, Sweep]:
     return {"workbench patch_positions (batched, wave, shared cells skipped)": sweep(),
             "workbench, batched, wave, every cell run": every_cell_run,
             "workbench, batched, every block run (resume=False)": sweep(resume=False),
+            "workbench, one forward per cell (batch=False)": sweep(batch=False)}
+
+
+def head_methods(hf: torch.nn.Module) -> dict[str, Sweep]:
+    """Layers x heads (`--heads`): ours only, no peer sweeps heads here."""
+    m = logit_diff(MARY, JOHN)
+
+    class OneLayerPerBatch(patching.Sweep):
+        def chunks(self, cells: list[Cell], by_position: bool) -> list[tuple[int, list[Cell]]]:
+            return batches.by_layer(cells, max(1, self.budget // self.row_bytes()))
+
+    def by_layer() -> torch.Tensor:
+        run = OneLayerPerBatch(hf, CLEAN, CORRUPTED, m, "heads")
+        cells = [Cell(i, h) for i in range(run.site.layers) for h in range(run.site.heads)]
+        values, _ = run.run(cells, batch=True, resume=True)
+        return torch.tensor([[values[Cell(i, h)] for h in range(run.site.heads)] for i in range(run.site.layers)])
+
+    def sweep(**kwargs: object) -> Sweep:
+        return lambda: torch.tensor(patch_heads(hf, CLEAN, CORRUPTED, m, **kwargs).values)  # type: ignore[arg-type]
+
+    return {"workbench patch_heads (batched, wave, as few batches as fit)": sweep(),
+            "workbench, wave, one layer per batch": by_layer,
             "workbench, one forward per cell (batch=False)": sweep(batch=False)}
 
 
@@ -163,6 +187,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--only", help="regex: run only the methods whose name matches")
+    ap.add_argument("--heads", action="store_true", help="sweep layers x heads instead (ours only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -171,8 +196,8 @@ def main() -> None:
         path = smollm2_hf_checkpoint(args.hf_dir or Path(tmp))
         hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                                attn_implementation="sdpa").eval()
-        methods = own_methods(hf)
-        if not args.no_peers:
+        methods = head_methods(hf) if args.heads else own_methods(hf)
+        if not args.no_peers and not args.heads:
             for build in (lambda: nnsight_methods(hf), lambda: transformer_lens_methods(path)):
                 try:
                     methods.update(build())
@@ -183,9 +208,11 @@ def main() -> None:
 
         methods = {k: v for k, v in methods.items() if re.search(args.only, k)}
     L, T = len(hf.model.layers), CLEAN.shape[0]
+    columns, what = (hf.config.num_attention_heads, "heads") if args.heads else (T, "positions")
     print(f"{environment('cpu')}; {versions()}")
-    print(f"{type(hf).__name__} (SmolLM2-135M weights), float32, SDPA, {L} layers x {T} positions = {L * T} cells, "
-          f"{args.repeats} rounds; per-cell time / one plain forward of (1, {T}) in the same round")
+    print(f"{type(hf).__name__} (SmolLM2-135M weights), float32, SDPA, {L} layers x {columns} {what} = "
+          f"{L * columns} cells, {args.repeats} rounds; per-cell time / one plain forward of (1, {T}) in the same "
+          "round")
     forward = lambda: hf(CLEAN[None]).logits  # noqa: E731
     ratios: dict[str, list[float]] = {name: [] for name in methods}
     reference: torch.Tensor | None = None
@@ -199,7 +226,7 @@ def main() -> None:
                 plain = min(_seconds(forward) for _ in range(5))
                 t0 = time.perf_counter()
                 values = methods[name]()
-                ratios[name].append((time.perf_counter() - t0) / (L * T) / plain)
+                ratios[name].append((time.perf_counter() - t0) / (L * columns) / plain)
                 if reference is None:
                     reference, first = values, name
                 diff = float((values - reference).abs().max())  # every run is checked, not only the first

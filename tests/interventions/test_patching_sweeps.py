@@ -1,7 +1,8 @@
 """Patching sweeps: every cell equals the single patched run written by hand with plain torch hooks (bitwise
-for one forward per cell, to float noise for batched, resumed runs), on the workbench model, six HF families
-and a hand-written GPT; a clean activation patched into the clean run changes nothing; and models that
-cannot take a batch fall back to one run per cell."""
+for one forward per cell, to float noise for batched runs whose blocks run only the rows a patch has reached),
+on the workbench model, six HF families and a hand-written GPT; the cells the prompts share are not run; the
+batch plan is the cheapest; a clean activation patched into the clean run changes nothing; and models that
+cannot take a batch, or blocks that cannot run part of one, fall back."""
 
 from __future__ import annotations
 
@@ -148,6 +149,12 @@ def test_every_head_cell_equals_the_patched_run_by_hand(model):
             expected = by_hand(net, layer, head, SITES[name]["heads"], heads=4)
             assert single.values[i][j] == expected
             assert _close(swept.values[i][j], expected), (layer, head)
+    # 2 x 4 cells are as many rows as positions, so every row ran every block; 2 x 3 rows are cut (block 0 runs
+    # the 3 patched there) where the model allows it
+    seen, three = _rows_per_block(net, name, patch_heads, heads=[0, 1, 2])
+    if name != "handwritten":  # its blocks are not known to keep the batch first: every row runs
+        assert seen == ([{3}, {6}] if name != "bloom" else [{3, 6}, {6}])  # bloom: cut, failed, run again
+    assert all(_close(three.values[i][j], swept.values[i][j]) for i in range(2) for j in range(3))
 
 
 def test_the_reference_metrics_and_scores(model):
@@ -316,6 +323,16 @@ def test_the_batches_by_position_are_the_cheapest_and_hold_every_cell_once(layer
         assert 1 < len(plan) < len(ordered)
 
 
+def test_batches_from_position_0_are_as_few_as_fit_in_layer_order():
+    cells = [Cell(i, h) for h in (2, 0, 1) for i in (3, 0, 2, 1)]  # 12 cells, out of order
+    plan = batches.by_rows(cells, most=5)
+    assert [len(chunk) for _, chunk in plan] == [4, 4, 4] and all(start == 0 for start, _ in plan)
+    assert [c for _, chunk in plan for c in chunk] == sorted(cells, key=lambda c: (c.layer, c.column))
+    assert batches.by_rows(cells, most=12) == [(0, sorted(cells, key=lambda c: (c.layer, c.column)))]
+    # one layer per batch where every row runs from the batch's first patched block on
+    assert [sorted({c.layer for c in chunk}) for _, chunk in batches.by_layer(cells, most=12)] == [[0], [1], [2], [3]]
+
+
 def _merge(plan: list[tuple[int, list[Cell]]]) -> list[tuple[int, list[Cell]]]:
     """The plan's batches of one group of positions (split only to fit `most`) as one."""
     out: list[tuple[int, list[Cell]]] = []
@@ -343,7 +360,8 @@ def test_a_cache_that_cannot_fork_is_noted_and_the_batches_run_every_position(mo
             assert _close(result.values[i][j], by_hand(net, layer, pos, ""))
 
 
-def _rows_per_block(net: nn.Module, name: str, **kwargs: object) -> tuple[list[set[int]], patching.PatchingResult]:
+def _rows_per_block(net: nn.Module, name: str, sweep: Callable = patch_positions, **kwargs: object
+                    ) -> tuple[list[set[int]], patching.PatchingResult]:
     """The batch row counts (more than one row) each block ran in a sweep of `net`, and the sweep: those its
     attention saw (a hook on the block itself sees the whole batch, before the sweep cuts it)."""
     attention = [_module(net, j, SITES[name]["attn"]) for j in range(2)]
@@ -351,7 +369,7 @@ def _rows_per_block(net: nn.Module, name: str, **kwargs: object) -> tuple[list[s
     handles = [m.register_forward_pre_hook(lambda _m, args, kw, j=j: seen[j].add(
         (args[0] if args else kw["hidden_states"]).shape[0]), with_kwargs=True) for j, m in enumerate(attention)]
     try:
-        result = patch_positions(net, CLEAN, CORRUPTED, METRIC, **kwargs)  # type: ignore[arg-type]
+        result = sweep(net, CLEAN, CORRUPTED, METRIC, **kwargs)
     finally:
         for h in handles:
             h.remove()

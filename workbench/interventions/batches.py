@@ -12,8 +12,10 @@ whatever its rows (the weights read once more, the calls between operators): on 
 block of one 14-token row takes 3.5 ms and each further row-position about 0.065 ms, so about 30 row-positions.
 `BATCH_COST` is one more model call (the embedding, the masks, the cache fork, the head's rows). Cells of one
 position share everything but their layer; cells of nearby positions can share a batch that starts at the
-first of them. `by_position` finds the cheapest grouping of positions by dynamic programming; `by_layer` is the
-plain grouping for a model whose cache cannot be forked, every batch from position 0.
+first of them. `by_position` finds the cheapest grouping of positions by dynamic programming. Without a cache
+to fork (head cells, or a model whose cache cannot be), every batch runs from position 0: `by_rows` when
+blocks run only the rows a patch has reached, `by_layer` when every row runs from the batch's first patched
+block on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 from .wave import active_rows
 
-__all__ = ["BATCH_COST", "CALL_COST", "Cell", "batch_cost", "by_layer", "by_position"]
+__all__ = ["BATCH_COST", "CALL_COST", "Cell", "batch_cost", "by_layer", "by_position", "by_rows"]
 
 CALL_COST = 32  # row-positions: one more block call (see the module docstring)
 BATCH_COST = 64  # row-positions: one more model call
@@ -42,6 +44,15 @@ def batch_cost(layers: Sequence[int], length: int, blocks: int, inclusive: bool)
     positions each; `inclusive` as in `wave.active_rows`."""
     n = active_rows(layers, blocks, inclusive)
     return BATCH_COST + sum(CALL_COST + k * length for k in n if k)
+
+
+def by_rows(cells: Sequence[Cell], most: int) -> list[tuple[int, list[Cell]]]:
+    """(0, cells) batches from position 0 for blocks that run only the rows a patch has reached: the cells in
+    (layer, column) order, in the fewest near-equal batches of at most `most`. Fewer batches never run more
+    row-positions there (block j's rows add up across batches), and each saves a model call and its block
+    calls."""
+    ordered = sorted(cells, key=lambda c: (c.layer, c.column))
+    return [(0, chunk) for chunk in _even(ordered, most)] if ordered else []
 
 
 def by_layer(cells: Sequence[Cell], most: int) -> list[tuple[int, list[Cell]]]:

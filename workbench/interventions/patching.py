@@ -371,10 +371,11 @@ class Sweep:
 
     def chunks(self, cells: list[Cell], by_position: bool) -> list[tuple[int, list[Cell]]]:
         """(start, cells) batches that fit the memory budget: by position, the cheapest groups of positions
-        (`batches.by_position`), each from its first position; without, one layer per batch from position 0."""
+        (`batches.by_position`), each from its first position; without, from position 0: as few batches as
+        fit where blocks run only the rows a patch has reached, else one layer per batch."""
         per_batch = max(1, self.budget // self.row_bytes())
         if not by_position:
-            return batches.by_layer(cells, per_batch)
+            return batches.by_rows(cells, per_batch) if self._cut_rows else batches.by_layer(cells, per_batch)
         return batches.by_position(cells, self.clean_ids.shape[1], self.site.layers,
                                    self.site.kind != "resid", per_batch)
 
