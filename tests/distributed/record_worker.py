@@ -70,6 +70,7 @@ def run(rank: int, world: int, port: int, outdir: str) -> None:
             fully_shard(block)
         fully_shard(fsdp)
         res["fsdp"] = train(fsdp, Path(outdir, "fsdp.wbrun"), rank, world)
+        dist.barrier()  # no rank tears its connections down while another still runs a collective
     finally:
         dist.destroy_process_group()
     Path(outdir, f"rank{rank}.json").write_text(json.dumps(res))
