@@ -18,7 +18,7 @@ whose cache is a `Cache` object gets a fork whose layer j holds n_j rows (`Promp
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -46,16 +46,10 @@ class RowCut:
         self.rows, self.keep = rows, keep
 
     def __call__(self, value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value[: self.keep] if value.ndim >= 2 and value.shape[0] == self.rows else value
-        if isinstance(value, tuple):
-            return type(value)(self(v) for v in value) if not hasattr(value, "_fields") else type(value)(
-                *(self(v) for v in value))
-        if isinstance(value, list):
-            return [self(v) for v in value]
-        if isinstance(value, dict):
-            return {k: self(v) for k, v in value.items()}
-        return value
+        return _map_tensors(self._cut, value)
+
+    def _cut(self, t: torch.Tensor) -> torch.Tensor:
+        return t[: self.keep] if t.ndim >= 2 and t.shape[0] == self.rows else t
 
 
 class Wave(Client):
@@ -86,15 +80,27 @@ class Wave(Client):
 def repeat_rows(value: Any, n: int, copy: bool) -> Any:
     """Every tensor of a batch-1 output repeated to n rows: a view (copy=False) for outputs nothing reads
     again, a fresh tensor for the one the next running block reads (it may write into its input)."""
+
+    def wide(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 0 or t.shape[0] != 1:
+            return t
+        out = t.expand(n, *t.shape[1:])
+        return out.clone() if copy else out
+
+    return _map_tensors(wide, value)
+
+
+def _map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """`value` with `fn` applied to every tensor in it, inside tuples (named ones too), lists and dicts."""
     if isinstance(value, torch.Tensor):
-        if value.ndim == 0 or value.shape[0] != 1:
-            return value
-        wide = value.expand(n, *value.shape[1:])
-        return wide.clone() if copy else wide
+        return fn(value)
     if isinstance(value, tuple):
-        return type(value)(repeat_rows(v, n, copy) for v in value)
+        parts = [_map_tensors(fn, v) for v in value]
+        return type(value)(*parts) if hasattr(value, "_fields") else type(value)(parts)
     if isinstance(value, list):
-        return [repeat_rows(v, n, copy) for v in value]
+        return [_map_tensors(fn, v) for v in value]
+    if isinstance(value, dict):
+        return {k: _map_tensors(fn, v) for k, v in value.items()}
     return value
 
 
